@@ -1,0 +1,18 @@
+"""jukebox_fast: OpenAI's Jukebox with fast kernels and original-compatible checkpoints.
+
+    >>> import jukebox_fast
+    >>> vqvae = jukebox_fast.load_vqvae("vqvae.pth.tar")        # the original file
+    >>> codes = vqvae.encode(audio)                              # audio [N, T, 1] -> 3 levels
+    >>> audio_back = vqvae.decode(codes[0:], start_level=0)
+
+See :mod:`jukebox_fast.dispatch` for choosing kernel implementations and
+``python -m jukebox_fast.info`` for what runs on this machine.
+"""
+from . import ops  # registers the ops with the dispatcher
+from .checkpoint import CheckpointError, load_vqvae, save_vqvae
+from .dispatch import use_backend
+from .models.vqvae import VQVAE, make_vqvae
+
+__version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "VQVAE", "load_vqvae", "make_vqvae", "save_vqvae", "use_backend", "__version__"]

@@ -1,0 +1,291 @@
+"""Checkpoints: the original OpenAI ``.pth.tar`` files, our own files, and HF transformers' names.
+
+Reading is ``weights_only`` (no arbitrary code runs) with numpy scalars and arrays allowed, since
+the original stores its hparams with numpy numbers; ``trust_pickle=True`` lifts that limit for
+files you trust. Writing is atomic: a temporary file in the same folder, fsync, rename.
+
+Our own format is a dict ``{"format": "jukebox_fast", "version": 1, "kind": ..., "hparams": ...,
+"model": state_dict, ...}``; the original format is ``{"hps": ..., "model": state_dict, "opt":
+..., "step": ...}``. Both load with :func:`load_vqvae`, as does a bare state dict in either the
+original's or HF transformers' key names.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from . import hparams as hparams_mod
+from .hparams import VQVAEHparams
+from .models.vqvae import VQVAE, make_vqvae
+
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "read_checkpoint",
+    "load_state_dict_checked",
+    "load_vqvae",
+    "save_vqvae",
+    "openai_to_hf_key",
+    "openai_to_hf",
+    "hf_to_openai",
+]
+
+FORMAT = "jukebox_fast"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not fit the model; the message says why."""
+
+
+# -- files --------------------------------------------------------------------------------------
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _numpy_globals() -> list:
+    core = np._core if hasattr(np, "_core") else np.core
+    scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
+    # Files written with numpy 1 name these under numpy.core; numpy 2 under numpy._core.
+    allowed = [np.dtype, np.ndarray, scalar, reconstruct,
+               (scalar, "numpy.core.multiarray.scalar"), (reconstruct, "numpy.core.multiarray._reconstruct")]
+    allowed += [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
+    return allowed
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Any:
+    """Load a checkpoint file onto the CPU, with errors that name the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file; expected a checkpoint such as vqvae.pth.tar")
+    try:
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:
+                unsafe = []
+            raise CheckpointError(
+                f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe) or 'see below'}); "
+                f"if you trust the file, pass trust_pickle=True. Loader said: {str(e).splitlines()[-3:]}"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint, ``module.`` prefixes (DDP) stripped."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        sd = obj["model"]
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = obj
+    else:
+        what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{path}: expected a dict with a 'model' state dict (the original's format) or a bare "
+            f"state dict, found {what}"
+        )
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` after checks whose errors name the offending keys.
+
+    Tensors are cast to the model's dtypes (fp16 weights into an fp32 model are upcast, as
+    ``load_state_dict`` does in the original).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
+        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}")
+    cast = {}
+    for key, target in expected.items():
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: key {key!r} holds {type(value).__name__}, expected a tensor")
+        if value.shape != target.shape:
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {list(value.shape)}, the model expects {list(target.shape)}"
+            )
+        cast[key] = value.to(dtype=target.dtype)
+    model.load_state_dict(cast, strict=True)
+
+
+# -- the VQ-VAE ----------------------------------------------------------------------------------
+def _hparams_from(obj: Any, override: VQVAEHparams | None) -> VQVAEHparams:
+    if override is not None:
+        return override
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        return hparams_mod.from_dict(VQVAEHparams, obj["hparams"])
+    if isinstance(obj, Mapping) and isinstance(obj.get("hps"), Mapping):
+        # An original checkpoint: its hps dict holds the VQ-VAE fields among many others.
+        known = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in obj["hps"].items()}
+        known = {k: v for k, v in known.items() if k in VQVAEHparams.__dataclass_fields__ and v is not None}
+        known.pop("sample_length", None)  # 0 or a prior's length in many originals; not structural
+        try:
+            return hparams_mod.from_dict(VQVAEHparams, known, strict=False)
+        except (ValueError, TypeError):
+            pass
+    return hparams_mod.get("vqvae")
+
+
+def load_vqvae(path: str | os.PathLike, device: torch.device | str | None = None, *,
+               hparams: VQVAEHparams | None = None, trust_pickle: bool = False) -> VQVAE:
+    """A VQ-VAE from an original ``vqvae.pth.tar``, one of our checkpoints, or a bare state dict.
+
+    The architecture comes from ``hparams`` if given, else from the file (ours, or the
+    original's ``hps``), else the released ``vqvae`` preset. Keys with HF transformers' names are
+    converted. The model is returned in eval mode with its codebooks marked initialised.
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` for an unreadable
+    one or one whose keys or shapes do not fit (the message names the key).
+    """
+    path = Path(path)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    state_dict = _state_dict_of(obj, path)
+    if _looks_hf(state_dict):
+        state_dict = hf_to_openai(state_dict)
+    model = make_vqvae(_hparams_from(obj, hparams), device=device)
+    load_state_dict_checked(model, state_dict, str(path))
+    ema = obj.get("ema") if isinstance(obj, Mapping) and obj.get("format") == FORMAT else None
+    for level, block in enumerate(model.bottleneck.level_blocks):
+        if ema:
+            state = ema[level]
+            block.k_sum, block.k_elem = (None if t is None else t.to(block.k.device)
+                                         for t in (state["k_sum"], state["k_elem"]))
+            block.threshold, block.init = state["threshold"], state["init"]
+        else:
+            block.init = True  # a loaded codebook is never re-initialised from data
+    if isinstance(obj, Mapping) and obj.get("bandwidth"):
+        model.bandwidth = type(model.bandwidth)(**obj["bandwidth"])
+    return model.eval()
+
+
+def save_vqvae(model: VQVAE, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``model`` (weights, hparams, EMA state, bandwidth) atomically in our format."""
+    ema = [
+        dict(k_sum=b.k_sum, k_elem=b.k_elem, threshold=b.threshold, init=b.init)
+        for b in model.bottleneck.level_blocks
+    ]
+    return atomic_save(dict(
+        format=FORMAT, version=VERSION, kind="vqvae",
+        hparams=model.hps.to_dict(), model=model.state_dict(), ema=ema,
+        bandwidth=model.bandwidth.to_dict(), **extra,
+    ), path)
+
+
+# -- HF transformers names -------------------------------------------------------------------------
+# openai/jukebox -> HF transformers (JukeboxVQVAE), restated from the conversion rules:
+# an encoder block's step I is model.I.{0: strided conv, 1: Resnet1D} and its last conv model.K;
+# HF flattens the steps into downsample_block.(2I, 2I+1) and calls the last conv proj_out. A
+# decoder block's model.0 is HF's proj_in and its step I (from 1) becomes upsample_block.(2I-2,
+# 2I-1). Residual convs model.{1,3} are conv1d_{1,2}; the codebook k is codebook.
+_ENC = r"(?P<p>(?:vqvae\.)?encoders\.\d+\.level_blocks\.\d+)"
+_DEC = r"(?P<p>(?:vqvae\.)?decoders\.\d+\.level_blocks\.\d+)"
+_P = r"(?P<s>weight|bias)"
+_CONV = {"1": "1", "3": "2"}
+_CONV_BACK = {"1": "1", "2": "3"}
+
+_TO_HF: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [
+    (re.compile(rf"^{_ENC}\.model\.(?P<i>\d+)\.0\.{_P}$"),
+     lambda m: f"{m['p']}.downsample_block.{2 * int(m['i'])}.{m['s']}"),
+    (re.compile(rf"^{_ENC}\.model\.(?P<i>\d+)\.1\.model\.(?P<b>\d+)\.model\.(?P<c>[13])\.{_P}$"),
+     lambda m: f"{m['p']}.downsample_block.{2 * int(m['i']) + 1}.resnet_block.{m['b']}.conv1d_{_CONV[m['c']]}.{m['s']}"),
+    (re.compile(rf"^{_ENC}\.model\.\d+\.{_P}$"), lambda m: f"{m['p']}.proj_out.{m['s']}"),
+    (re.compile(rf"^{_DEC}\.model\.0\.{_P}$"), lambda m: f"{m['p']}.proj_in.{m['s']}"),
+    (re.compile(rf"^{_DEC}\.model\.(?P<i>\d+)\.0\.(?:model|blocks)\.(?P<b>\d+)\.model\.(?P<c>[13])\.{_P}$"),
+     lambda m: f"{m['p']}.upsample_block.{2 * int(m['i']) - 2}.resnet_block.{m['b']}.conv1d_{_CONV[m['c']]}.{m['s']}"),
+    (re.compile(rf"^{_DEC}\.model\.(?P<i>\d+)\.1\.{_P}$"),
+     lambda m: f"{m['p']}.upsample_block.{2 * int(m['i']) - 1}.{m['s']}"),
+    (re.compile(r"^(?P<p>(?:vqvae\.)?bottleneck\.level_blocks\.\d+)\.k$"), lambda m: f"{m['p']}.codebook"),
+]
+
+_FROM_HF: list[tuple[re.Pattern, Callable[[re.Match, dict[str, int]], str]]] = [
+    (re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.resnet_block\.(?P<b>\d+)\.conv1d_(?P<c>[12])\.{_P}$"),
+     lambda m, _: f"{m['p']}.model.{int(m['n']) // 2}.1.model.{m['b']}.model.{_CONV_BACK[m['c']]}.{m['s']}"),
+    (re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.{_P}$"),
+     lambda m, _: f"{m['p']}.model.{int(m['n']) // 2}.0.{m['s']}"),
+    (re.compile(rf"^{_ENC}\.proj_out\.{_P}$"), lambda m, steps: f"{m['p']}.model.{steps[m['p']]}.{m['s']}"),
+    (re.compile(rf"^{_DEC}\.proj_in\.{_P}$"), lambda m, _: f"{m['p']}.model.0.{m['s']}"),
+    (re.compile(rf"^{_DEC}\.upsample_block\.(?P<n>\d+)\.resnet_block\.(?P<b>\d+)\.conv1d_(?P<c>[12])\.{_P}$"),
+     lambda m, _: f"{m['p']}.model.{int(m['n']) // 2 + 1}.0.model.{m['b']}.model.{_CONV_BACK[m['c']]}.{m['s']}"),
+    (re.compile(rf"^{_DEC}\.upsample_block\.(?P<n>\d+)\.{_P}$"),
+     lambda m, _: f"{m['p']}.model.{(int(m['n']) + 1) // 2}.1.{m['s']}"),
+    (re.compile(r"^(?P<p>(?:vqvae\.)?bottleneck\.level_blocks\.\d+)\.codebook$"), lambda m, _: f"{m['p']}.k"),
+]
+_DOWN_STEP = re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.")
+
+
+def openai_to_hf_key(key: str) -> str:
+    """One original key -> HF transformers' name (keys no rule touches are unchanged)."""
+    for pattern, rename in _TO_HF:
+        m = pattern.match(key)
+        if m:
+            return rename(m)
+    return key
+
+
+def openai_to_hf(state_dict: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A state dict with the original's names -> HF's (``prefix="vqvae."`` for a JukeboxModel)."""
+    return {prefix + openai_to_hf_key(k): v for k, v in state_dict.items()}
+
+
+def hf_to_openai(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict with HF's names -> the original's (a leading ``vqvae.`` is dropped)."""
+    sd = {(k[6:] if k.startswith("vqvae.") else k): v for k, v in state_dict.items()}
+    # HF's proj_out does not say after how many down steps it comes; count them per block.
+    steps: dict[str, int] = {}
+    for key in sd:
+        m = _DOWN_STEP.match(key)
+        if m:
+            steps[m["p"]] = max(steps.get(m["p"], 0), int(m["n"]) // 2 + 1)
+    out = {}
+    for key, value in sd.items():
+        for pattern, rename in _FROM_HF:
+            m = pattern.match(key)
+            if m:
+                key = rename(m, steps)
+                break
+        out[key] = value
+    return out
+
+
+def _looks_hf(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.endswith(".codebook") or ".downsample_block." in k for k in state_dict)

@@ -1,0 +1,13 @@
+"""The model layer: modules named as in the original so its checkpoints load unchanged.
+
+It never calls a kernel directly; it calls ops in :mod:`jukebox_fast.ops`.
+"""
+from .bottleneck import Bottleneck, BottleneckBlock
+from .encdec import Decoder, DecoderConvBlock, Encoder, EncoderConvBlock
+from .resnet import ResConv1DBlock, Resnet1D
+from .vqvae import VQVAE, make_vqvae
+
+__all__ = [
+    "Bottleneck", "BottleneckBlock", "Decoder", "DecoderConvBlock", "Encoder", "EncoderConvBlock",
+    "ResConv1DBlock", "Resnet1D", "VQVAE", "make_vqvae",
+]

@@ -1,0 +1,153 @@
+"""Dispatch: precedence, environment overrides, and the errors of explicit requests."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jukebox_fast import dispatch
+from jukebox_fast.dispatch import BackendUnavailableError, Registry, use_backend
+
+
+def _toy(registry: Registry, cuda_ok=True, triton_supports=None):
+    """Op 'toy' with impls that return their own name; triton refuses inputs flagged 'no_triton'."""
+    registry.define_op("toy", order=("cuda", "triton", "torch"))
+    registry.register("toy", "cuda", lambda x: "cuda",
+                      available=lambda: None if cuda_ok else "extension not built")
+    registry.register("toy", "triton", lambda x: "triton",
+                      supports=triton_supports or (lambda x: ["flagged input"] if x == "no_triton" else []))
+    registry.register("toy", "torch", lambda x: "torch")
+    return registry
+
+
+@pytest.fixture
+def reg(monkeypatch):
+    for var in ("JUKEBOX_FAST_BACKEND", "JUKEBOX_FAST_BACKEND_TOY"):
+        monkeypatch.delenv(var, raising=False)
+    return _toy(Registry())
+
+
+def test_auto_takes_first_runnable_in_priority_order(reg):
+    assert reg.call("toy", "x") == "cuda"
+    unbuilt = _toy(Registry(), cuda_ok=False)
+    assert unbuilt.call("toy", "x") == "triton"
+    assert unbuilt.call("toy", "no_triton") == "torch"
+
+
+def test_precedence_argument_context_env_op_env_global(reg, monkeypatch):
+    monkeypatch.setenv("JUKEBOX_FAST_BACKEND", "triton")
+    assert reg.call("toy", "x") == "triton"
+    monkeypatch.setenv("JUKEBOX_FAST_BACKEND_TOY", "torch")
+    assert reg.call("toy", "x") == "torch"  # per-op variable beats the global one
+    with use_backend("cuda"):
+        assert reg.call("toy", "x") == "cuda"  # a context beats both variables
+        with use_backend(toy="triton"):
+            assert reg.call("toy", "x") == "triton"  # inner context wins
+            assert reg.call("toy", "x", backend="torch") == "torch"  # the argument beats all
+        assert reg.call("toy", "x") == "cuda"  # and the inner context is gone on exit
+    assert reg.call("toy", "x") == "torch"
+
+
+def test_env_auto_and_case_are_accepted(reg, monkeypatch):
+    monkeypatch.setenv("JUKEBOX_FAST_BACKEND_TOY", " Torch ")
+    assert reg.call("toy", "x") == "torch"
+    monkeypatch.setenv("JUKEBOX_FAST_BACKEND_TOY", "auto")
+    assert reg.call("toy", "x") == "cuda"
+
+
+@pytest.mark.parametrize("how", ["argument", "context", "op_env", "global_env", "global_context"])
+def test_explicit_request_that_cannot_run_raises_with_reasons(reg, monkeypatch, how):
+    call = lambda: reg.call("toy", "no_triton", **({"backend": "triton"} if how == "argument" else {}))
+    if how == "op_env":
+        monkeypatch.setenv("JUKEBOX_FAST_BACKEND_TOY", "triton")
+    if how == "global_env":
+        monkeypatch.setenv("JUKEBOX_FAST_BACKEND", "triton")
+    ctx = {"context": use_backend(toy="triton"), "global_context": use_backend("triton")}.get(how)
+    with pytest.raises(BackendUnavailableError, match=r"'triton'.*flagged input"):
+        if ctx is None:
+            call()
+        else:
+            with ctx:
+                call()
+
+
+def test_unavailable_implementation_reports_its_reason(monkeypatch):
+    reg = _toy(Registry(), cuda_ok=False)
+    with pytest.raises(BackendUnavailableError, match="extension not built"):
+        reg.call("toy", "x", backend="cuda")
+
+
+def test_op_specific_request_for_missing_impl_is_an_error_but_global_is_scoped(reg, monkeypatch):
+    reg.define_op("plain", order=("triton", "torch"))
+    reg.register("plain", "torch", lambda x: "torch")
+    with pytest.raises(BackendUnavailableError, match="no such implementation"):
+        reg.call("plain", "x", backend="triton")
+    with pytest.raises(BackendUnavailableError, match="no such implementation"):
+        reg.call("plain", "x", backend="cuda")
+    # A global choice covers the ops that have it; 'plain' has no cuda impl and keeps auto.
+    with use_backend("cuda"):
+        assert reg.call("plain", "x") == "torch"
+        assert reg.call("toy", "x") == "cuda"
+
+
+def test_unknown_backend_name_is_a_value_error(reg, monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend 'trtion'.*known: auto, cuda, torch, triton"):
+        reg.call("toy", "x", backend="trtion")
+    monkeypatch.setenv("JUKEBOX_FAST_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="from JUKEBOX_FAST_BACKEND"):
+        reg.call("toy", "x")
+
+
+def test_nothing_runnable_under_auto_lists_every_reason():
+    reg = Registry()
+    reg.define_op("picky", order=("triton", "torch"))
+    reg.register("picky", "triton", lambda: None, available=lambda: "no triton here")
+    reg.register("picky", "torch", lambda: None, supports=lambda: ["unsupported shape"])
+    with pytest.raises(BackendUnavailableError, match="triton: no triton here; torch: unsupported shape"):
+        reg.call("picky")
+
+
+def test_availability_is_computed_once():
+    calls = []
+    reg = Registry()
+    reg.define_op("once", order=("triton", "torch"))
+    reg.register("once", "triton", lambda: "triton", available=lambda: calls.append(1) or None)
+    reg.register("once", "torch", lambda: "torch")
+    for _ in range(3):
+        assert reg.call("once") == "triton"
+    assert calls == [1]
+
+
+def test_registration_errors():
+    reg = Registry()
+    reg.define_op("a", order=("torch",))
+    with pytest.raises(ValueError, match="already defined"):
+        reg.define_op("a", order=("torch",))
+    with pytest.raises(ValueError, match="not among them"):
+        reg.register("a", "cuda", lambda: None)
+    reg.register("a", "torch", lambda: None)
+    with pytest.raises(ValueError, match="already has"):
+        reg.register("a", "torch", lambda: None)
+    with pytest.raises(KeyError, match="unknown op 'b'"):
+        reg.call("b")
+
+
+def test_triton_reasons_follow_device_and_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    (reason,) = dispatch.triton_reasons(cpu)
+    assert "cpu" in reason and "TRITON_INTERPRET=1" in reason
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.triton_reasons(cpu) == []
+    assert dispatch.triton_reasons(torch.zeros(1, device="meta")) != []
+
+
+def test_the_package_registry_has_vq_nearest_on_torch(monkeypatch):
+    monkeypatch.delenv("JUKEBOX_FAST_BACKEND", raising=False)
+    monkeypatch.delenv("JUKEBOX_FAST_BACKEND_VQ_NEAREST", raising=False)
+    import jukebox_fast.ops  # noqa: F401
+
+    x = torch.randn(4, 3)
+    assert dispatch.resolve("vq_nearest", x, x).name == "torch"
+    with pytest.raises(BackendUnavailableError, match="vq_nearest.*'triton'.*requested by the backend= argument"):
+        dispatch.resolve("vq_nearest", x, x, backend="triton")

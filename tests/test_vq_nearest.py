@@ -1,0 +1,131 @@
+"""The vq_nearest op: its reference against a float64 brute force, ties, chunking, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jukebox_fast.ops.vq as vq_mod
+from jukebox_fast.ops import vq_nearest
+
+
+def brute_force(x: torch.Tensor, c: torch.Tensor):
+    """Exact distances in float64 from the inputs as given (after their own rounding)."""
+    d = torch.cdist(x.double(), c.double()).square()  # [N, K]
+    return d
+
+
+def check(x, c, idx, dist):
+    """idx must reach the minimum up to fp32 rounding of the expansion, dist must be its value."""
+    n = x.shape[0]
+    assert idx.shape == (n,) and idx.dtype == torch.int64
+    assert dist.shape == (n,) and dist.dtype == torch.float32
+    if n == 0:
+        return
+    d = brute_force(x, c)
+    best = d.min(dim=1).values
+    chosen = d.gather(1, idx.view(-1, 1)).squeeze(1)
+    # The expansion ‖x‖² − 2x·c + ‖c‖² in fp32 loses about eps·(‖x‖² + ‖c‖²) to cancellation.
+    scale = (x.double().square().sum(1) + c.double().square().sum(1).max()) * 4 * torch.finfo(torch.float32).eps
+    assert bool((chosen - best <= scale + 1e-30).all()), "a chosen code is not (near-)nearest"
+    assert bool(((dist.double() - chosen).abs() <= scale + 1e-30).all()), "distance of the chosen code is off"
+
+
+SHAPES = [(1, 1, 1), (7, 13, 5), (333, 100, 48), (1000, 2048, 64), (257, 31, 100), (64, 4096, 16), (3, 5, 256)]
+
+
+@pytest.mark.parametrize("n,k,d", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_matches_brute_force(n, k, d, dtype, monkeypatch):
+    x = torch.randn(n, d).to(dtype)
+    c = torch.randn(k, d).to(dtype)
+    poison = lambda n, dev: (torch.full((n,), -7, dtype=torch.int64), torch.full((n,), float("nan")))
+    monkeypatch.setattr(vq_mod, "new_outputs", poison)  # any element left unwritten fails below
+    idx, dist = vq_nearest(x, c)
+    assert bool((idx >= 0).all()) and bool(torch.isfinite(dist).all())
+    check(x, c, idx, dist)
+
+
+def test_fp32_indices_equal_the_original_full_matrix_method():
+    x, c = torch.randn(3000, 64), torch.randn(2048, 64)
+    # The original: the whole N×K matrix, then torch.min.
+    full = (x**2).sum(-1, keepdim=True) - 2 * x @ c.t() + (c.t() ** 2).sum(0, keepdim=True)
+    ref_d, ref_i = full.min(dim=-1)
+    idx, dist = vq_nearest(x, c)
+    assert torch.equal(idx, ref_i)
+    torch.testing.assert_close(dist, ref_d, rtol=1e-5, atol=1e-4)
+
+
+def test_chunking_does_not_change_the_answer(monkeypatch):
+    x, c = torch.randn(1001, 32), torch.randn(300, 32)
+    whole = vq_nearest(x, c)
+    monkeypatch.setattr(vq_mod, "TILE_ELEMENTS", 300 * 7)  # 7 rows per chunk, ragged last chunk
+    chunked = vq_nearest(x, c)
+    assert torch.equal(whole[0], chunked[0])
+    # The BLAS may block a 7-row product differently from a 1001-row one: last-bit differences.
+    torch.testing.assert_close(whole[1], chunked[1], rtol=1e-6, atol=1e-5)
+
+
+def test_ties_go_to_the_lowest_index():
+    c = torch.randn(10, 8)
+    c[7] = c[2]
+    c[9] = c[2]
+    x = c[2].repeat(5, 1) + 1e-3 * torch.randn(5, 8)
+    idx, _ = vq_nearest(x, c)
+    assert idx.tolist() == [2] * 5
+    # All-equal codebook: every row ties with every code.
+    idx, _ = vq_nearest(torch.randn(6, 4), torch.ones(5, 4))
+    assert idx.tolist() == [0] * 6
+
+
+def test_huge_codebook_norms_do_not_hide_the_nearest_code():
+    c = torch.randn(64, 16) * 1e3
+    c[17] = torch.randn(16) * 0.01
+    x = torch.randn(20, 16) * 0.01
+    idx, dist = vq_nearest(x, c)
+    assert idx.tolist() == [17] * 20
+    check(x, c, idx, dist)
+
+
+def test_empty_input_gives_empty_outputs():
+    idx, dist = vq_nearest(torch.randn(0, 8), torch.randn(4, 8))
+    assert idx.shape == (0,) and dist.shape == (0,)
+    assert idx.dtype == torch.int64 and dist.dtype == torch.float32
+
+
+def test_mixed_dtypes_are_computed_in_fp32():
+    x, c = torch.randn(50, 12).bfloat16(), torch.randn(40, 12)
+    idx, dist = vq_nearest(x, c)
+    check(x, c, idx, dist)
+
+
+@pytest.mark.parametrize(
+    "x,c,match",
+    [
+        (torch.randn(4), torch.randn(3, 4), r"x must be 2-D \[rows, D\], got shape \(4,\)"),
+        (torch.randn(4, 3), torch.randn(5, 4), r"x is \[N, 3\] but codebook is \[K, 4\]"),
+        (torch.randint(0, 3, (4, 3)), torch.randn(5, 3), "x must be a float tensor, got torch.int64"),
+        (torch.randn(4, 3), torch.randn(0, 3), "codebook must be non-empty"),
+        (torch.randn(4, 3), torch.randn(5, 3, device="meta"), "x is on cpu but codebook is on meta"),
+        ([[1.0]], torch.randn(5, 1), "x must be a torch.Tensor, got list"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(x, c, match):
+    with pytest.raises(ValueError, match=match):
+        vq_nearest(x, c)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), k=st.integers(1, 300), d=st.integers(1, 70), seed=st.integers(0, 2**31 - 1),
+       dup=st.booleans())
+def test_random_shapes(n, k, d, seed, dup):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    c = torch.randn(k, d, generator=g)
+    if dup and k > 1:
+        c[k - 1] = c[0]  # a duplicated row never wins over its lower twin
+    idx, dist = vq_nearest(x, c)
+    check(x, c, idx, dist)
+    if dup and k > 1:
+        assert not bool((idx == k - 1).any())
