@@ -91,16 +91,18 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> A
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            try:
-                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            except Exception:
-                unsafe = []
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            unsafe = []  # not even a readable pickle
+        if unsafe:
             raise CheckpointError(
-                f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe) or 'see below'}); "
-                f"if you trust the file, pass trust_pickle=True. Loader said: {str(e).splitlines()[-3:]}"
+                f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "
+                "if you trust the file, pass trust_pickle=True"
             ) from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or not written by torch.save)"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
 

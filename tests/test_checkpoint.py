@@ -1,0 +1,160 @@
+"""Checkpoints: original and own formats, HF key names, atomic writes, and clear errors."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import jukebox_fast.checkpoint as ckpt
+from jukebox_fast import CheckpointError, hparams, load_vqvae, make_vqvae, save_vqvae
+from jukebox_fast.checkpoint import atomic_save, hf_to_openai, openai_to_hf, openai_to_hf_key
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096)).train()
+    model(0.3 * torch.randn(2, 4096, 1))  # initialises codebooks and EMA state
+    return model
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_hf_key_mapping_matches_the_reference_table(data_dir):
+    rows = [line.split("\t") for line in (data_dir / "openai_to_hf_vqvae.tsv").read_text().splitlines()]
+    assert len(rows) == 669
+    for openai, hf in rows:
+        assert "vqvae." + openai_to_hf_key(openai) == hf, openai
+    sd = {openai: i for i, (openai, _) in enumerate(rows)}
+    as_hf = openai_to_hf(sd, prefix="vqvae.")
+    assert as_hf == {hf: i for i, (_, hf) in enumerate(rows)}
+    assert hf_to_openai(as_hf) == sd  # and back, proj_out's step count recovered from the keys
+
+
+def test_own_format_round_trip_keeps_weights_hparams_ema_and_bandwidth(tiny, tmp_path):
+    tiny.bandwidth.l2 = 0.05
+    path = save_vqvae(tiny, tmp_path / "sub" / "vqvae.pth.tar", step=7)
+    loaded = load_vqvae(path)
+    assert loaded.hps == tiny.hps and not loaded.training
+    assert _same_weights(loaded, tiny)
+    assert loaded.bandwidth.l2 == 0.05
+    for a, b in zip(loaded.bottleneck.level_blocks, tiny.bottleneck.level_blocks):
+        assert a.init and torch.equal(a.k_sum, b.k_sum) and torch.equal(a.k_elem, b.k_elem)
+    assert torch.load(path, weights_only=True)["step"] == 7
+
+
+def _original_file(model, path, legacy=False, fp16=False, ddp=False):
+    """A checkpoint as the original writes it: hps with numpy numbers, module. prefixes, fp16 weights."""
+    sd = {("module." if ddp else "") + k: (v.half() if fp16 and v.is_floating_point() else v)
+          for k, v in model.state_dict().items()}
+    hps = {**model.hps.to_dict(), "sample_length": np.int64(0), "lr": np.float64(3e-4),
+           "restore_vqvae": "", "bandwidth": {"l2": np.float64(0.1)}, "prior_width": 4800}
+    torch.save({"hps": hps, "model": sd, "opt": None, "step": np.int64(10)}, path,
+               _use_new_zipfile_serialization=not legacy)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_original_format_loads_with_numpy_hps_ddp_prefix_and_fp16_upcast(tiny, tmp_path, legacy):
+    path = tmp_path / "vqvae.pth.tar"
+    _original_file(tiny, path, legacy=legacy, fp16=True, ddp=True)
+    loaded = load_vqvae(path)
+    assert loaded.hps.l_bins == tiny.hps.l_bins and loaded.hps.width == tiny.hps.width
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == torch.float32
+        assert torch.equal(value, tiny.state_dict()[key].half().float()), key
+    assert all(b.init for b in loaded.bottleneck.level_blocks)
+
+
+def test_released_architecture_from_a_file_without_hps(tmp_path):
+    model = make_vqvae("vqvae")
+    torch.save({"model": model.state_dict()}, tmp_path / "v.pth.tar")
+    loaded = load_vqvae(tmp_path / "v.pth.tar")
+    assert loaded.hps == hparams.get("vqvae") and _same_weights(loaded, model)
+
+
+def test_hf_named_state_dict_loads(tiny, tmp_path):
+    torch.save(openai_to_hf(tiny.state_dict(), prefix="vqvae."), tmp_path / "hf.bin")
+    assert _same_weights(load_vqvae(tmp_path / "hf.bin", hparams=tiny.hps), tiny)
+
+
+def test_load_to_a_device_argument(tiny, tmp_path):
+    path = save_vqvae(tiny, tmp_path / "v.pth.tar")
+    assert load_vqvae(path, device="cpu").decoders[0].out.weight.device.type == "cpu"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pth.tar"):
+        load_vqvae(tmp_path / "nope.pth.tar")
+    with pytest.raises(CheckpointError, match="is not a file"):
+        load_vqvae(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated"])
+def test_corrupt_file_is_a_checkpoint_error_naming_it(tiny, tmp_path, content):
+    path = tmp_path / "bad.pth.tar"
+    if content == "truncated":
+        save_vqvae(tiny, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"bad.pth.tar is not a readable PyTorch checkpoint"):
+        load_vqvae(path)
+
+
+def test_wrong_keys_and_shapes_name_the_key(tiny, tmp_path):
+    sd = dict(tiny.state_dict())
+    missing = dict(sd)
+    del missing["decoders.1.out.bias"]
+    torch.save({"model": missing}, tmp_path / "m.pth.tar")
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\), e.g. \['decoders.1.out.bias'\]"):
+        load_vqvae(tmp_path / "m.pth.tar", hparams=tiny.hps)
+    torch.save({"model": {**sd, "decoders.1.extra": torch.zeros(1)}}, tmp_path / "u.pth.tar")
+    with pytest.raises(CheckpointError, match=r"1 unexpected key\(s\), e.g. \['decoders.1.extra'\]"):
+        load_vqvae(tmp_path / "u.pth.tar", hparams=tiny.hps)
+    torch.save({"model": {**sd, "bottleneck.level_blocks.0.k": torch.zeros(3, 4)}}, tmp_path / "s.pth.tar")
+    with pytest.raises(CheckpointError, match=r"'bottleneck.level_blocks.0.k' has shape \[3, 4\], the model expects \[256, 32\]"):
+        load_vqvae(tmp_path / "s.pth.tar", hparams=tiny.hps)
+    # The released architecture against a tiny file: the first differing key is named.
+    torch.save({"model": sd}, tmp_path / "t.pth.tar")
+    with pytest.raises(CheckpointError, match="does not match the model: 144 missing"):
+        load_vqvae(tmp_path / "t.pth.tar", hparams=hparams.get("vqvae"))
+
+
+def test_not_a_state_dict(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "l.pth.tar")
+    with pytest.raises(CheckpointError, match="expected a dict with a 'model' state dict.*found list"):
+        load_vqvae(tmp_path / "l.pth.tar")
+
+
+class Custom:  # a class safe loading must refuse
+    pass
+
+
+def test_unsafe_pickle_needs_consent(tiny, tmp_path):
+    path = tmp_path / "p.pth.tar"
+    torch.save({"model": tiny.state_dict(), "hps": {"x": Custom()}}, path)
+    with pytest.raises(CheckpointError, match="trust_pickle=True"):
+        load_vqvae(path, hparams=tiny.hps)
+    assert _same_weights(load_vqvae(path, hparams=tiny.hps, trust_pickle=True), tiny)
+
+
+def test_atomic_save_leaves_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    atomic_save({"v": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # an interrupted run
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"v": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["v"] == 1
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind

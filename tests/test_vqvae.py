@@ -1,0 +1,150 @@
+"""The VQ-VAE model layer: original key names, structure, encode/decode, input checks, training pass."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jukebox_fast
+from jukebox_fast import hparams, make_vqvae
+from jukebox_fast.models.resnet import Resnet1D
+
+from conftest import read_keys_tsv
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = make_vqvae("tiny_vqvae").eval()
+    with torch.no_grad():  # codebooks from data, so codes are spread over the codebook
+        x = 0.3 * torch.randn(2, 4096, 1)
+        for level, block in enumerate(model.bottleneck.level_blocks):
+            block.init_k(block.preprocess(model.encoders[level](model.preprocess(x))[-1]))
+    return model
+
+
+def test_state_dict_keys_and_shapes_equal_the_released_checkpoint(data_dir):
+    expected = read_keys_tsv(data_dir / "vqvae.tsv")
+    model = make_vqvae("vqvae")
+    got = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    assert got == expected
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 1_485_763
+
+
+def test_builds_on_the_meta_device_without_data(data_dir):
+    with torch.device("meta"):
+        model = make_vqvae("vqvae")
+    assert all(t.is_meta for t in model.state_dict().values())
+    model2 = make_vqvae("vqvae", device="meta")
+    assert [k for k in model2.state_dict()] == [row[0] for row in read_keys_tsv(data_dir / "vqvae.tsv")]
+
+
+def _stack_dilations(stack: Resnet1D) -> list[int]:
+    return [block.dilation for block in stack.model]
+
+
+def test_dilation_orders_match_the_original():
+    model = make_vqvae("vqvae", device="meta")
+    enc0 = model.encoders[0].level_blocks[0].model[0][1]
+    dec0 = model.decoders[0].level_blocks[0].model[1][0]
+    assert _stack_dilations(enc0) == [1, 3, 9, 27, 81, 243, 729, 2187]
+    assert _stack_dilations(dec0) == [2187, 729, 243, 81, 27, 9, 3, 1]
+    assert _stack_dilations(model.decoders[2].level_blocks[1].model[1][0]) == [27, 9, 3, 1]
+    cond = Resnet1D(8, 16, dilation_growth_rate=3, dilation_cycle=8, checkpoint_res=1)
+    assert [b.dilation for b in cond.blocks] == [1, 3, 9, 27, 81, 243, 729, 2187] * 2
+    assert all(k.startswith("blocks.") for k in cond.state_dict())
+
+
+def test_encode_decode_shapes_and_levels(tiny):
+    x = 0.3 * torch.randn(3, 2 * 4096, 1)
+    zs = tiny.encode(x)
+    assert [tuple(z.shape) for z in zs] == [(3, 1024), (3, 256), (3, 64)]
+    assert all(z.dtype == torch.int64 for z in zs)
+    assert zs[0].unique().numel() > 10
+    for level in range(3):
+        out = tiny.decode(zs[level:], start_level=level)
+        assert out.shape == (3, 8192, 1) and out.dtype == torch.float32
+    # Partial levels give the same codes as the full encode, and chunking the batch changes nothing.
+    assert torch.equal(tiny.encode(x, start_level=1, end_level=2)[0], zs[1])
+    assert all(torch.equal(a, b) for a, b in zip(tiny.encode(x, bs_chunks=2), zs))
+    torch.testing.assert_close(tiny.decode(zs[:1], end_level=1, bs_chunks=3), tiny.decode(zs[:1], end_level=1))
+
+
+def test_encode_accepts_any_float_dtype_like_the_original(tiny):
+    x = 0.3 * torch.randn(1, 4096, 1, dtype=torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(tiny.encode(x), tiny.encode(x.float())))
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (torch.zeros(4096), r"shape \[batch, samples, 1\], got shape \(4096,\)"),
+        (torch.zeros(1, 4096), r"shape \[batch, samples, 1\], got shape \(1, 4096\)"),
+        (torch.zeros(1, 4096, 2), "expected 1 audio channel.*got 2 channels"),
+        (torch.zeros(1, 4000, 1), r"multiple of 128 samples .*got shape \(1, 4000, 1\)"),
+        (torch.zeros(1, 4096, 1, dtype=torch.int16), "expected float audio.*torch.int16"),
+        (torch.zeros(0, 4096, 1), "non-empty batch"),
+        (torch.zeros(1, 4096, 1, device="meta"), "audio is on meta but the model is on cpu"),
+        ([0.0] * 128, "expected audio as a torch.Tensor"),
+    ],
+)
+def test_bad_audio_is_a_clear_value_error(tiny, x, match):
+    with pytest.raises(ValueError, match=match):
+        tiny.encode(x)
+
+
+def test_partial_encode_only_needs_its_own_hop(tiny):
+    x = torch.zeros(1, 8 * 101, 1)  # a multiple of 8, not of 32
+    assert tiny.encode(x, end_level=1)[0].shape == (1, 101)
+    with pytest.raises(ValueError, match="multiple of 32 samples"):
+        tiny.encode(x, end_level=2)
+
+
+@pytest.mark.parametrize(
+    "zs,kwargs,match",
+    [
+        (lambda: [torch.zeros(1, 8, dtype=torch.long)] * 2, {}, "expected a list of 3 code tensors"),
+        (lambda: torch.zeros(1, 8, dtype=torch.long), {}, "got Tensor"),
+        (lambda: [torch.zeros(1, 8)] * 3, {}, "codes of level 0 must be integers, got torch.float32"),
+        (lambda: [torch.zeros(8, dtype=torch.long)] * 3, {}, r"must be a \[batch, time\] tensor"),
+        (lambda: [torch.full((1, 8), 256)] + [torch.zeros(1, 2, dtype=torch.long)] * 2, {},
+         r"must lie in \[0, 256\), got values in \[256, 256\]"),
+        (lambda: [torch.full((1, 8), -1)], dict(start_level=2), r"codes of level 2 must lie in \[0, 256\)"),
+        (lambda: [torch.zeros(1, 8, dtype=torch.long)], dict(start_level=3), "start_level < end_level"),
+    ],
+)
+def test_bad_codes_are_a_clear_value_error(tiny, zs, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny.decode(zs(), **kwargs)
+
+
+def test_training_pass_losses_metrics_and_gradients():
+    torch.manual_seed(0)
+    model = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096)).train()
+    x = 0.3 * torch.randn(2, 4096, 1)
+    x_out, loss, metrics = model(x)
+    assert x_out.shape == x.shape and loss.dim() == 0 and torch.isfinite(loss)
+    for key in ("recons_loss", "spectral_loss", "multispectral_loss", "commit_loss", "spectral_convergence",
+                "l1_loss", "l2_loss", "linf_loss", "recons_loss_l1", "recons_loss_l3", "multispectral_loss_l2",
+                "entropy", "used_curr", "usage", "dk", "fit", "pn"):
+        assert key in metrics and not metrics[key].requires_grad, key
+    expected = (metrics["recons_loss"] + model.hps.multispectral * metrics["multispectral_loss"]
+                + model.hps.commit * metrics["commit_loss"])
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    enc_grad = model.encoders[2].level_blocks[0].model[0][0].weight.grad
+    dec_grad = model.decoders[0].out.weight.grad
+    assert enc_grad is not None and enc_grad.abs().sum() > 0  # straight-through reaches the encoder
+    assert dec_grad is not None and dec_grad.abs().sum() > 0
+
+
+def test_eval_pass_leaves_codebooks_alone(tiny):
+    before = [b.k.clone() for b in tiny.bottleneck.level_blocks]
+    _, loss, metrics = tiny(0.3 * torch.randn(1, 4096, 1))
+    assert "usage" not in metrics and torch.isfinite(loss)
+    assert all(torch.equal(a, b.k) for a, b in zip(before, tiny.bottleneck.level_blocks))
+
+
+def test_public_api_is_importable():
+    assert jukebox_fast.make_vqvae is make_vqvae
+    assert callable(jukebox_fast.load_vqvae) and callable(jukebox_fast.save_vqvae)
