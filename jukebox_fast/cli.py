@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # bad input, paths, checkpoints
         print(f"jukebox-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,96 @@
+"""Encode and decode times of the released VQ-VAE: jukebox_fast against HF transformers' port.
+
+Same random weights (copied through the key mapping), same audio, same process, both under
+``torch.no_grad()``; the median of ``--runs`` timed runs after one warm-up. Also checks that the
+two give the same codes and audio, so a speed-up never hides a wrong answer.
+
+    python benchmarks/bench_vqvae_cpu.py --seconds 8 --runs 5 --out benchmarks/results/vqvae_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+import jukebox_fast
+from jukebox_fast.checkpoint import openai_to_hf
+from jukebox_fast.demo import synth_clip
+
+
+def median_time(fn, runs: int) -> tuple[float, object]:
+    out = fn()  # warm-up (allocator, oneDNN primitive caches)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
+    args = parser.parse_args()
+
+    from transformers.models.deprecated.jukebox import JukeboxVQVAE, JukeboxVQVAEConfig
+
+    torch.manual_seed(0)
+    sr = 44100
+    n = int(args.seconds * sr) // 128 * 128
+    x = torch.from_numpy(synth_clip(n / sr, sr)[:n]).view(1, n, 1)
+    ours = jukebox_fast.make_vqvae("vqvae").eval()
+    with torch.no_grad():
+        for level, block in enumerate(ours.bottleneck.level_blocks):
+            block.init_k(block.preprocess(ours.encoders[level](ours.preprocess(x))[-1]))
+    hf = JukeboxVQVAE(JukeboxVQVAEConfig()).eval()
+    hf.load_state_dict(openai_to_hf(ours.state_dict()), strict=True)
+
+    rows = []
+    with torch.no_grad():
+        t_ours, z_ours = median_time(lambda: ours.encode(x), args.runs)
+        t_hf, z_hf = median_time(lambda: hf.encode(x), args.runs)
+        same = all(torch.equal(a, b) for a, b in zip(z_ours, z_hf))
+        rows.append(("encode, 3 levels", t_ours, t_hf, "codes identical" if same else "CODES DIFFER"))
+        for level in range(3):
+            zs = z_ours[level:]
+            t_ours, a = median_time(lambda: ours.decode(zs, start_level=level), args.runs)
+            t_hf, b = median_time(lambda: hf.decode(zs, start_level=level), args.runs)
+            diff = float((a - b).abs().max())
+            rows.append((f"decode from level {level}", t_ours, t_hf, f"max |diff| {diff:.1e}"))
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    import transformers
+
+    lines = [
+        f"# VQ-VAE encode/decode on CPU: jukebox_fast vs HF transformers",
+        "",
+        f"{args.seconds:g} s of audio ({n} samples, batch 1), released architecture, random weights, "
+        f"median of {args.runs} runs after a warm-up, `torch.no_grad()`.",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, commit {commit}.",
+        "",
+        "| step | jukebox_fast (s) | HF (s) | HF / ours | check |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a, b, check in rows:
+        lines.append(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.2f}x | {check} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
