@@ -63,7 +63,7 @@ def main() -> None:
             t_ours, a = median_time(lambda: ours.decode(zs, start_level=level), args.runs)
             t_hf, b = median_time(lambda: hf.decode(zs, start_level=level), args.runs)
             diff = float((a - b).abs().max())
-            rows.append((f"decode from level {level}", t_ours, t_hf, f"max |diff| {diff:.1e}"))
+            rows.append((f"decode from level {level}", t_ours, t_hf, f"max abs diff {diff:.1e}"))
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
