@@ -159,13 +159,13 @@ def _hparams_from(obj: Any, override: VQVAEHparams | None) -> VQVAEHparams:
         return hparams_mod.from_dict(VQVAEHparams, obj["hparams"])
     if isinstance(obj, Mapping) and isinstance(obj.get("hps"), Mapping):
         # An original checkpoint: its hps dict holds the VQ-VAE fields among many others.
+        # None is meaningful for some fields (hvqvae_multipliers, dilation_cycle), so it is kept.
         known = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in obj["hps"].items()}
-        known = {k: v for k, v in known.items() if k in VQVAEHparams.__dataclass_fields__ and v is not None}
         known.pop("sample_length", None)  # 0 or a prior's length in many originals; not structural
         try:
             return hparams_mod.from_dict(VQVAEHparams, known, strict=False)
         except (ValueError, TypeError):
-            pass
+            pass  # not a VQ-VAE's hps: the released architecture, checked key by key on load
     return hparams_mod.get("vqvae")
 
 

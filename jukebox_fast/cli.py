@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="jukebox_fast_demo", help="output folder")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic clip")
-    p.add_argument("--steps", type=int, default=300, help="training steps of tiny_vqvae on the clip")
+    p.add_argument("--steps", type=int, default=200, help="training steps of tiny_vqvae on the clip")
     p.add_argument("--batch", type=int, default=4, help="windows per training step")
     p.add_argument("--seed", type=int, default=0, help="seed of the clip and of training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

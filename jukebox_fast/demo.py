@@ -64,7 +64,7 @@ def _windows(clip: torch.Tensor, length: int, batch: int, gen: torch.Generator) 
     return torch.stack([clip[s : s + length] for s in starts.tolist()]).unsqueeze(-1)  # [B, L, 1]
 
 
-def run(out: str | Path, seconds: float = 8.0, steps: int = 300, batch: int = 4, lr: float = 1e-3,
+def run(out: str | Path, seconds: float = 8.0, steps: int = 200, batch: int = 4, lr: float = 1e-3,
         seed: int = 0, preset: str = "tiny_vqvae", progress: bool = True) -> dict:
     """Run the demo and return its report (also written to ``out/report.json``)."""
     out = Path(out)

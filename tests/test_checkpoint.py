@@ -158,3 +158,12 @@ def test_atomic_save_leaves_the_old_file_when_a_write_fails(tmp_path, monkeypatc
     monkeypatch.undo()
     assert torch.load(path)["v"] == 1
     assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+def test_original_hps_with_none_fields_keep_their_meaning(tmp_path):
+    hp = hparams.get("tiny_vqvae", hvqvae_multipliers=None, dilation_cycle=2)
+    model = make_vqvae(hp)
+    _original_file(model, tmp_path / "v.pth.tar")
+    loaded = load_vqvae(tmp_path / "v.pth.tar")
+    assert loaded.hps.hvqvae_multipliers is None and loaded.hps.dilation_cycle == 2
+    assert _same_weights(loaded, model)
