@@ -40,7 +40,8 @@ SHAPES = [(1, 1, 1), (7, 13, 5), (333, 100, 48), (1000, 2048, 64), (257, 31, 100
 def test_matches_brute_force(n, k, d, dtype, monkeypatch):
     x = torch.randn(n, d).to(dtype)
     c = torch.randn(k, d).to(dtype)
-    poison = lambda n, dev: (torch.full((n,), -7, dtype=torch.int64), torch.full((n,), float("nan")))
+    # int64.min cannot be read as a valid (even wrapped negative) index, NaN is no distance.
+    poison = lambda n, dev: (torch.full((n,), torch.iinfo(torch.int64).min), torch.full((n,), float("nan")))
     monkeypatch.setattr(vq_mod, "new_outputs", poison)  # any element left unwritten fails below
     idx, dist = vq_nearest(x, c)
     assert bool((idx >= 0).all()) and bool(torch.isfinite(dist).all())

@@ -47,20 +47,17 @@ def new_outputs(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
             torch.empty(n, dtype=torch.float32, device=device))
 
 
-def first_duplicates(codebook: torch.Tensor) -> torch.Tensor | None:
-    """For each row, the lowest index of a row equal to it ([K] int64), or None if all differ.
+def first_duplicates(codebook: torch.Tensor) -> torch.Tensor:
+    """For each row, the lowest index of a row equal to it: int64 [K].
 
     A BLAS may compute two equal columns of x·cᵀ through different code paths (vector body and
     tail), so equal rows can get distances one ulp apart; this map restores the tie rule.
     """
     k = codebook.shape[0]
-    _, inverse = torch.unique(codebook, dim=0, return_inverse=True)  # [K] group of each row
-    groups = int(inverse.max()) + 1
-    if groups == k:
-        return None
+    _, group = torch.unique(codebook, dim=0, return_inverse=True)  # [K] group of each row, < K
     order = torch.arange(k, device=codebook.device)
-    first = torch.full((groups,), k, dtype=torch.int64, device=codebook.device)
-    return first.scatter_reduce_(0, inverse, order, reduce="amin")[inverse]
+    first = torch.full((k,), k, dtype=torch.int64, device=codebook.device)
+    return first.scatter_reduce_(0, group, order, reduce="amin")[group]
 
 
 def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +73,7 @@ def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch
         # Same order of operations as the original: (‖x‖² − 2·x·c) + ‖c‖², in place.
         d.mul_(-2).add_((xs * xs).sum(dim=1, keepdim=True)).add_(c_sq)
         torch.min(d, dim=1, out=(dists[start : start + rows], indices[start : start + rows]))
-    canonical = first_duplicates(c) if n else None
-    if canonical is not None:
-        indices = canonical[indices]
-    return indices, dists
+    return first_duplicates(c)[indices], dists
 
 
 def vq_nearest(
