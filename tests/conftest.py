@@ -27,3 +27,13 @@ def read_keys_tsv(path: Path) -> list[tuple[str, list[int], str]]:
         key, shape, dtype = line.split("\t")
         rows.append((key, [int(s) for s in shape.strip("[]").split(",") if s], dtype))
     return rows
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where PyTorch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; this PyTorch sees none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

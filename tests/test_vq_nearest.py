@@ -95,6 +95,13 @@ def test_empty_input_gives_empty_outputs():
     assert idx.dtype == torch.int64 and dist.dtype == torch.float32
 
 
+def test_inputs_that_require_grad_give_outputs_without_gradient():
+    x, c = torch.randn(9, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    idx, dist = vq_nearest(x, c)
+    assert not dist.requires_grad
+    check(x.detach(), c.detach(), idx, dist)
+
+
 def test_mixed_dtypes_are_computed_in_fp32():
     x, c = torch.randn(50, 12).bfloat16(), torch.randn(40, 12)
     idx, dist = vq_nearest(x, c)

@@ -112,11 +112,13 @@ class VQVAE(nn.Module):
             if z.device != self._param().device:
                 raise ValueError(f"codes of level {level} are on {z.device} but the model is on {self._param().device}")
         z = zs[0]
-        if z.numel() and (int(z.min()) < 0 or int(z.max()) >= self.l_bins):
-            raise ValueError(
-                f"codes of level {levels.start} must lie in [0, {self.l_bins}), got values in "
-                f"[{int(z.min())}, {int(z.max())}]"
-            )
+        if z.numel():
+            # Checked here because an out-of-range index is a device-side assert on CUDA.
+            low, high = (int(v) for v in torch.aminmax(z))
+            if low < 0 or high >= self.l_bins:
+                raise ValueError(
+                    f"codes of level {levels.start} must lie in [0, {self.l_bins}), got values in [{low}, {high}]"
+                )
 
     # -- encode / decode ----------------------------------------------------------------------------
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ def first_duplicates(codebook: torch.Tensor) -> torch.Tensor:
     return first.scatter_reduce_(0, group, order, reduce="amin")[group]
 
 
+@torch.no_grad()
 def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch reference: the oracle for the kernels and the CPU implementation."""
     n, k = x.shape[0], codebook.shape[0]
@@ -88,7 +89,8 @@ def vq_nearest(
 
     Returns:
         ``(indices, distances)``: int64 [N] and fp32 [N], the index of the nearest row (lowest
-        index on ties) and its squared Euclidean distance.
+        index on ties) and its squared Euclidean distance. Neither carries a gradient: the
+        straight-through estimator lives in the bottleneck, not in this op.
     """
     check_inputs(x, codebook)
     return dispatch.call("vq_nearest", x, codebook, backend=backend)

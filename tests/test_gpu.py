@@ -1,0 +1,60 @@
+"""The VQ-VAE on a CUDA device: the same codes and audio as on the CPU, and clear device errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jukebox_fast import hparams, make_vqvae
+from jukebox_fast.ops import vq_nearest
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    cpu = make_vqvae("vqvae").eval()
+    x = 0.3 * torch.randn(2, 16384, 1)
+    with torch.no_grad():
+        for level, block in enumerate(cpu.bottleneck.level_blocks):
+            block.init_k(block.preprocess(cpu.encoders[level](cpu.preprocess(x))[-1]))
+    gpu = make_vqvae("vqvae", device="cuda").eval()
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu, x
+
+
+def test_codes_and_audio_match_the_cpu(models, monkeypatch):
+    cpu, gpu, x = models
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare fp32 with fp32
+    with torch.no_grad():
+        zc, zg = cpu.encode(x), gpu.encode(x.cuda())
+        for level, (a, b) in enumerate(zip(zc, zg)):
+            # Different conv algorithms round differently: allow a rare flip between near-tied codes.
+            assert (a != b.cpu()).float().mean() < 1e-3, level
+        for level in range(3):
+            ya = cpu.decode(zc[level:], start_level=level)
+            yb = gpu.decode([z.cuda() for z in zc[level:]], start_level=level).cpu()
+            torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-5)
+
+
+def test_device_mismatch_is_a_value_error(models):
+    _, gpu, x = models
+    with pytest.raises(ValueError, match="audio is on cpu but the model is on cuda"):
+        gpu.encode(x)
+    with pytest.raises(ValueError, match=r"codes of level 0 must lie in \[0, 2048\)"):
+        gpu.decode([torch.full((1, 4), 5000, device="cuda")], end_level=1)
+
+
+def test_vq_nearest_on_cuda_matches_cpu():
+    x, c = torch.randn(5000, 64), torch.randn(2048, 64)
+    i_cpu, d_cpu = vq_nearest(x, c)
+    i_gpu, d_gpu = vq_nearest(x.cuda(), c.cuda(), backend="torch")
+    assert (i_gpu.cpu() != i_cpu).float().mean() < 1e-3
+    torch.testing.assert_close(d_gpu.cpu(), d_cpu, rtol=1e-4, atol=1e-3)
+
+
+def test_training_step_on_cuda():
+    model = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096), device="cuda").train()
+    _, loss, _ = model(0.3 * torch.randn(2, 4096, 1, device="cuda"))
+    loss.backward()
+    assert torch.isfinite(loss)
