@@ -21,7 +21,7 @@ setup(
     install_requires=[
         # A bare "torch" would let pip pick the newest CUDA build (several GB) on a machine
         # without torch; the README tells CPU users to install torch==2.13.0 first.
-        "torch>=2.4",
+        "torch>=2.6",  # weights_only loading with safe_globals((obj, name)) pairs
         "triton; platform_system == 'Linux'",
         "numpy",
         "tqdm",

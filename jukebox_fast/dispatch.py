@@ -43,6 +43,7 @@ __all__ = [
     "get_op",
     "ops",
     "resolve",
+    "call",
     "use_backend",
     "triton_reasons",
     "interpreter_on",
