@@ -59,7 +59,8 @@ class VQVAEHparams:
     multispec_loss_hop_length: tuple[int, ...] = (240, 120, 50)
     multispec_loss_window_size: tuple[int, ...] = (1200, 600, 240)
     # Not in the original: "ema" is the released EMA codebook with random restarts; "vqvae1" is a
-    # codebook learned by gradient with the loss ‖sg[E(x)] − e‖² + commit·‖sg[e] − E(x)‖².
+    # codebook learned by gradient with the loss ‖sg[E(x)] − e‖² + commit·‖sg[e] − E(x)‖² (the
+    # VQ-VAE paper uses commit=0.25; the released 0.02 lets the encoder drift from the codebook).
     codebook_mode: str = "ema"
 
     def __post_init__(self) -> None:
