@@ -118,9 +118,10 @@ def test_bad_codes_are_a_clear_value_error(tiny, zs, kwargs, match):
         tiny.decode(zs(), **kwargs)
 
 
-def test_training_pass_losses_metrics_and_gradients():
+@pytest.mark.parametrize("spectral", [0.0, 0.5])
+def test_training_pass_losses_metrics_and_gradients(spectral):
     torch.manual_seed(0)
-    model = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096)).train()
+    model = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096, spectral=spectral)).train()
     x = 0.3 * torch.randn(2, 4096, 1)
     x_out, loss, metrics = model(x)
     assert x_out.shape == x.shape and loss.dim() == 0 and torch.isfinite(loss)
@@ -128,8 +129,9 @@ def test_training_pass_losses_metrics_and_gradients():
                 "l1_loss", "l2_loss", "linf_loss", "recons_loss_l1", "recons_loss_l3", "multispectral_loss_l2",
                 "entropy", "used_curr", "usage", "dk", "fit", "pn"):
         assert key in metrics and not metrics[key].requires_grad, key
-    expected = (metrics["recons_loss"] + model.hps.multispectral * metrics["multispectral_loss"]
-                + model.hps.commit * metrics["commit_loss"])
+    expected = (metrics["recons_loss"] + spectral * metrics["spectral_loss"]
+                + model.hps.multispectral * metrics["multispectral_loss"] + model.hps.commit * metrics["commit_loss"])
+    assert float(metrics["spectral_loss"]) > 0  # logged even when its weight is 0
     torch.testing.assert_close(loss.detach(), expected)
     loss.backward()
     enc_grad = model.encoders[2].level_blocks[0].model[0][0].weight.grad

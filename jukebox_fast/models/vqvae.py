@@ -183,10 +183,12 @@ class VQVAE(nn.Module):
         for level in reversed(levels):
             x_out = self.postprocess(self.decoders[level]([bottleneck[level].quantised], all_levels=False)).float()
             this_recons = reconstruction_loss(hps.loss_fn, x_target, x_out, hps, self.bandwidth)
-            if hps.use_nonrelative_specloss:
-                this_spec = spectral_loss(x_target, x_out).mean() / self.bandwidth.spec
-            else:
-                this_spec = spectral_convergence(x_target, x_out).mean()
+            # Weight 0 in the released model: still logged, but no graph for backward to zero out.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and hps.spectral != 0):
+                if hps.use_nonrelative_specloss:
+                    this_spec = spectral_loss(x_target, x_out).mean() / self.bandwidth.spec
+                else:
+                    this_spec = spectral_convergence(x_target, x_out).mean()
             this_multispec = multispectral_loss(
                 x_target, x_out, hps.multispec_loss_n_fft, hps.multispec_loss_hop_length,
                 hps.multispec_loss_window_size).mean() / self.bandwidth.spec
