@@ -100,11 +100,16 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> A
                 f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "
                 "if you trust the file, pass trust_pickle=True"
             ) from None
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or not written by torch.save)"
-        ) from None
+        raise _unreadable(path) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, cause: Exception | None = None) -> CheckpointError:
+    detail = f": {cause}" if cause is not None else ""
+    return CheckpointError(
+        f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or not written by torch.save){detail}"
+    )
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
