@@ -46,9 +46,7 @@ def main() -> None:
     n = int(args.seconds * sr) // 128 * 128
     x = torch.from_numpy(synth_clip(n / sr, sr)[:n]).view(1, n, 1)
     ours = jukebox_fast.make_vqvae("vqvae").eval()
-    with torch.no_grad():
-        for level, block in enumerate(ours.bottleneck.level_blocks):
-            block.init_k(block.preprocess(ours.encoders[level](ours.preprocess(x))[-1]))
+    ours.init_codebooks(x)
     hf = JukeboxVQVAE(JukeboxVQVAEConfig()).eval()
     hf.load_state_dict(openai_to_hf(ours.state_dict()), strict=True)
 

@@ -15,9 +15,7 @@ def models():
     torch.manual_seed(0)
     cpu = make_vqvae("vqvae").eval()
     x = 0.3 * torch.randn(2, 16384, 1)
-    with torch.no_grad():
-        for level, block in enumerate(cpu.bottleneck.level_blocks):
-            block.init_k(block.preprocess(cpu.encoders[level](cpu.preprocess(x))[-1]))
+    cpu.init_codebooks(x)
     gpu = make_vqvae("vqvae", device="cuda").eval()
     gpu.load_state_dict(cpu.state_dict())
     return cpu, gpu, x

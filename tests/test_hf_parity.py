@@ -25,10 +25,8 @@ def pair():
     n = (2 * SR) // 128 * 128  # two seconds
     clip = torch.from_numpy(synth_clip(n / SR, SR, seed=1)[:n])
     x = torch.stack([clip, 0.5 * clip.flip(0)]).unsqueeze(-1)  # [2, T, 1]
-    with torch.no_grad():
-        # HF starts with all-zero codebooks (every code 0): set real ones so the codes mean something.
-        for level, block in enumerate(ours.bottleneck.level_blocks):
-            block.init_k(block.preprocess(ours.encoders[level](ours.preprocess(x))[-1]))
+    # HF starts with all-zero codebooks (every code 0): set real ones so the codes mean something.
+    ours.init_codebooks(x)
     hf = jukebox_hf.JukeboxVQVAE(jukebox_hf.JukeboxVQVAEConfig()).eval()
     hf.load_state_dict(openai_to_hf(ours.state_dict()), strict=True)
     return ours, hf, x

@@ -15,10 +15,7 @@ from conftest import read_keys_tsv
 def tiny():
     torch.manual_seed(0)
     model = make_vqvae("tiny_vqvae").eval()
-    with torch.no_grad():  # codebooks from data, so codes are spread over the codebook
-        x = 0.3 * torch.randn(2, 4096, 1)
-        for level, block in enumerate(model.bottleneck.level_blocks):
-            block.init_k(block.preprocess(model.encoders[level](model.preprocess(x))[-1]))
+    model.init_codebooks(0.3 * torch.randn(2, 4096, 1))  # codes spread over the codebook
     return model
 
 

@@ -159,6 +159,18 @@ class VQVAE(nn.Module):
                 for z in torch.chunk(zs[0], bs_chunks, dim=0)]
         return torch.cat(outs, dim=0)
 
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor) -> None:
+        """Initialise every level's codebook from random latent rows of audio x [N, T, 1].
+
+        The first training batch does this by itself; call it to get meaningful codes from an
+        untrained model (tests, parity checks, benchmarks).
+        """
+        self._check_audio(x, range(self.levels))
+        x_in = self.preprocess(x)
+        for level, block in enumerate(self.bottleneck.level_blocks):
+            block.init_k(block.preprocess(self.encoders[level](x_in)[-1]))
+
     # -- training -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Training pass: audio [N, T, 1] -> (level-0 reconstruction [N, T, 1], loss, metrics).
