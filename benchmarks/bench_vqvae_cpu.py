@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import subprocess
-import time
 from pathlib import Path
 
 import torch
 
 import jukebox_fast
+from common import git_commit, median_time
 from jukebox_fast.checkpoint import openai_to_hf
 from jukebox_fast.demo import synth_clip
-
-
-def median_time(fn, runs: int) -> tuple[float, object]:
-    out = fn()  # warm-up (allocator, oneDNN primitive caches)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -63,11 +51,7 @@ def main() -> None:
             diff = float((a - b).abs().max())
             rows.append((f"decode from level {level}", t_ours, t_hf, f"max abs diff {diff:.1e}"))
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()
     import transformers
 
     lines = [

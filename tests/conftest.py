@@ -1,6 +1,8 @@
 """Shared fixtures: seeding, data paths, and the tolerance rule."""
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,27 @@ def read_keys_tsv(path: Path) -> list[tuple[str, list[int], str]]:
     return rows
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` skip, with the reason, where PyTorch sees no CUDA device."""
+def kernel_device() -> str | None:
+    """Where Triton kernel tests run: the GPU if there is one, else the CPU through the
+    interpreter when ``TRITON_INTERPRET=1`` is set, else nowhere."""
+    if importlib.util.find_spec("triton") is None:
+        return None
     if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device; this PyTorch sees none")
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where PyTorch sees no CUDA device; tests
+    marked ``interpret`` (Triton kernels) where neither a GPU nor the interpreter is there."""
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA device; this PyTorch sees none")
+    if kernel_device() is None:
+        skips["interpret"] = pytest.mark.skip(
+            reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 "
+            "(TRITON_INTERPRET=1 python -m pytest -m interpret)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)

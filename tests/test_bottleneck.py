@@ -56,7 +56,9 @@ def test_ema_update_and_random_restarts_match_the_original_rule(monkeypatch):
     candidates = torch.randn(k_bins, width)
     monkeypatch.setattr(block, "_random_rows", lambda _x: candidates)
     old_k = block.k.clone()
-    metrics = block.update_k(x, codes)
+    counts = torch.bincount(codes, minlength=k_bins)
+    sums = torch.zeros(k_bins, width).index_add_(0, codes, x)
+    metrics = block.update_k(x, counts, sums)
 
     exp_sum, exp_elem, exp_k, counts = _original_update(k_sum, k_elem, x, codes, candidates, mu, 1.0)
     torch.testing.assert_close(block.k_sum, exp_sum)

@@ -142,12 +142,23 @@ def test_triton_reasons_follow_device_and_interpreter(monkeypatch):
     assert dispatch.triton_reasons(torch.zeros(1, device="meta")) != []
 
 
-def test_the_package_registry_has_vq_nearest_on_torch(monkeypatch):
-    monkeypatch.delenv("JUKEBOX_FAST_BACKEND", raising=False)
-    monkeypatch.delenv("JUKEBOX_FAST_BACKEND_VQ_NEAREST", raising=False)
+@pytest.mark.parametrize("op", ["vq_nearest", "vq_quantise"])
+def test_the_package_sends_cpu_tensors_to_torch_unless_the_interpreter_is_on(op, monkeypatch):
+    pytest.importorskip("triton")
+    for var in ("JUKEBOX_FAST_BACKEND", f"JUKEBOX_FAST_BACKEND_{op.upper()}", "TRITON_INTERPRET"):
+        monkeypatch.delenv(var, raising=False)
     import jukebox_fast.ops  # noqa: F401
 
     x = torch.randn(4, 3)
-    assert dispatch.resolve("vq_nearest", x, x).name == "torch"
-    with pytest.raises(BackendUnavailableError, match="vq_nearest.*'triton'.*requested by the backend= argument"):
-        dispatch.resolve("vq_nearest", x, x, backend="triton")
+    assert [i.name for i in dispatch.get_op(op).ranked()] == ["triton", "torch"]
+    assert dispatch.resolve(op, x, x).name == "torch"
+    with pytest.raises(BackendUnavailableError, match=f"{op}.*'triton'.*backend= argument.*TRITON_INTERPRET=1"):
+        dispatch.resolve(op, x, x, backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.resolve(op, x, x).name == "triton"
+    with pytest.raises(BackendUnavailableError, match="fp32, bf16 or fp16, not float64"):
+        dispatch.resolve(op, x.double(), x.double(), backend="triton")
+    assert dispatch.resolve(op, x.double(), x.double()).name == "torch"  # auto passes it on
+    wide = torch.randn(2, 300)
+    with pytest.raises(BackendUnavailableError, match="up to D=256 wide, got D=300"):
+        dispatch.resolve(op, wide, wide, backend="triton")

@@ -4,11 +4,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_kernels_package_is_importable_under_the_package_name():
     import jukebox_fast.kernels
 
     assert jukebox_fast.kernels.__name__ == "jukebox_fast.kernels"
+    pytest.importorskip("triton")
+    from jukebox_fast.kernels import vq
+
+    assert callable(vq.search) and callable(vq.segment_sums)
 
 
 def test_import_does_not_pull_triton_matplotlib_or_transformers():

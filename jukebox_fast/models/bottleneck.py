@@ -86,12 +86,11 @@ class BottleneckBlock(nn.Module):
         self.init = True
 
     @torch.no_grad()
-    def update_k(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One EMA step from x [M, emb_width] and its codes [M]; restarts unused codes."""
-        x = x.float()
-        counts = torch.bincount(codes, minlength=self.k_bins).float()  # [k_bins]
-        sums = torch.zeros(self.k_bins, self.emb_width, device=x.device).index_add_(0, codes, x)
-        candidates = self._random_rows(x)
+    def update_k(self, x: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One EMA step from this batch's statistics (rows per code [k_bins], sum of the rows of
+        each code [k_bins, emb_width]); restarts unused codes on random rows of x [M, emb_width]."""
+        counts, sums = counts.float(), sums.float()
+        candidates = self._random_rows(x.float())
         if _distributed():
             dist.all_reduce(sums)
             dist.all_reduce(counts)
@@ -122,8 +121,7 @@ class BottleneckBlock(nn.Module):
 
     def quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [M, D] -> (codes int64 [M], fit = mean squared distance to the chosen codes)."""
-        with torch.no_grad():
-            codes, dist_min = ops.vq_nearest(x.detach(), self.k.detach())
+        codes, dist_min = ops.vq_nearest(x.detach(), self.k.detach())
         return codes, dist_min.mean()
 
     def dequantise(self, codes: torch.Tensor) -> torch.Tensor:
@@ -148,19 +146,20 @@ class BottleneckBlock(nn.Module):
         prenorm = torch.linalg.vector_norm(rows - rows.mean()) / math.sqrt(rows.numel())
         if update_k and not self.init:
             self.init_k(rows)
-        codes, fit = self.quantise(rows)
-        quantised = self.dequantise(codes)  # [N*T, emb_width]
-        metrics = dict(fit=fit, pn=prenorm)
-        if update_k and self.codebook_mode == "ema":
-            metrics.update(self.update_k(rows, codes))
-        commit_loss = (quantised.detach() - rows).square().sum() / rows.numel()
+        ema = update_k and self.codebook_mode == "ema"
+        # Codes, codebook[codes], commit error and (for the EMA) per-code counts and sums, in one op.
+        out = ops.vq_quantise(rows, self.k.detach(), stats=ema)
+        metrics = dict(fit=out.distances.mean(), pn=prenorm)
+        if ema:
+            metrics.update(self.update_k(rows, out.counts, out.sums))
+        commit_loss = out.commit / rows.numel()
         if self.codebook_mode == "vqvae1":
-            codebook_loss = (quantised - rows.detach()).square().sum() / rows.numel()
+            codebook_loss = (self.dequantise(out.codes) - rows.detach()).square().sum() / rows.numel()
         else:
             codebook_loss = torch.zeros((), device=rows.device)
-        quantised = rows + (quantised - rows).detach()  # straight-through estimator
-        quantised = quantised.view(n, t, self.emb_width).permute(0, 2, 1).contiguous()
-        return BottleneckOutput(codes.view(n, t), quantised, commit_loss, codebook_loss, metrics)
+        # The op's gradient is the straight-through estimator: d quantised / d rows = identity.
+        quantised = out.quantised.view(n, t, self.emb_width).permute(0, 2, 1).contiguous()
+        return BottleneckOutput(out.codes.view(n, t), quantised, commit_loss, codebook_loss, metrics)
 
 
 class Bottleneck(nn.Module):

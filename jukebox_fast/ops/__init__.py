@@ -4,6 +4,6 @@ Each op module holds the PyTorch reference, the checks every backend shares, and
 registration of its implementations with :mod:`jukebox_fast.dispatch`. Importing this package
 registers them all.
 """
-from .vq import vq_nearest, vq_nearest_reference
+from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
 
-__all__ = ["vq_nearest", "vq_nearest_reference"]
+__all__ = ["Quantised", "vq_nearest", "vq_nearest_reference", "vq_quantise", "vq_quantise_reference"]

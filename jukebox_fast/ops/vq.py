@@ -1,18 +1,23 @@
-"""Vector-quantisation ops. ``vq_nearest``: the index of the nearest codebook row for every input row.
+"""Vector-quantisation ops for the bottleneck.
 
-x[N, D], codebook[K, D] -> (indices int64 [N], squared distances fp32 [N]).
+- ``vq_nearest``: x[N, D], codebook[K, D] -> (indices int64 [N], squared distances fp32 [N]).
+- ``vq_quantise``: the same, plus the dequantised rows, the commit-error sum and the EMA
+  statistics (per-code counts and sums), with the original's straight-through gradients.
 
 Distances use the original's expansion ``‖x‖² − 2·x·c + ‖c‖²`` in fp32 whatever the input dtype,
 so a distance may come out slightly negative through rounding, exactly as in the original. Ties
-go to the lowest index, as ``torch.argmin``; identical codebook rows always count as tied.
+go to the lowest index, as ``torch.argmin``; identical codebook rows always count as tied. A row
+whose ‖x‖² is NaN or inf gets index 0 and distance NaN (and its NaN reaches the commit sum).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from .. import dispatch
 
-__all__ = ["vq_nearest", "vq_nearest_reference", "TILE_ELEMENTS"]
+__all__ = ["Quantised", "vq_nearest", "vq_nearest_reference", "vq_quantise", "vq_quantise_reference", "TILE_ELEMENTS"]
 
 # The reference never holds more than this many distances at once (16 MiB of fp32), where the
 # original materialises all N×K of them (2.7 GB for 60 s of level-0 codes).
@@ -21,43 +26,45 @@ TILE_ELEMENTS = 1 << 22
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def check_inputs(x: torch.Tensor, codebook: torch.Tensor) -> None:
+def check_inputs(x: torch.Tensor, codebook: torch.Tensor, op: str = "vq_nearest") -> None:
     """Raise ValueError, naming what was expected and what came, for inputs no backend takes."""
     for name, t in (("x", x), ("codebook", codebook)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"vq_nearest: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
-            raise ValueError(f"vq_nearest: {name} must be 2-D [rows, D], got shape {tuple(t.shape)}")
+            raise ValueError(f"{op}: {name} must be 2-D [rows, D], got shape {tuple(t.shape)}")
         if t.dtype not in _FLOATS:
-            raise ValueError(f"vq_nearest: {name} must be a float tensor, got {t.dtype}")
+            raise ValueError(f"{op}: {name} must be a float tensor, got {t.dtype}")
     if x.shape[1] != codebook.shape[1]:
         raise ValueError(
-            f"vq_nearest: x is [N, {x.shape[1]}] but codebook is [K, {codebook.shape[1]}]; "
+            f"{op}: x is [N, {x.shape[1]}] but codebook is [K, {codebook.shape[1]}]; "
             "the widths must match"
         )
     if codebook.shape[0] == 0 or codebook.shape[1] == 0:
-        raise ValueError(f"vq_nearest: the codebook must be non-empty, got shape {tuple(codebook.shape)}")
+        raise ValueError(f"{op}: the codebook must be non-empty, got shape {tuple(codebook.shape)}")
     if x.device != codebook.device:
-        raise ValueError(f"vq_nearest: x is on {x.device} but codebook is on {codebook.device}")
+        raise ValueError(f"{op}: x is on {x.device} but codebook is on {codebook.device}")
 
 
-def new_outputs(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uninitialised (indices int64 [N], distances fp32 [N]); tests replace this to poison them."""
-    return (torch.empty(n, dtype=torch.int64, device=device),
-            torch.empty(n, dtype=torch.float32, device=device))
+def new_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every output an implementation writes in full starts here; tests replace this to poison them."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
-def first_duplicates(codebook: torch.Tensor) -> torch.Tensor:
-    """For each row, the lowest index of a row equal to it: int64 [K].
+def code_norms(codebook: torch.Tensor) -> torch.Tensor:
+    """‖c‖² fp32 [K], +inf for every row that repeats an earlier row.
 
-    A BLAS may compute two equal columns of x·cᵀ through different code paths (vector body and
-    tail), so equal rows can get distances one ulp apart; this map restores the tie rule.
+    A BLAS (and Triton's interpreter, which calls one) may compute two equal columns of x·cᵀ
+    through different code paths, so equal rows can get distances one ulp apart. Taking the
+    repeats out of the search restores the tie rule: the lowest index wins.
     """
-    k = codebook.shape[0]
-    _, group = torch.unique(codebook, dim=0, return_inverse=True)  # [K] group of each row, < K
-    order = torch.arange(k, device=codebook.device)
-    first = torch.full((k,), k, dtype=torch.int64, device=codebook.device)
-    return first.scatter_reduce_(0, group, order, reduce="amin")[group]
+    c = codebook.float()
+    k = c.shape[0]
+    _, group = torch.unique(c, dim=0, return_inverse=True)  # [K] group of each row, < K
+    order = torch.arange(k, device=c.device)
+    first = torch.full((k,), k, dtype=torch.int64, device=c.device)
+    first.scatter_reduce_(0, group, order, reduce="amin")  # [K] lowest row of each group
+    return (c * c).sum(dim=1).masked_fill_(first[group] != order, float("inf"))
 
 
 @torch.no_grad()
@@ -65,16 +72,22 @@ def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch
     """PyTorch reference: the oracle for the kernels and the CPU implementation."""
     n, k = x.shape[0], codebook.shape[0]
     c = codebook.float()
-    c_sq = (c * c).sum(dim=1)  # [K]
-    indices, dists = new_outputs(n, x.device)
+    c_sq = code_norms(c)  # [K]
+    indices = new_empty((n,), torch.int64, x.device)
+    dists = new_empty((n,), torch.float32, x.device)
     rows = max(1, TILE_ELEMENTS // k)
     for start in range(0, n, rows):
         xs = x[start : start + rows].float()
         d = xs @ c.t()  # [rows, K]
+        x_sq = (xs * xs).sum(dim=1, keepdim=True)  # [rows, 1]
         # Same order of operations as the original: (‖x‖² − 2·x·c) + ‖c‖², in place.
-        d.mul_(-2).add_((xs * xs).sum(dim=1, keepdim=True)).add_(c_sq)
+        d.mul_(-2).add_(x_sq).add_(c_sq)
         torch.min(d, dim=1, out=(dists[start : start + rows], indices[start : start + rows]))
-    return first_duplicates(c)[indices], dists
+        # A row whose ‖x‖² is NaN or inf has no nearest code: (0, NaN), whatever its NaNs' positions.
+        bad = ~torch.isfinite(x_sq.squeeze(1))
+        indices[start : start + rows].masked_fill_(bad, 0)
+        dists[start : start + rows].masked_fill_(bad, float("nan"))
+    return indices, dists
 
 
 def vq_nearest(
@@ -89,11 +102,157 @@ def vq_nearest(
 
     Returns:
         ``(indices, distances)``: int64 [N] and fp32 [N], the index of the nearest row (lowest
-        index on ties) and its squared Euclidean distance. Neither carries a gradient: the
-        straight-through estimator lives in the bottleneck, not in this op.
+        index on ties) and its squared Euclidean distance. Neither carries a gradient; for the
+        training outputs and the straight-through gradient use :func:`vq_quantise`.
     """
-    check_inputs(x, codebook)
+    check_inputs(x, codebook, "vq_nearest")
     return dispatch.call("vq_nearest", x, codebook, backend=backend)
+
+
+class Quantised(NamedTuple):
+    """What :func:`vq_quantise` returns for x [N, D] and a codebook [K, D]."""
+
+    codes: torch.Tensor  # int64 [N], as vq_nearest
+    distances: torch.Tensor  # fp32 [N], as vq_nearest
+    quantised: torch.Tensor  # [N, D] codebook[codes]; gradient passes straight through to x
+    commit: torch.Tensor  # fp32 [] Σ‖x − codebook[codes]‖²; gradient 2·(x − codebook[codes]) to x
+    counts: torch.Tensor | None  # int64 [K] rows per code (None unless stats=True)
+    sums: torch.Tensor | None  # fp32 [K, D] sum of the rows of each code (None unless stats=True)
+
+
+@torch.no_grad()
+def vq_quantise_reference(
+    x: torch.Tensor, codebook: torch.Tensor, stats: bool = True, deterministic: bool = False
+) -> Quantised:
+    """PyTorch reference of :func:`vq_quantise`, without autograd."""
+    codes, dists = vq_nearest_reference(x, codebook)
+    quantised = codebook.to(torch.promote_types(x.dtype, codebook.dtype))[codes]  # [N, D]
+    commit = (x.float() - quantised.float()).square().sum()
+    counts = sums = None
+    if stats:
+        k, d = codebook.shape
+        counts = torch.bincount(codes, minlength=k)  # [K]
+        if deterministic and x.device.type != "cpu":  # index_add_ uses atomics off the CPU
+            order = torch.argsort(codes, stable=True)
+            sums = torch.segment_reduce(x.float()[order], "sum", lengths=counts, axis=0)
+        else:
+            sums = torch.zeros(k, d, device=x.device).index_add_(0, codes, x.float())
+    return Quantised(codes, dists, quantised, commit, counts, sums)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Runs an implementation of vq_quantise and gives x the reference's gradients: the
+    dequantised rows pass the gradient through unchanged (straight-through estimator), the
+    commit sum adds 2·(x − q). The codebook gets none (its loss, if any, is the caller's)."""
+
+    @staticmethod
+    def forward(ctx, x, codebook, impl, stats, deterministic):
+        out = impl(x.detach(), codebook.detach(), stats, deterministic)
+        ctx.save_for_backward(x, out.quantised)
+        ctx.mark_non_differentiable(*(t for t in (out.codes, out.distances, out.counts, out.sums) if t is not None))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, g_codes, g_dists, g_quantised, g_commit, g_counts, g_sums):
+        x, quantised = ctx.saved_tensors
+        grad = 2 * (x.float() - quantised.float()) * g_commit
+        if g_quantised is not None:
+            grad = grad + g_quantised
+        return grad.to(x.dtype), None, None, None, None
+
+
+def vq_quantise(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    stats: bool = True,
+    deterministic: bool | None = None,
+    backend: str | None = None,
+) -> Quantised:
+    """Nearest codes plus everything a training step of the bottleneck needs, in one pass.
+
+    Args:
+        x: [N, D] float tensor (fp32, fp16, bf16 or fp64); N may be 0. Gradients flow to it.
+        codebook: [K, D] float tensor on the same device. It gets no gradient here.
+        stats: also return the EMA statistics (per-code counts and sums).
+        deterministic: per-code sums in a fixed order, bit-identical from run to run. None follows
+            ``torch.are_deterministic_algorithms_enabled()``.
+        backend: implementation to use (see :mod:`jukebox_fast.dispatch`); None for the default.
+
+    Returns:
+        :class:`Quantised`. ``quantised`` holds codebook[codes] exactly, in the promoted dtype of
+        x and codebook (the original's ``x + (q − x).detach()`` rounds it by up to an ulp); its
+        gradient is the straight-through estimator, and ``commit`` carries the commitment
+        loss's gradient, so both train the encoder as the original does.
+    """
+    check_inputs(x, codebook, "vq_quantise")
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    impl = dispatch.resolve("vq_quantise", x, codebook, backend=backend)
+    return Quantised(*_StraightThrough.apply(x, codebook, impl.fn, bool(stats), bool(deterministic)))
+
+
+# -- Triton -------------------------------------------------------------------------------------
+def _triton_supports(x: torch.Tensor, codebook: torch.Tensor, *args, **kwargs) -> list[str]:
+    reasons = dispatch.triton_reasons(x, codebook)
+    if reasons:
+        return reasons
+    from ..kernels.vq import MAX_WIDTH
+
+    if torch.float64 in (x.dtype, codebook.dtype):
+        reasons.append("the Triton kernel takes fp32, bf16 or fp16, not float64")
+    if x.shape[1] > MAX_WIDTH:
+        reasons.append(f"the Triton kernel takes rows up to D={MAX_WIDTH} wide, got D={x.shape[1]}")
+    if codebook.shape[0] >= 2**31:
+        reasons.append(f"the Triton kernel takes fewer than 2**31 codes, got {codebook.shape[0]}")
+    return reasons
+
+
+def _kernel_inputs(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and codebook in their common dtype with unit stride along D (tl.dot needs one dtype)."""
+    dtype = torch.promote_types(x.dtype, codebook.dtype)
+    x, codebook = x.to(dtype), codebook.to(dtype)
+    return (x if x.stride(1) == 1 else x.contiguous()), codebook.contiguous()
+
+
+@torch.no_grad()
+def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..kernels import vq as kernels
+
+    x, codebook = _kernel_inputs(x, codebook)
+    n = x.shape[0]
+    indices = new_empty((n,), torch.int64, x.device)
+    dists = new_empty((n,), torch.float32, x.device)
+    if n:
+        kernels.search(x, codebook, code_norms(codebook), indices, dists)
+    return indices, dists
+
+
+@torch.no_grad()
+def vq_quantise_triton(
+    x: torch.Tensor, codebook: torch.Tensor, stats: bool = True, deterministic: bool = False, *,
+    block_n: int | None = None, block_k: int | None = None,
+) -> Quantised:
+    from ..kernels import vq as kernels
+
+    x, codebook = _kernel_inputs(x, codebook)
+    (n, d), k, dev = x.shape, codebook.shape[0], x.device
+    codes = new_empty((n,), torch.int64, dev)
+    dists = new_empty((n,), torch.float32, dev)
+    quantised = new_empty((n, d), codebook.dtype, dev)
+    errors = new_empty((kernels.errors_size(n, d, block_n),), torch.float32, dev)  # per program
+    atomic = stats and not deterministic
+    counts = torch.zeros(k, dtype=torch.int32, device=dev) if atomic else None  # atomics add into these
+    sums = torch.zeros(k, d, device=dev) if atomic else None
+    if n:
+        kernels.search(x, codebook, code_norms(codebook), codes, dists, quantised, errors, counts, sums,
+                       block_n=block_n, block_k=block_k)
+    if stats and deterministic:
+        counts = torch.bincount(codes, minlength=k)  # [K]
+        order = torch.argsort(codes, stable=True)  # [N] rows grouped by code, in row order
+        sums = new_empty((k, d), torch.float32, dev)
+        kernels.segment_sums(x, order, counts.cumsum(0) - counts, counts, sums)
+    return Quantised(codes, dists, quantised, errors.sum(), None if counts is None else counts.long(), sums)
 
 
 dispatch.define_op(
@@ -101,6 +260,20 @@ dispatch.define_op(
     order=("triton", "torch"),
     doc="x[N, D], codebook[K, D] -> nearest index int64 [N], squared distance fp32 [N]",
 )
+dispatch.define_op(
+    "vq_quantise",
+    order=("triton", "torch"),
+    doc="vq_nearest plus codebook[idx], the commit-error sum and per-code counts and sums",
+)
+_TRITON_NOTE = "Triton kernel (kernels/vq.py): tiled search, running argmin in registers"
+dispatch.register("vq_nearest", "triton", vq_nearest_triton, supports=_triton_supports, note=_TRITON_NOTE)
 dispatch.register(
     "vq_nearest", "torch", vq_nearest_reference, note="chunked PyTorch reference, any device"
+)
+dispatch.register(
+    "vq_quantise", "triton", vq_quantise_triton, supports=_triton_supports,
+    note=_TRITON_NOTE + ", fused dequantise/commit/EMA statistics",
+)
+dispatch.register(
+    "vq_quantise", "torch", vq_quantise_reference, note="PyTorch reference, any device"
 )

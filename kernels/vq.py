@@ -1,0 +1,216 @@
+"""Nearest-codebook search for the VQ bottleneck, with the training outputs fused in.
+
+``search`` tiles x[N, D] into blocks of BLOCK_N rows. Each program keeps its x tile in registers,
+walks the codebook in tiles of BLOCK_K rows, computes x·cᵀ with ``tl.dot`` (fp32 accumulation)
+and keeps a running min and argmin per row: the N×K distance matrix never reaches memory.
+
+The training outputs (dequantised rows, commit-error sum, per-code counts and sums) come out of
+the same pass, in the epilogue. A second pass would have to read x again (N·D elements, as much
+traffic as the whole search reads), while in the epilogue the x tile is still in registers and
+the only new traffic is the gather of BLOCK_N codebook rows, which sit in L2. The per-code sums
+use atomics there; the deterministic alternative (``segment_sums``) needs all rows of a code
+together, so it is a second pass over rows sorted by code.
+
+Launchers fill outputs the caller allocated; shapes and dtypes are checked by the op
+(``jukebox_fast.ops.vq``), not here.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["search", "search_config", "segment_sums", "segment_sums_config", "errors_size", "MAX_WIDTH"]
+
+MAX_WIDTH = 256  # the x tile holds a whole row: D is padded to a power of two up to this
+
+
+@triton.jit
+def _search_kernel(
+    x_ptr, c_ptr, c_sq_ptr, idx_ptr, dist_ptr,
+    q_ptr, err_ptr, counts_ptr, sums_ptr,
+    N, K, D, stride_x, stride_c, stride_q,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, QUANTISE: tl.constexpr, ATOMIC_STATS: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = rows < N
+    col_ok = cols < D
+    x_ok = row_ok[:, None] & col_ok[None, :]
+    rows64 = rows.to(tl.int64)  # N·D may pass 2³¹
+    x = tl.load(x_ptr + rows64[:, None] * stride_x + cols[None, :], mask=x_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
+    xf = x.to(tl.float32)  # kept as loaded for the epilogue, so NaN reaches the commit sum
+    x_sq = tl.sum(xf * xf, axis=1)  # [BLOCK_N]
+    # A row whose ‖x‖² is NaN or inf searches as zeros and reports (index 0, NaN) at the end, as
+    # the reference does: non-finite values never reach the min/argmin, whose NaN rules differ
+    # between the GPU and the interpreter.
+    x_bad = (x_sq != x_sq) | (x_sq == float("inf"))
+    x = tl.where(x_bad[:, None], 0.0, x).to(x_ptr.dtype.element_ty)
+    x_sq = tl.where(x_bad, 0.0, x_sq)
+
+    best = tl.full([BLOCK_N], float("inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_N], tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        codes = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        code_ok = codes < K
+        c = tl.load(
+            c_ptr + codes.to(tl.int64)[:, None] * stride_c + cols[None, :],
+            mask=code_ok[:, None] & col_ok[None, :], other=0.0,
+        )  # [BLOCK_K, BLOCK_D]
+        # Padding codes and rows the caller excluded (later duplicates) carry an infinite norm.
+        c_sq = tl.load(c_sq_ptr + codes, mask=code_ok, other=float("inf"))
+        if UPCAST_DOT:
+            dot = tl.dot(x.to(tl.float32), tl.trans(c.to(tl.float32)), input_precision=PRECISION)  # [BLOCK_N, BLOCK_K]
+        else:
+            dot = tl.dot(x, tl.trans(c), input_precision=PRECISION)  # [BLOCK_N, BLOCK_K] fp32
+        # (‖x‖² − 2·x·c) + ‖c‖²: the reference's order of operations, so equal dot products give
+        # bit-equal distances.
+        d = (x_sq[:, None] - 2.0 * dot) + c_sq[None, :]
+        tile_best = tl.min(d, axis=1)
+        tile_idx = tl.argmin(d, axis=1, tie_break_left=True) + k0
+        # Strictly smaller only: an equal distance in a later tile keeps the lower index.
+        better = tile_best < best
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx, best_idx)
+
+    best = tl.where(x_bad, float("nan"), best)
+    best_idx = tl.where(x_bad, 0, best_idx)
+    tl.store(idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
+    tl.store(dist_ptr + rows, best, mask=row_ok)
+
+    if QUANTISE:
+        best64 = best_idx.to(tl.int64)
+        q = tl.load(c_ptr + best64[:, None] * stride_c + cols[None, :], mask=x_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
+        tl.store(q_ptr + rows64[:, None] * stride_q + cols[None, :], q, mask=x_ok)
+        diff = tl.where(x_ok, xf - q.to(tl.float32), 0.0)
+        # One partial per program, summed by the caller in a fixed order: deterministic.
+        tl.store(err_ptr + pid, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+        if ATOMIC_STATS:
+            tl.atomic_add(counts_ptr + best64, tl.full([BLOCK_N], 1, tl.int32), mask=row_ok)
+            tl.atomic_add(sums_ptr + best64[:, None] * D + cols[None, :], xf, mask=x_ok)
+
+
+@triton.jit
+def _segment_sums_kernel(
+    x_ptr, order_ptr, starts_ptr, counts_ptr, sums_ptr, D, stride_x,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # One program per code, adding its rows (those of order[start : start + count]) in a fixed
+    # order, so the result does not depend on scheduling.
+    code = tl.program_id(0)
+    start = tl.load(starts_ptr + code)
+    count = tl.load(counts_ptr + code)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for j in range(0, count, BLOCK_M):
+        m = j + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        ok = m < count
+        r = tl.load(order_ptr + start + m, mask=ok, other=0)
+        xs = tl.load(x_ptr + r[:, None] * stride_x + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.sum(xs.to(tl.float32), axis=0)
+    tl.store(sums_ptr + code.to(tl.int64) * D + cols, acc, mask=col_ok)
+
+
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16 along each dimension
+
+
+def _tiles(d: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for width d: fewer rows per program as the row tile grows.
+    Chosen for registers and shared memory, not yet tuned on a GPU."""
+    block_d = _block_d(d)
+    if block_d <= 64:
+        return 128, 64, 4
+    if block_d <= 128:
+        return 64, 64, 4
+    return 64, 32, 8
+
+
+def _upcast_dot(dtype: torch.dtype) -> bool:
+    # Triton's interpreter multiplies bf16 tiles as their raw 16-bit integers (it stores bf16 as
+    # uint16 and hands both to numpy.matmul), so there the tiles go in as fp32. The products of
+    # bf16 values are exact in fp32 either way; only the order of the fp32 sums may differ.
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs follow PyTorch's matmul setting, so the kernel agrees with torch's own argmin.
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def search_config(
+    dtype: torch.dtype, d: int, *, quantise: bool, atomic_stats: bool,
+    block_n: int | None = None, block_k: int | None = None,
+) -> tuple[dict, dict]:
+    """The compile-time constants and launch options of ``_search_kernel`` for these inputs."""
+    default_n, default_k, num_warps = _tiles(d)
+    constexprs = dict(
+        BLOCK_N=block_n or default_n, BLOCK_K=block_k or default_k, BLOCK_D=_block_d(d),
+        PRECISION=_precision(dtype), QUANTISE=quantise, ATOMIC_STATS=atomic_stats,
+        UPCAST_DOT=_upcast_dot(dtype),
+    )
+    # No FMA contraction: the distance is rounded exactly as the reference rounds it.
+    return constexprs, dict(num_warps=num_warps, num_stages=3, enable_fp_fusion=False)
+
+
+def search(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    code_sq: torch.Tensor,
+    indices: torch.Tensor,
+    distances: torch.Tensor,
+    quantised: torch.Tensor | None = None,
+    errors: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+    sums: torch.Tensor | None = None,
+    *,
+    block_n: int | None = None,
+    block_k: int | None = None,
+) -> None:
+    """Fill ``indices`` int64 [N] and ``distances`` fp32 [N]; optionally the training outputs.
+
+    x [N, D] and codebook [K, D] share a dtype and have unit stride along D; code_sq fp32 [K] is
+    ‖c‖², +inf for codes that must never be chosen. With ``quantised`` [N, D] (codebook dtype)
+    and ``errors`` fp32 [errors_size(N, D, block_n)] the kernel also writes codebook[idx] and
+    per-program sums of ‖x − codebook[idx]‖²; with ``counts`` int32 [K] and ``sums`` fp32 [K, D]
+    (zeroed by the caller, contiguous) it adds each row to its code with atomics.
+    """
+    n, d = x.shape
+    quantise, atomic_stats = quantised is not None, counts is not None
+    constexprs, options = search_config(
+        x.dtype, d, quantise=quantise, atomic_stats=atomic_stats, block_n=block_n, block_k=block_k)
+    if not quantise:
+        quantised = errors = indices  # placeholders the kernel never touches
+    if not atomic_stats:
+        counts = sums = indices
+    _search_kernel[(triton.cdiv(n, constexprs["BLOCK_N"]),)](
+        x, codebook, code_sq, indices, distances, quantised, errors, counts, sums,
+        n, codebook.shape[0], d, x.stride(0), codebook.stride(0), quantised.stride(0) if quantise else 0,
+        **constexprs, **options,
+    )
+
+
+def errors_size(n: int, d: int, block_n: int | None = None) -> int:
+    """Length of the per-program error buffer :func:`search` writes for N rows of width d."""
+    return triton.cdiv(n, block_n or _tiles(d)[0])
+
+
+def segment_sums(
+    x: torch.Tensor, order: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor
+) -> None:
+    """sums[k] = Σ x[order[starts[k] : starts[k] + counts[k]]], in that order (fp32 [K, D])."""
+    k, d = sums.shape
+    _segment_sums_kernel[(k,)](x, order, starts, counts, sums, d, x.stride(0), **segment_sums_config(d))
+
+
+def segment_sums_config(d: int) -> dict:
+    """The compile-time constants and launch options of ``_segment_sums_kernel``."""
+    return dict(BLOCK_M=32, BLOCK_D=_block_d(d), num_warps=4, enable_fp_fusion=False)
