@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 import jukebox_fast
-from common import device_name, git_commit, median_time
+from common import device_name, git_commit, median_time, report
 from jukebox_fast import dispatch
 from jukebox_fast.ops import vq_nearest, vq_quantise
 
@@ -155,11 +155,7 @@ def main() -> None:
                 print(lines[-1], file=sys.stderr, flush=True)
             del x, c, ref_idx
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

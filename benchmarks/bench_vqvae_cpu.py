@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import jukebox_fast
-from common import git_commit, median_time
+from common import git_commit, median_time, report
 from jukebox_fast.checkpoint import openai_to_hf
 from jukebox_fast.demo import synth_clip
 
@@ -67,11 +67,7 @@ def main() -> None:
     ]
     for name, a, b, check in rows:
         lines.append(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.2f}x | {check} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

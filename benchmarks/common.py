@@ -48,3 +48,11 @@ def device_name(device: str | torch.device) -> str:
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def report(text: str, out: Path | None) -> None:
+    """Print the results table, and write it to ``out`` as well when given."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
