@@ -4,6 +4,19 @@ Each op module holds the PyTorch reference, the checks every backend shares, and
 registration of its implementations with :mod:`jukebox_fast.dispatch`. Importing this package
 registers them all.
 """
+from .attention import sparse_attention, sparse_attention_reference
+from .patterns import AttentionPattern, layer_kinds, prime_window
 from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
 
-__all__ = ["Quantised", "vq_nearest", "vq_nearest_reference", "vq_quantise", "vq_quantise_reference"]
+__all__ = [
+    "AttentionPattern",
+    "Quantised",
+    "layer_kinds",
+    "prime_window",
+    "sparse_attention",
+    "sparse_attention_reference",
+    "vq_nearest",
+    "vq_nearest_reference",
+    "vq_quantise",
+    "vq_quantise_reference",
+]
