@@ -11,8 +11,12 @@ See :mod:`jukebox_fast.dispatch` for choosing kernel implementations and
 from . import ops  # registers the ops with the dispatcher
 from .checkpoint import CheckpointError, load_vqvae, save_vqvae
 from .dispatch import use_backend
+from .models.prior import SimplePrior, make_prior
 from .models.vqvae import VQVAE, make_vqvae
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "VQVAE", "load_vqvae", "make_vqvae", "save_vqvae", "use_backend", "__version__"]
+__all__ = [
+    "CheckpointError", "SimplePrior", "VQVAE", "load_vqvae", "make_prior", "make_vqvae", "save_vqvae", "use_backend",
+    "__version__",
+]

@@ -225,7 +225,8 @@ def save_vqvae(model: VQVAE, path: str | os.PathLike, **extra: Any) -> Path:
 # decoder block's model.0 is HF's proj_in and its step I (from 1) becomes upsample_block.(2I-2,
 # 2I-1). Residual convs model.{1,3} are conv1d_{1,2}; the codebook k is codebook.
 _ENC = r"(?P<p>(?:vqvae\.)?encoders\.\d+\.level_blocks\.\d+)"
-_DEC = r"(?P<p>(?:vqvae\.)?decoders\.\d+\.level_blocks\.\d+)"
+# The upsampler conditioner's stack is a decoder block too (renamed afterwards, see _PRIOR_RENAMES).
+_DEC = r"(?P<p>(?:vqvae\.)?decoders\.\d+\.level_blocks\.\d+|conditioner_blocks\.0\.cond)"
 _P = r"(?P<s>weight|bias)"
 _CONV = {"1": "1", "3": "2"}
 _CONV_BACK = {"1": "1", "2": "3"}
@@ -260,17 +261,43 @@ _FROM_HF: list[tuple[re.Pattern, Callable[[re.Match, dict[str, int]], str]]] = [
 _DOWN_STEP = re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.")
 
 
+# Prior keys, applied in order after the block rules above: HF's names for the conditioners, the
+# lyric encoder, layer norms, embeddings and Conv1D parameters (w, b -> weight, bias).
+_PRIOR_RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(a), b) for a, b in [
+    (r"^conditioner_blocks\.0\.cond\.", "conditioner_blocks.upsampler."),
+    (r"^conditioner_blocks\.0\.ln\.", "conditioner_blocks.layer_norm."),
+    (r"^conditioner_blocks\.0\.", "conditioner_blocks."),
+    (r"^y_emb\.(artist_emb|bow_genre_emb)\.emb\.", r"metadata_embedding.\1."),
+    (r"^y_emb\.", "metadata_embedding."),
+    (r"^prime_state_proj\.", "encoder.proj_in."),
+    (r"^prime_state_ln\.", "encoder.final_layer_norm."),
+    (r"^prime_x_out\.", "encoder.lm_head."),
+    (r"^prime_prior\.", "encoder."),
+    (r"(^|\.)x_emb\.", r"\1embed_tokens."),
+    (r"^prior\.x_out\.", "prior.fc_proj_out."),
+    (r"\.ln_([01])\.", r".layer_norm_\1."),
+    (r"\.(c_attn|c_enc_kv|c_proj|c_fc|proj_in)\.w$", r".\1.weight"),
+    (r"\.(c_attn|c_enc_kv|c_proj|c_fc|proj_in)\.b$", r".\1.bias"),
+]]
+
+
 def openai_to_hf_key(key: str) -> str:
-    """One original key -> HF transformers' name (keys no rule touches are unchanged)."""
+    """One original key (VQ-VAE or prior) -> HF transformers' name, without HF's model prefix."""
     for pattern, rename in _TO_HF:
         m = pattern.match(key)
         if m:
-            return rename(m)
+            key = rename(m)
+            break
+    if key.startswith(("vqvae.", "encoders.", "decoders.", "bottleneck.")):
+        return key
+    for pattern, replacement in _PRIOR_RENAMES:
+        key = pattern.sub(replacement, key)
     return key
 
 
 def openai_to_hf(state_dict: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A state dict with the original's names -> HF's (``prefix="vqvae."`` for a JukeboxModel)."""
+    """A state dict with the original's names -> HF's. ``prefix`` places it in a JukeboxModel:
+    ``"vqvae."``, or ``"priors.0."`` (top prior), ``"priors.1."``, ``"priors.2."`` (level-0 upsampler)."""
     return {prefix + openai_to_hf_key(k): v for k, v in state_dict.items()}
 
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["VQVAEHparams", "get", "names", "from_dict", "CODEBOOK_MODES", "LOSS_FNS"]
+__all__ = ["VQVAEHparams", "PriorHparams", "get", "names", "from_dict", "CODEBOOK_MODES", "LOSS_FNS"]
 
 CODEBOOK_MODES = ("ema", "vqvae1")
 LOSS_FNS = ("l1", "l2", "linf", "lmix")
@@ -110,6 +110,129 @@ class VQVAEHparams:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class PriorHparams:
+    """Hyper-parameters of one level's prior (top-level prior or upsampler), original names.
+
+    ``vqvae`` names the VQ-VAE preset the prior codes for (its codebook size, hops and, for an
+    upsampler, the upper level's up-sampling); :func:`jukebox_fast.make_prior` can be given the
+    VQ-VAE itself instead.
+    """
+
+    level: int = 2
+    vqvae: str = "vqvae"
+    n_ctx: int = 8192
+    prior_width: int = 4800
+    prior_depth: int = 72
+    heads: int = 8
+    attn_order: int = 2
+    blocks: int = 128
+    spread: int | None = None
+    init_scale: float = 0.1
+    m_attn: float = 0.25
+    m_mlp: float = 1.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    emb_dropout: float = 0.0
+    zero_out: bool = False
+    res_scale: bool = False
+    pos_init: bool = False
+    c_res: int = 0
+    # Labels: artist and genre start embedding, and (top level only) the timing embedding.
+    labels: bool = True
+    labels_v3: bool = False
+    y_bins: tuple[int, int] = (120, 4111)  # (genres, artists)
+    max_bow_genre_size: int = 5
+    t_bins: int = 128
+    min_duration: float | None = 60.0
+    max_duration: float | None = 600.0
+    sr: int = 44100
+    # Lyrics.
+    n_vocab: int = 80
+    use_tokens: bool = False
+    n_tokens: int = 0
+    prime_loss_fraction: float = 0.0
+    merged_decoder: bool = True
+    single_enc_dec: bool = False
+    fp16_params: bool = True
+    # The separate lyric encoder (5b_lyrics).
+    prime_width: int = 1280
+    prime_depth: int = 18
+    prime_heads: int = 4
+    prime_attn_order: int = 2
+    prime_blocks: int = 32
+    prime_spread: int | None = None
+    prime_init_scale: float = 0.7
+    prime_m_attn: float = 0.25
+    prime_m_mlp: float = 1.0
+    prime_zero_out: bool = False
+    prime_res_scale: bool = False
+    prime_c_res: int = 1
+    # The upper-level conditioner (upsamplers).
+    cond_width: int = 1024
+    cond_depth: int = 16
+    cond_m_conv: float = 1.0
+    cond_zero_out: bool = False
+    cond_res_scale: bool = False
+    cond_dilation_growth_rate: int = 3
+    cond_dilation_cycle: int | None = 8
+    cond_c_res: int = 1
+    # Lyric alignment (sampling only).
+    alignment_layer: int | None = None
+    alignment_head: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        from .ops.patterns import layer_kinds
+
+        layer_kinds(self.attn_order, self.prior_depth)  # an unknown attn_order fails here, early
+        if self.prior_width % self.heads or int(self.m_attn * self.prior_width) % self.heads:
+            raise ValueError(
+                f"prior_width {self.prior_width} (and m_attn·width) must divide into heads={self.heads}")
+        length = self.n_ctx + (self.n_tokens if self.single_enc_dec else 0)
+        if length % self.blocks:
+            raise ValueError(f"blocks={self.blocks} must divide the sequence length {length}")
+        if self.use_tokens and not self.single_enc_dec and self.n_tokens % self.prime_blocks:
+            raise ValueError(f"prime_blocks={self.prime_blocks} must divide n_tokens={self.n_tokens}")
+
+    @property
+    def is_top(self) -> bool:
+        """The top level has timing conditioning; every other level an upper-level conditioner."""
+        return self.level == 2
+
+    @property
+    def seq_length(self) -> int:
+        """Transformer positions: the music context, plus the lyrics in the single model."""
+        return self.n_ctx + (self.n_tokens if self.single_enc_dec else 0)
+
+    @property
+    def block_ctx(self) -> int:
+        return self.seq_length // self.blocks
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_UPSAMPLER = dict(
+    n_ctx=8192, prior_width=1920, prior_depth=72, heads=1, attn_order=2, blocks=128, init_scale=0.4,
+    t_bins=128, min_duration=None, max_duration=None, merged_decoder=False, fp16_params=False,
+)
+_PRIOR_5B_LYRICS = dict(
+    prior_depth=79, attn_order=10, min_duration=23.8, use_tokens=True, n_tokens=512, prime_loss_fraction=0.4,
+    alignment_layer=68, alignment_head=2,
+)
+_PRIOR_1B_LYRICS = dict(
+    n_ctx=6144, prior_width=2048, prior_depth=72, heads=2, attn_order=12, blocks=64, init_scale=0.2,
+    labels_v3=True, y_bins=(604, 7898), max_bow_genre_size=1, t_bins=64, min_duration=17.84, n_vocab=79,
+    use_tokens=True, n_tokens=384, prime_loss_fraction=0.4, merged_decoder=False, single_enc_dec=True,
+    fp16_params=False, alignment_layer=63, alignment_head=0,
+)
+# Shared by the CPU-sized presets below (which keep the released structures at width 32).
+_TINY = dict(vqvae="tiny_vqvae", prior_width=32, heads=2, blocks=8, init_scale=1.0)
+
 _TINY_VQVAE = dict(
     emb_width=32,
     l_bins=256,
@@ -124,6 +247,29 @@ _PRESETS: dict[str, Callable[[], Any]] = {
     # Same structure (3 levels, hops 8/32/128, per-level multipliers, growing dilations), small
     # widths: trains on a CPU in minutes.
     "tiny_vqvae": lambda: VQVAEHparams(**_TINY_VQVAE),
+    # The released priors (jukebox-reference.md §3.1).
+    "prior_5b": lambda: PriorHparams(),
+    "prior_5b_lyrics": lambda: PriorHparams(**_PRIOR_5B_LYRICS),
+    "prior_1b_lyrics": lambda: PriorHparams(**_PRIOR_1B_LYRICS),
+    "upsampler_level_0": lambda: PriorHparams(level=0, **_UPSAMPLER),
+    "upsampler_level_1": lambda: PriorHparams(level=1, cond_res_scale=True, **_UPSAMPLER),
+    # CPU-sized: every attention type in the order the originals cycle them.
+    # tiny_prior: 1b_lyrics structure (single encoder-decoder, attn_order 12: block, column,
+    # previous-block, prime at layers 15 and 31, dense at 47 -> 48 layers), v3 labels, timing.
+    "tiny_prior": lambda: PriorHparams(**{**_PRIOR_1B_LYRICS, **_TINY, "n_ctx": 64, "n_tokens": 16,
+                                          "prior_depth": 48, "alignment_layer": None, "alignment_head": None}),
+    # tiny_prior_5b_lyrics: separate lyric encoder and cross-attention (attn_order 10 reaches its
+    # first cross-attention layer at 18), v2 labels, timing. fp32 weights: plain optimisers cannot
+    # train the released fp16 Conv1D weights (the original kept fp32 master copies for that).
+    "tiny_prior_5b_lyrics": lambda: PriorHparams(**{**_PRIOR_5B_LYRICS, **_TINY, "n_ctx": 64, "n_tokens": 16,
+                                                    "prior_depth": 19, "prime_width": 16, "prime_depth": 3,
+                                                    "prime_heads": 2, "prime_blocks": 4, "prime_init_scale": 1.0,
+                                                    "min_duration": 1.0, "fp16_params": False, "alignment_layer": None,
+                                                    "alignment_head": None}),
+    # tiny_upsampler: level-1 upsampler structure (conditioner with checkpoint names and residual
+    # scale), attn_order 2.
+    "tiny_upsampler": lambda: PriorHparams(**{**_UPSAMPLER, **_TINY, "level": 1, "cond_res_scale": True,
+                                              "n_ctx": 64, "prior_depth": 3, "cond_width": 16, "cond_depth": 3}),
 }
 
 

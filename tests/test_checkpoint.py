@@ -25,14 +25,20 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_hf_key_mapping_matches_the_reference_table(data_dir):
-    rows = [line.split("\t") for line in (data_dir / "openai_to_hf_vqvae.tsv").read_text().splitlines()]
-    assert len(rows) == 669
-    for openai, hf in rows:
-        assert "vqvae." + openai_to_hf_key(openai) == hf, openai
-    sd = {openai: i for i, (openai, _) in enumerate(rows)}
+HF_PREFIX = {"vqvae.tsv": "vqvae.", "prior_5b.tsv": "priors.0.", "prior_5b_lyrics.tsv": "priors.0.",
+             "prior_1b_lyrics.tsv": "priors.0.", "upsampler_level_1.tsv": "priors.1.",
+             "upsampler_level_0.tsv": "priors.2."}
+
+
+def test_hf_key_mapping_matches_the_reference_table_for_every_released_file(data_dir):
+    rows = [line.split("\t") for line in (data_dir / "openai_to_hf_keys.tsv").read_text().splitlines()]
+    assert len(rows) == 5619 and {f for f, _, _ in rows} == set(HF_PREFIX)
+    for file, openai, hf in rows:
+        assert HF_PREFIX[file] + openai_to_hf_key(openai) == hf, (file, openai)
+    vq = [(openai, hf) for file, openai, hf in rows if file == "vqvae.tsv"]
+    sd = {openai: i for i, (openai, _) in enumerate(vq)}
     as_hf = openai_to_hf(sd, prefix="vqvae.")
-    assert as_hf == {hf: i for i, (_, hf) in enumerate(rows)}
+    assert as_hf == {hf: i for i, (_, hf) in enumerate(vq)}
     assert hf_to_openai(as_hf) == sd  # and back, proj_out's step count recovered from the keys
 
 

@@ -1,0 +1,225 @@
+"""The prior's transformer: pre-LN layers of factorised attention and an MLP, and the
+autoregressive wrapper around them (``ConditionalAutoregressive2D`` in the original).
+
+Activations are [N, L, width]. Attribute names follow the original (``_attn_mods``, ``c_attn``,
+``c_enc_kv``, ``c_proj``, ``c_fc``, ``ln_0``, ``ln_1``, ``x_emb``, ``pos_emb.pos_emb``,
+``start_token``, ``x_out``), so released checkpoints load with ``strict=True``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..ops.patterns import AttentionPattern, layer_kinds, prime_window
+
+__all__ = ["Conv1D", "LayerNorm", "MLP", "FactoredAttention", "ResAttnBlock", "Transformer",
+           "PositionEmbedding", "ConditionalAutoregressive2D"]
+
+
+class Conv1D(nn.Module):
+    """The original's projection: weight ``w`` stored [in, out], bias ``b`` [out]; both are cast
+    to the activation dtype on every call (so fp16-stored weights run in fp32 when asked)."""
+
+    def __init__(self, n_in: int, n_out: int, zero_out: bool = False, init_scale: float = 1.0):
+        super().__init__()
+        w = torch.empty(n_in, n_out)
+        if zero_out:
+            nn.init.zeros_(w)
+        else:
+            nn.init.normal_(w, std=0.02 * init_scale)
+        self.w = nn.Parameter(w)
+        self.b = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self.b.to(x.dtype), x.reshape(-1, x.shape[-1]), self.w.to(x.dtype))  # [N·L, out]
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the activation dtype, returned in that dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_in: int, n_state: int, resid_dropout: float = 0.0, zero_out: bool = False,
+                 init_scale: float = 1.0):
+        super().__init__()
+        self.c_fc = Conv1D(n_in, n_state, init_scale=init_scale)
+        self.c_proj = Conv1D(n_state, n_in, zero_out, init_scale)
+        self.resid_dropout = resid_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.c_proj(quick_gelu(self.c_fc(x))), self.resid_dropout, self.training)
+
+
+class FactoredAttention(nn.Module):
+    """Multi-head attention restricted to one Jukebox pattern; the attention itself is the op
+    :func:`jukebox_fast.ops.sparse_attention`."""
+
+    def __init__(self, n_in: int, n_state: int, n_head: int, pattern: AttentionPattern,
+                 resid_dropout: float = 0.0, zero_out: bool = False, init_scale: float = 1.0):
+        super().__init__()
+        self.n_state, self.n_head, self.pattern = n_state, n_head, pattern
+        if pattern.kind == 6:  # cross-attention: q from x, k and v from the encoder states
+            self.c_attn = Conv1D(n_in, n_state, init_scale=init_scale)
+            self.c_enc_kv = Conv1D(n_in, n_state * 2, init_scale=init_scale)
+        else:
+            self.c_attn = Conv1D(n_in, n_state * 3, init_scale=init_scale)
+        self.c_proj = Conv1D(n_state, n_in, zero_out, init_scale)
+        self.resid_dropout = resid_dropout
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        n, length, _ = t.shape
+        return t.view(n, length, self.n_head, -1).transpose(1, 2)  # [N, H, L, d]
+
+    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.c_attn(x)
+        if self.pattern.kind == 6:
+            if encoder_kv is None:
+                raise ValueError("a cross-attention layer needs the lyric encoder's states (encoder_kv)")
+            q = h
+            k, v = self.c_enc_kv(encoder_kv.to(x.dtype)).chunk(2, dim=2)
+        else:
+            q, k, v = h.chunk(3, dim=2)  # contiguous thirds q | k | v
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        d = q.shape[-1]
+        if self.training:  # the original scales both sides by d^(-1/4) when training
+            q, k, scale = q * d**-0.25, k * d**-0.25, 1.0
+        else:
+            scale = 1.0 / math.sqrt(d)
+        a = ops.sparse_attention(q, k, v, self.pattern, scale=scale)  # [N, H, L, d]
+        a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.n_state)
+        return F.dropout(self.c_proj(a), self.resid_dropout, self.training)
+
+
+class ResAttnBlock(nn.Module):
+    """Pre-LN layer: ``a = attn(ln_0(x))``, ``m = mlp(ln_1(x + a))``, ``x + a + m``."""
+
+    def __init__(self, width: int, n_head: int, pattern: AttentionPattern, m_attn: float, m_mlp: float,
+                 resid_dropout: float = 0.0, zero_out: bool = False, init_scale: float = 1.0,
+                 res_scale: float = 1.0):
+        super().__init__()
+        self.attn = FactoredAttention(width, int(m_attn * width), n_head, pattern, resid_dropout,
+                                      zero_out, init_scale)
+        self.ln_0 = LayerNorm(width)
+        self.mlp = MLP(width, int(m_mlp * width), resid_dropout, zero_out, init_scale)
+        self.ln_1 = LayerNorm(width)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attn(self.ln_0(x), encoder_kv)
+        m = self.mlp(self.ln_1(x + a))
+        if self.res_scale == 1.0:
+            return x + a + m
+        return x + self.res_scale * (a + m)
+
+
+class Transformer(nn.Module):
+    """``depth`` layers whose attention types cycle as ``attn_order`` says."""
+
+    def __init__(self, width: int, length: int, n_head: int, depth: int, attn_order: int, blocks: int,
+                 m_attn: float = 0.25, m_mlp: float = 1.0, resid_dropout: float = 0.0, zero_out: bool = False,
+                 init_scale: float = 1.0, res_scale: bool = False, prime_len: int | None = None):
+        super().__init__()
+        block_ctx = length // blocks
+        prime = prime_window(prime_len, blocks) if prime_len is not None else 0
+        self.kinds = layer_kinds(attn_order, depth)
+        self._attn_mods = nn.ModuleList(
+            ResAttnBlock(width, n_head, AttentionPattern(kind, block_ctx, prime), m_attn, m_mlp, resid_dropout,
+                         zero_out or kind == 6, init_scale, 1.0 / depth if res_scale else 1.0)
+            for kind in self.kinds
+        )
+
+    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
+        """[N, L, width] -> [N, L, width]; with ``fp16`` the layers run in half precision and the
+        result comes back in fp32, as in the original."""
+        if fp16:
+            x = x.half()
+        for layer in self._attn_mods:
+            x = layer(x, encoder_kv if layer.attn.pattern.kind == 6 else None)
+        return x.float() if fp16 else x
+
+
+class PositionEmbedding(nn.Module):
+    """A learned [length, width] table, ``pos_emb``."""
+
+    def __init__(self, length: int, width: int, init_scale: float = 1.0):
+        super().__init__()
+        self.pos_emb = nn.Parameter(torch.empty(length, width).normal_(std=0.01 * init_scale))
+
+    def forward(self) -> torch.Tensor:
+        return self.pos_emb
+
+
+class ConditionalAutoregressive2D(nn.Module):
+    """Token embedding, shift by one, start embedding, conditioning, transformer, logits.
+
+    ``y_cond=False`` gives a learned ``start_token`` (the lyric encoder); ``only_encode`` drops
+    ``x_out`` and returns the transformer's activations. Without ``merged_decoder`` the output
+    projection is tied to ``x_emb`` and the conditioning is added again after the transformer.
+    """
+
+    def __init__(self, length: int, bins: int, width: int, depth: int, heads: int, attn_order: int, blocks: int,
+                 *, y_cond: bool = True, merged_decoder: bool = False, only_encode: bool = False,
+                 m_attn: float = 0.25, m_mlp: float = 1.0, emb_dropout: float = 0.0, resid_dropout: float = 0.0,
+                 zero_out: bool = False, init_scale: float = 1.0, res_scale: bool = False,
+                 prime_len: int | None = None):
+        super().__init__()
+        self.length, self.bins, self.width = length, bins, width
+        self.y_cond, self.only_encode, self.prime_len = y_cond, only_encode, prime_len
+        self.emb_dropout = emb_dropout
+        if not y_cond:
+            self.start_token = nn.Parameter(torch.empty(1, width).normal_(std=0.01 * init_scale))
+        self.x_emb = nn.Embedding(bins, width)
+        nn.init.normal_(self.x_emb.weight, std=0.02 * init_scale)
+        self.pos_emb = PositionEmbedding(length, width, init_scale)
+        self.transformer = Transformer(width, length, heads, depth, attn_order, blocks, m_attn, m_mlp,
+                                       resid_dropout, zero_out, init_scale, res_scale, prime_len)
+        self.add_cond_after_transformer = not merged_decoder
+        if not only_encode:
+            self.x_out = nn.Linear(width, bins, bias=False)
+            if not merged_decoder:
+                self.x_out.weight = self.x_emb.weight
+
+    def embed(self, x: torch.Tensor, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None) -> torch.Tensor:
+        """Tokens [N, L] -> transformer input [N, L, width]: shifted right by one, the start
+        embedding at position 0, plus positions and conditioning."""
+        n = x.shape[0]
+        h = self.x_emb(x)  # [N, L, width]
+        start = y_cond.view(n, 1, self.width) if self.y_cond else self.start_token.expand(n, 1, self.width)
+        h = torch.cat([start.to(h.dtype), h[:, :-1]], dim=1)
+        h = F.dropout(h, self.emb_dropout, self.training)
+        h = h + F.dropout(self.pos_emb(), self.emb_dropout, self.training)
+        return h if x_cond is None else h + x_cond
+
+    def forward(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,
+                encoder_kv: torch.Tensor | None = None, fp16: bool = False, get_sep_loss: bool = False):
+        """Tokens x [N, L] -> (loss in bits per token, logits [N, L, bins]); with ``get_sep_loss``
+        the loss is (first ``prime_len`` positions, the rest). ``only_encode``: the activations."""
+        h = self.transformer(self.embed(x, x_cond, y_cond), encoder_kv, fp16)
+        if self.add_cond_after_transformer and x_cond is not None:
+            h = h + x_cond
+        if self.only_encode:
+            return h
+        logits = self.x_out(h)  # [N, L, bins]
+        if get_sep_loss:
+            p = self.prime_len
+            loss = (bits(logits[:, :p], x[:, :p]), bits(logits[:, p:], x[:, p:]))
+        else:
+            loss = bits(logits, x)
+        return loss, logits
+
+
+def bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in bits per token: logits [N, L, V], targets [N, L]."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)
