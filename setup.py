@@ -28,6 +28,7 @@ setup(
         "soundfile",
         "soxr",
         "matplotlib",
+        "unidecode",  # lyrics: the original transliterates to ASCII before tokenising
     ],
     extras_require={
         "test": ["pytest", "numpy", "hypothesis", "transformers==4.57.6"],

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from . import hparams as hparams_mod
-from .hparams import VQVAEHparams
+from .hparams import PriorHparams, VQVAEHparams
+from .models.prior import SimplePrior, make_prior
 from .models.vqvae import VQVAE, make_vqvae
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "load_state_dict_checked",
     "load_vqvae",
     "save_vqvae",
+    "load_prior",
+    "save_prior",
     "openai_to_hf_key",
     "openai_to_hf",
     "hf_to_openai",
@@ -127,11 +130,14 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
-def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
+def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint",
+                            *, assign: bool = False, device: torch.device | str | None = None) -> None:
     """``load_state_dict(strict=True)`` after checks whose errors name the offending keys.
 
     Tensors are cast to the model's dtypes (fp16 weights into an fp32 model are upcast, as
-    ``load_state_dict`` does in the original).
+    ``load_state_dict`` does in the original). ``assign=True`` adopts the tensors (moved to
+    ``device``) instead of copying them, so a model built on the meta device costs no memory
+    before its weights arrive.
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -152,8 +158,8 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any
             raise CheckpointError(
                 f"{source}: key {key!r} has shape {list(value.shape)}, the model expects {list(target.shape)}"
             )
-        cast[key] = value.to(dtype=target.dtype)
-    model.load_state_dict(cast, strict=True)
+        cast[key] = value.to(device=device if assign else None, dtype=target.dtype)
+    model.load_state_dict(cast, strict=True, assign=assign)
 
 
 # -- the VQ-VAE ----------------------------------------------------------------------------------
@@ -215,6 +221,55 @@ def save_vqvae(model: VQVAE, path: str | os.PathLike, **extra: Any) -> Path:
         format=FORMAT, version=VERSION, kind="vqvae",
         hparams=model.hps.to_dict(), model=model.state_dict(), ema=ema,
         bandwidth=model.bandwidth.to_dict(), **extra,
+    ), path)
+
+
+# -- priors ---------------------------------------------------------------------------------------
+def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | None = None, vqvae=None,
+               device: torch.device | str | None = None, *, trust_pickle: bool = False) -> SimplePrior:
+    """A prior from an original ``prior_level_N.pth.tar`` (or one of ours, or a bare state dict).
+
+    Args:
+        path: the file. The original's dict holds ``model`` and maybe ``hps``, ``step``, ``opt``;
+            ``module.`` prefixes are stripped.
+        name_or_hparams: the architecture (``"prior_1b_lyrics"``, ``"upsampler_level_0"``, ... or
+            a :class:`~jukebox_fast.hparams.PriorHparams`); may be left out for our own files.
+        vqvae: the VQ-VAE the prior codes for (model or hparams); default: the preset's.
+        device: where the weights go (default CPU). The model is built on the meta device and
+            adopts the file's tensors, cast to its dtypes (fp16 Conv1D weights stay fp16 where
+            the released model keeps them so).
+
+    Raises FileNotFoundError, or :class:`CheckpointError` naming the file and the key when the
+    file is unreadable, does not fit the architecture, or unties a tied output projection.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    state_dict = _state_dict_of(obj, path)
+    ours = isinstance(obj, Mapping) and obj.get("format") == FORMAT and obj.get("kind") == "prior"
+    if name_or_hparams is None:
+        if not ours:
+            raise CheckpointError(f"{path} does not say which prior it holds: pass name_or_hparams "
+                                  "(e.g. 'prior_1b_lyrics' or 'upsampler_level_0')")
+        name_or_hparams = hparams_mod.from_dict(PriorHparams, obj["hparams"])
+        if vqvae is None:
+            vqvae = hparams_mod.from_dict(VQVAEHparams, obj["vqvae_hparams"])
+    with torch.device("meta"):
+        model = make_prior(name_or_hparams, vqvae)
+    load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu")
+    lm = model.prior
+    if not model.hps.merged_decoder:  # x_out is x_emb in this architecture: keep it one tensor
+        if not torch.equal(lm.x_out.weight, lm.x_emb.weight):
+            raise CheckpointError(f"{path}: prior.x_out.weight differs from prior.x_emb.weight, but this "
+                                  "architecture ties them (merged_decoder=False)")
+        lm.x_out.weight = lm.x_emb.weight
+    return model.eval()
+
+
+def save_prior(model: SimplePrior, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``model`` (weights and both hparams) atomically in our format."""
+    return atomic_save(dict(
+        format=FORMAT, version=VERSION, kind="prior", hparams=model.hps.to_dict(),
+        vqvae_hparams=model.vqvae_hps.to_dict(), model=model.state_dict(), **extra,
     ), path)
 
 

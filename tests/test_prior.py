@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import read_keys_tsv
-from jukebox_fast import hparams, make_prior
+from jukebox_fast import CheckpointError, hparams, load_prior, make_prior, save_prior
 from jukebox_fast.ops.patterns import layer_kinds
 from test_prior_hf_parity import codes, labels
 
@@ -106,3 +106,63 @@ def test_an_upsampler_needs_the_codes_above():
         prior(zs[0], y)
     with pytest.raises(ValueError, match=r"level-2 codes must be \[N, 16\]"):
         prior([zs[0], zs[1][:, :5]], y)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _same_logits(a, b):
+    zs, y = codes(a, 1), labels(a, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval().get_logits(zs, y), b.eval().get_logits(zs, y), rtol=0, atol=0)
+
+
+def test_load_prior_reads_the_original_format(tmp_path):
+    torch.manual_seed(0)
+    prior = make_prior("tiny_upsampler")
+    sd = {"module." + k: v.clone() for k, v in prior.state_dict().items()}  # as saved under DDP
+    path = tmp_path / "prior_level_1.pth.tar"
+    torch.save({"hps": {"n_ctx": 64, "prior_width": 32}, "model": sd, "step": 5, "opt": None}, path)
+    loaded = load_prior(path, "tiny_upsampler")
+    assert not loaded.training
+    assert loaded.prior.x_out.weight is loaded.prior.x_emb.weight  # tied again after loading
+    _same_logits(loaded, prior)
+
+
+def test_load_prior_keeps_fp16_weights_where_the_release_does(tmp_path):
+    torch.manual_seed(0)
+    hp = hparams.get("tiny_prior_5b_lyrics", fp16_params=True)
+    prior = make_prior(hp)
+    sd = {k: v.float() for k, v in prior.state_dict().items()}  # a file storing fp32
+    torch.save({"model": sd}, tmp_path / "p.pth.tar")
+    loaded = load_prior(tmp_path / "p.pth.tar", hp)
+    assert loaded.prior.transformer._attn_mods[0].attn.c_attn.w.dtype == torch.float16
+    assert loaded.prior.x_emb.weight.dtype == torch.float32
+    _same_logits(loaded, prior)
+
+
+def test_our_prior_format_round_trips_without_naming_the_preset(tmp_path):
+    torch.manual_seed(0)
+    prior = make_prior("tiny_prior")
+    path = save_prior(prior, tmp_path / "sub" / "tiny.pth.tar", step=3)
+    loaded = load_prior(path)
+    assert loaded.hps == prior.hps and loaded.vqvae_hps == prior.vqvae_hps
+    _same_logits(loaded, prior)
+
+
+def test_load_prior_errors_name_the_problem(tmp_path):
+    prior = make_prior("tiny_upsampler")
+    sd = prior.state_dict()
+    with pytest.raises(FileNotFoundError):
+        load_prior(tmp_path / "missing.pth.tar", "tiny_upsampler")
+    (tmp_path / "junk.pth.tar").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_prior(tmp_path / "junk.pth.tar", "tiny_upsampler")
+    torch.save({"model": sd}, tmp_path / "ok.pth.tar")
+    with pytest.raises(CheckpointError, match="pass name_or_hparams"):
+        load_prior(tmp_path / "ok.pth.tar")
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_prior(tmp_path / "ok.pth.tar", "tiny_prior")
+    untied = dict(sd)
+    untied["prior.x_out.weight"] = sd["prior.x_out.weight"] + 1
+    torch.save({"model": untied}, tmp_path / "untied.pth.tar")
+    with pytest.raises(CheckpointError, match="ties them"):
+        load_prior(tmp_path / "untied.pth.tar", "tiny_upsampler")
