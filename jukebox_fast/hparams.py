@@ -24,6 +24,14 @@ CODEBOOK_MODES = ("ema", "vqvae1")
 LOSS_FNS = ("l1", "l2", "linf", "lmix")
 
 
+def _lists_to_tuples(hp) -> None:
+    """Lists from JSON or a user become tuples, so presets stay hashable and comparable."""
+    for f in dataclasses.fields(hp):
+        value = getattr(hp, f.name)
+        if isinstance(value, list):
+            object.__setattr__(hp, f.name, tuple(value))
+
+
 @dataclass(frozen=True)
 class VQVAEHparams:
     """Hyper-parameters of the hierarchical VQ-VAE (the original ``vqvae`` set and relatives)."""
@@ -64,11 +72,7 @@ class VQVAEHparams:
     codebook_mode: str = "ema"
 
     def __post_init__(self) -> None:
-        # Lists from JSON or a user become tuples, so presets stay hashable and comparable.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+        _lists_to_tuples(self)
         n = self.levels
         if n < 1:
             raise ValueError(f"levels must be >= 1, got {n}")
@@ -182,13 +186,12 @@ class PriorHparams:
     alignment_head: int | None = None
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+        _lists_to_tuples(self)
         from .ops.patterns import layer_kinds
 
         layer_kinds(self.attn_order, self.prior_depth)  # an unknown attn_order fails here, early
+        if self.attn_dropout:
+            raise ValueError("attn_dropout is not supported (every released prior uses 0)")
         if self.prior_width % self.heads or int(self.m_attn * self.prior_width) % self.heads:
             raise ValueError(
                 f"prior_width {self.prior_width} (and m_attn·width) must divide into heads={self.heads}")
