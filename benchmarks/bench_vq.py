@@ -153,7 +153,6 @@ def main() -> None:
                 lines.append(f"| {n} | {method} | {seconds * 1e3:.3f} | {speedup} | {rate:.2f} | "
                              f"{rate / peak:.0%} | {agree:.4%} |")
                 print(lines[-1], file=sys.stderr, flush=True)
-            del x, c, ref_idx
         lines.append("")
     report("\n".join(lines) + "\n", args.out)
 

@@ -55,7 +55,7 @@ def main() -> None:
     import transformers
 
     lines = [
-        f"# VQ-VAE encode/decode on CPU: jukebox_fast vs HF transformers",
+        "# VQ-VAE encode/decode on CPU: jukebox_fast vs HF transformers",
         "",
         f"{args.seconds:g} s of audio ({n} samples, batch 1), released architecture, random weights, "
         f"median of {args.runs} runs after a warm-up, `torch.no_grad()`.",

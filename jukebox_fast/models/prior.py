@@ -9,8 +9,6 @@ G genre ids (−1 for none), then the lyric tokens of this window (none for mode
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 

@@ -75,7 +75,7 @@ def _masked(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
         visible = pattern.visible(q_pos, k_pos)  # [rows, Lk]
         out = _attend(_logits(qs, k, scale), visible, v)  # [N, H, rows, d]
         outs.append(out * visible.any(dim=1, keepdim=True).to(out.dtype))  # no key seen: zero
-    return torch.cat(outs, dim=2) if len(outs) != 1 else outs[0]
+    return torch.cat(outs, dim=2)
 
 
 def _blocked(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
