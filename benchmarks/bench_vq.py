@@ -24,8 +24,7 @@ from typing import Callable
 
 import torch
 
-import jukebox_fast
-from common import device_name, git_commit, median_time, report
+from common import device_name, median_time, report, versions
 from jukebox_fast import dispatch
 from jukebox_fast.ops import vq_nearest, vq_quantise
 
@@ -82,19 +81,6 @@ def matmul_rate(dtype: torch.dtype, device: str, runs: int) -> float:
     b = torch.randn(m, m, device=device).to(dtype)
     seconds, _ = median_time(lambda: a @ b, runs, device)
     return 2 * m**3 / seconds / 1e12
-
-
-def versions() -> str:
-    parts = [f"torch {torch.__version__}", f"jukebox_fast {jukebox_fast.__version__}"]
-    try:
-        import triton
-
-        parts.append(f"triton {triton.__version__}")
-    except ImportError:
-        parts.append("triton not installed")
-    if torch.version.cuda:
-        parts.append(f"CUDA {torch.version.cuda}")
-    return ", ".join(parts) + f", commit {git_commit()}"
 
 
 def main() -> None:

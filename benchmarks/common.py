@@ -56,3 +56,19 @@ def report(text: str, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+
+
+def versions() -> str:
+    """Library versions and the commit, for the heading of a results file."""
+    import jukebox_fast
+
+    parts = [f"torch {torch.__version__}", f"jukebox_fast {jukebox_fast.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except ImportError:
+        parts.append("triton not installed")
+    if torch.version.cuda:
+        parts.append(f"CUDA {torch.version.cuda}")
+    return ", ".join(parts) + f", commit {git_commit()}"

@@ -166,6 +166,23 @@ def use_backend(backend: str | None = None, /, **per_op: str) -> Iterator[None]:
         _frames.reset(token)
 
 
+def _context_choice(op_name: str) -> tuple[str, str, bool] | None:
+    """The innermost use_backend() frame's choice for this op, if any."""
+    for frame in reversed(_frames.get()):
+        if op_name in frame:
+            return frame[op_name], f"use_backend({op_name}=...)", True
+        if "*" in frame:
+            return frame["*"], "use_backend(...)", False
+    return None
+
+
+# torch.compile cannot trace ContextVar.get, so it takes this function's result as a constant:
+# a compiled graph keeps the backends in force when it was traced. This is the mark that
+# torch.compiler.assume_constant_result sets; calling that would import torch._dynamo (and
+# Triton) whenever jukebox_fast is imported. The torch.compile test fails if the mark changes.
+_context_choice._dynamo_marked_constant = True
+
+
 def _normalise(choice: str) -> str:
     if not isinstance(choice, str):
         raise TypeError(f"a backend is named by a string such as 'torch' or 'auto', got {choice!r}")
@@ -224,11 +241,9 @@ class Registry:
         """The choice in force for one op: (choice, where it came from, applies to this op only)."""
         if backend is not None:
             return _normalise(backend), "the backend= argument", True
-        for frame in reversed(_frames.get()):
-            if op_name in frame:
-                return frame[op_name], f"use_backend({op_name}=...)", True
-            if "*" in frame:
-                return frame["*"], "use_backend(...)", False
+        chosen = _context_choice(op_name)
+        if chosen is not None:
+            return chosen
         var = env_var(op_name)
         if os.environ.get(var, "").strip():
             return _normalise(os.environ[var]), var, True

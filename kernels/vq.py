@@ -16,11 +16,11 @@ Launchers fill outputs the caller allocated; shapes and dtypes are checked by th
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from .common import dot_precision, upcast_dot
 
 __all__ = ["search", "search_config", "segment_sums", "segment_sums_config", "errors_size", "MAX_WIDTH"]
 
@@ -132,20 +132,6 @@ def _tiles(d: int) -> tuple[int, int, int]:
     return 64, 32, 8
 
 
-def _upcast_dot(dtype: torch.dtype) -> bool:
-    # Triton's interpreter multiplies bf16 tiles as their raw 16-bit integers (it stores bf16 as
-    # uint16 and hands both to numpy.matmul), so there the tiles go in as fp32. The products of
-    # bf16 values are exact in fp32 either way; only the order of the fp32 sums may differ.
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs follow PyTorch's matmul setting, so the kernel agrees with torch's own argmin.
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
-
-
 def search_config(
     dtype: torch.dtype, d: int, *, quantise: bool, atomic_stats: bool,
     block_n: int | None = None, block_k: int | None = None,
@@ -154,8 +140,8 @@ def search_config(
     default_n, default_k, num_warps = _tiles(d)
     constexprs = dict(
         BLOCK_N=block_n or default_n, BLOCK_K=block_k or default_k, BLOCK_D=_block_d(d),
-        PRECISION=_precision(dtype), QUANTISE=quantise, ATOMIC_STATS=atomic_stats,
-        UPCAST_DOT=_upcast_dot(dtype),
+        PRECISION=dot_precision(dtype), QUANTISE=quantise, ATOMIC_STATS=atomic_stats,
+        UPCAST_DOT=upcast_dot(dtype),
     )
     # No FMA contraction: the distance is rounded exactly as the reference rounds it.
     return constexprs, dict(num_warps=num_warps, num_stages=3, enable_fp_fusion=False)

@@ -14,6 +14,7 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+import jukebox_fast.kernels.attention as attn  # noqa: E402
 import jukebox_fast.kernels.vq as vq  # noqa: E402
 
 H200 = GPUTarget("cuda", 90, 32)
@@ -58,3 +59,51 @@ def test_segment_sums_kernel_compiles_for_sm90():
     options = {name: config.pop(name) for name in ("num_warps", "enable_fp_fusion")}
     kernel = compile_for_h200(vq._segment_sums_kernel, pointers, ["D", "stride_x"], config, options)
     assert kernel.asm["cubin"]
+
+
+# -- sparse attention ---------------------------------------------------------------------------
+H200_SHARED_MEMORY = 227 * 1024  # bytes a block may use on sm_90
+
+ATTENTION_CASES = [  # (pattern kind, head width, dtype): the released widths and every pattern
+    (1, 64, torch.bfloat16), (2, 150, torch.float16), (3, 480, torch.bfloat16), (0, 256, torch.bfloat16),
+    (7, 256, torch.float16), (6, 80, torch.bfloat16), (2, 64, torch.float32),
+]
+
+
+def _attention_compiles(fn, kind, d, dtype, **extra):
+    """Compile one attention kernel, typing its arguments by name as the launchers pass them."""
+    constexprs, options = attn.launch_config(kind, d, dtype)
+    constexprs.update(extra)
+    fp32_pointers = {"lse_ptr", "delta_ptr"} | ({"dq_ptr"} if extra.get("ATOMIC_DQ") else set())
+
+    def arg_type(name: str) -> str:
+        if name in constexprs:
+            return "constexpr"
+        if name.endswith("_ptr"):
+            return "*fp32" if name in fp32_pointers else POINTER[dtype]
+        return "fp32" if name in ("qk_scale", "scale") else "i32"
+
+    signature = {name: arg_type(name) for name in fn.arg_names}
+    try:
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=H200,
+                                options=options)
+    except RuntimeError as e:
+        if "backend" in str(e).lower():
+            pytest.skip(f"this Triton cannot target CUDA: {e}")
+        raise
+    assert kernel.asm["cubin"], "no machine code"
+    assert kernel.metadata.shared <= H200_SHARED_MEMORY, f"{kernel.metadata.shared} bytes of shared memory"
+    if dtype != torch.float32:
+        assert "wgmma" in kernel.asm["ptx"] or "mma.sync" in kernel.asm["ptx"], "no tensor-core instructions"
+    return kernel
+
+
+@pytest.mark.parametrize("kind,d,dtype", ATTENTION_CASES, ids=lambda x: str(x).removeprefix("torch."))
+def test_attention_kernels_compile_for_sm90(kind, d, dtype, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _attention_compiles(attn._fwd_kernel, kind, d, dtype)
+    _attention_compiles(attn._bwd_q_kernel, kind, d, dtype)
+    for atomic in (False, True):
+        kernel = _attention_compiles(attn._bwd_kv_kernel, kind, d, dtype, ATOMIC_DQ=atomic)
+        global_atomics = re.search(r"(?<![a-z.])(red|atom)\.global", kernel.asm["ptx"]) is not None
+        assert global_atomics == atomic

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 import jukebox_fast.kernels.vq as kernels  # noqa: E402
 import jukebox_fast.ops.vq as vq_mod
+from jukebox_fast.ops import buffers
 from conftest import kernel_device
 from jukebox_fast import hparams, make_vqvae
 from jukebox_fast.ops import vq_nearest, vq_quantise
@@ -34,7 +35,7 @@ def dev() -> str:
 
 @pytest.fixture(autouse=True)
 def _poisoned(monkeypatch):
-    monkeypatch.setattr(vq_mod, "new_empty", poison)
+    monkeypatch.setattr(buffers, "new_empty", poison)
 
 
 def randn(*shape, dtype=torch.float32, device="cpu"):
@@ -205,7 +206,7 @@ def test_random_shapes(n, k, d, seed, dtype, blocks, deterministic):
     x = torch.randn(n, d, generator=g).to(dev, dtype)
     c = torch.randn(k, d, generator=g).to(dev, dtype)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vq_mod, "new_empty", poison)
+        mp.setattr(buffers, "new_empty", poison)
         out = quantise(x, c, deterministic, blocks)
     assert_nearest(x, c, out.codes, out.distances, reference=vq_nearest(x, c, backend="torch"))
     assert torch.equal(out.quantised, c[out.codes])

@@ -53,7 +53,7 @@ def assert_nearest(x, c, idx, dist, reference=None) -> None:
 
 
 def poison(shape, dtype, device) -> torch.Tensor:
-    """A stand-in for ``ops.vq.new_empty``: NaN for floats, int64.min (never a valid index, even
+    """A stand-in for ``ops.buffers.new_empty``: NaN for floats, int64.min (never a valid index, even
     wrapped) for integers, so any element an implementation leaves unwritten fails the checks."""
     fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
     return torch.full(shape, fill, dtype=dtype, device=device)

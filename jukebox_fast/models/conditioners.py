@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .checks import require_all
 from .encdec import DecoderConvBlock
 from .transformer import LayerNorm
 
@@ -25,9 +26,8 @@ class SimpleEmbedding(nn.Module):
         nn.init.normal_(self.emb.weight, std=0.01 * init_scale)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.device.type != "meta" and ids.numel() and not bool(((ids >= 0) & (ids < self.bins)).all()):
-            lo, hi = int(ids.min()), int(ids.max())
-            raise ValueError(f"{self.what} must lie in [0, {self.bins}), got values in [{lo}, {hi}]")
+        require_all((ids >= 0) & (ids < self.bins),
+                    lambda: f"{self.what} must lie in [0, {self.bins}), got values in [{int(ids.min())}, {int(ids.max())}]")
         return self.emb(ids)
 
 
@@ -49,11 +49,11 @@ class RangeEmbedding(nn.Module):
 
     def forward(self, start: torch.Tensor, end: torch.Tensor | None = None) -> torch.Tensor:
         """start, end: [N, 1] -> [N, n_time, width]."""
-        if start.device.type != "meta":
-            if not bool(((start >= self.lo) & (start < self.hi)).all()):
-                raise ValueError(f"{self.what} must lie in [{self.lo:g}, {self.hi:g}), got {start.view(-1).tolist()}")
-            if end is not None and not self.clamp and not bool(((end >= self.lo) & (end <= self.hi)).all()):
-                raise ValueError(f"{self.what} end must lie in [{self.lo:g}, {self.hi:g}], got {end.view(-1).tolist()}")
+        require_all((start >= self.lo) & (start < self.hi),
+                    lambda: f"{self.what} must lie in [{self.lo:g}, {self.hi:g}), got {start.view(-1).tolist()}")
+        if end is not None and not self.clamp:
+            require_all((end >= self.lo) & (end <= self.hi),
+                        lambda: f"{self.what} end must lie in [{self.lo:g}, {self.hi:g}], got {end.view(-1).tolist()}")
         start = start.float()
         if self.n_time == 1:
             position = start

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .. import hparams as hparams_mod
 from ..hparams import PriorHparams, VQVAEHparams
+from .checks import require_all
 from .conditioners import Conditioner, LabelConditioner
 from .transformer import Conv1D, ConditionalAutoregressive2D, LayerNorm, bits
 
@@ -77,8 +78,8 @@ class SimplePrior(nn.Module):
             raise ValueError(f"{what} must be integer codes [N, {length}], got {got}")
         if z.shape[1] != length:
             raise ValueError(f"{what} must be [N, {length}] for this level's context, got {tuple(z.shape)}")
-        if z.device.type != "meta" and z.numel() and not bool(((z >= 0) & (z < bins)).all()):
-            raise ValueError(f"{what} must lie in [0, {bins}), got values in [{int(z.min())}, {int(z.max())}]")
+        require_all((z >= 0) & (z < bins),
+                    lambda: f"{what} must lie in [0, {bins}), got values in [{int(z.min())}, {int(z.max())}]")
 
     def split_labels(self, y: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """y -> (label part [N, 4 + G], lyric tokens [N, n_tokens] or None)."""
@@ -92,8 +93,9 @@ class SimplePrior(nn.Module):
                 f"labels y must be [N, {n_labels + self.n_tokens}] (4 + {self.hps.max_bow_genre_size} genre slots"
                 f" + {self.n_tokens} lyric tokens), got {tuple(y.shape)}")
         prime = y[:, n_labels:] if self.n_tokens else None
-        if prime is not None and prime.device.type != "meta" and not bool(((prime >= 0) & (prime < self.hps.n_vocab)).all()):
-            raise ValueError(f"lyric tokens must lie in [0, {self.hps.n_vocab}), got [{int(prime.min())}, {int(prime.max())}]")
+        if prime is not None:
+            require_all((prime >= 0) & (prime < self.hps.n_vocab),
+                        lambda: f"lyric tokens must lie in [0, {self.hps.n_vocab}), got [{int(prime.min())}, {int(prime.max())}]")
         return y[:, :n_labels], prime
 
     def get_cond(self, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None):

@@ -17,9 +17,10 @@ import math
 import torch
 
 from .. import dispatch
+from . import buffers
 from .patterns import AttentionPattern
 
-__all__ = ["sparse_attention", "sparse_attention_reference", "TILE_ELEMENTS"]
+__all__ = ["sparse_attention", "sparse_attention_reference", "sparse_attention_triton", "TILE_ELEMENTS"]
 
 TILE_ELEMENTS = 1 << 24  # logits per chunk of the masked path (64 MiB in fp32)
 _MASKED = -1e9  # the original's value for hidden logits
@@ -136,10 +137,118 @@ def sparse_attention(
     return dispatch.call("sparse_attention", q, k, v, pattern, scale, backend=backend)
 
 
+# -- Triton -------------------------------------------------------------------------------------
+# The kernels run inside two torch.library custom ops (forward, backward) with fake
+# implementations, and the backward is attached with ``register_autograd``: torch.compile traces a
+# prior's forward and backward through them without graph breaks, and eager autograd uses the
+# same path.
+_HALF_OR_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _triton_supports(q, k, v, pattern, scale) -> list[str]:
+    reasons = dispatch.triton_reasons(q, k, v)
+    if reasons:
+        return reasons
+    from ..kernels.attention import MAX_HEAD_DIM
+
+    if len({q.dtype, k.dtype, v.dtype}) != 1:
+        reasons.append(f"the Triton kernel takes q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    elif q.dtype not in _HALF_OR_FLOAT:
+        reasons.append(f"the Triton kernel takes fp16, bf16 or fp32, not {q.dtype}")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        reasons.append(f"the Triton kernel takes heads up to d={MAX_HEAD_DIM} wide, got d={q.shape[-1]}")
+    return reasons
+
+
+def _heads_inner(like: torch.Tensor, length: int, dtype: torch.dtype, fill=None) -> torch.Tensor:
+    """[N, H, length, d] stored as [N, length, H, d]: the model merges heads with a view."""
+    n, h, _, d = like.shape
+    shape = (n, length, h, d)
+    t = fill(shape, dtype, like.device) if fill else like.new_empty(shape, dtype=dtype)
+    return t.transpose(1, 2)
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("jukebox_fast::sparse_attention_fwd", mutates_args=())
+def _triton_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: int, block_ctx: int, prime_len: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..kernels import attention as kernels
+
+    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
+    n, h, lq, _ = q.shape
+    out = _heads_inner(q, lq, v.dtype, buffers.new_empty)
+    lse = buffers.new_empty((n, h, lq), torch.float32, q.device)  # log2-sum-exp per query row
+    if out.numel():
+        kernels.forward(q, k, v, out, lse, kind, block_ctx, prime_len, scale)
+    return out, lse
+
+
+@_triton_forward.register_fake
+def _(q, k, v, kind, block_ctx, prime_len, scale):
+    return _heads_inner(q, q.shape[2], v.dtype), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("jukebox_fast::sparse_attention_bwd", mutates_args=())
+def _triton_backward(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, kind: int, block_ctx: int, prime_len: int, scale: float, deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..kernels import attention as kernels
+
+    grad, q, k, v = _unit_stride(grad), _unit_stride(q), _unit_stride(k), _unit_stride(v)
+    dq = _heads_inner(q, q.shape[2], q.dtype, buffers.new_empty)
+    dk = _heads_inner(k, k.shape[2], k.dtype, buffers.new_empty)
+    dv = _heads_inner(v, v.shape[2], v.dtype, buffers.new_empty)
+    if dq.numel() and dk.numel():
+        kernels.backward(grad, q, k, v, out, lse, dq, dk, dv, kind, block_ctx, prime_len, scale,
+                         deterministic=deterministic)
+    else:  # no query or no key: nothing flows
+        dq, dk, dv = dq.zero_(), dk.zero_(), dv.zero_()
+    return dq, dk, dv
+
+
+@_triton_backward.register_fake
+def _(grad, q, k, v, out, lse, kind, block_ctx, prime_len, scale, deterministic):
+    return (_heads_inner(q, q.shape[2], q.dtype), _heads_inner(k, k.shape[2], k.dtype),
+            _heads_inner(v, v.shape[2], v.dtype))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, kind, block_ctx, prime_len, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.pattern = (kind, block_ctx, prime_len, scale)
+
+
+def _backward(ctx, grad, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    # Without deterministic algorithms dQ is summed with fp32 atomics (one recomputation fewer).
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    dq, dk, dv = _triton_backward(grad, q, k, v, out, lse, *ctx.pattern, deterministic)
+    return dq, dk, dv, None, None, None, None
+
+
+_triton_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sparse_attention_triton(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
+    """The Triton kernels (kernels/attention.py), differentiable; the output is [N, H, Lq, d]
+    laid out as [N, Lq, H, d]."""
+    return _triton_forward(q, k, v, pattern.kind, pattern.block_ctx, pattern.prime_len, scale)[0]
+
+
 dispatch.define_op(
     "sparse_attention",
     order=("triton", "torch"),
     doc="q[N,H,Lq,d], k/v[N,H,Lk,d], AttentionPattern -> [N,H,Lq,d] (Jukebox's factorised attention)",
+)
+dispatch.register(
+    "sparse_attention", "triton", sparse_attention_triton, supports=_triton_supports,
+    note="Triton flash kernels (kernels/attention.py) on the un-permuted sequence, forward and backward",
 )
 dispatch.register(
     "sparse_attention", "torch", sparse_attention_reference,

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import dispatch
+from . import buffers
 
 __all__ = ["Quantised", "vq_nearest", "vq_nearest_reference", "vq_quantise", "vq_quantise_reference", "TILE_ELEMENTS"]
 
@@ -46,11 +47,6 @@ def check_inputs(x: torch.Tensor, codebook: torch.Tensor, op: str = "vq_nearest"
         raise ValueError(f"{op}: x is on {x.device} but codebook is on {codebook.device}")
 
 
-def new_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every output an implementation writes in full starts here; tests replace this to poison them."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def code_norms(codebook: torch.Tensor) -> torch.Tensor:
     """‖c‖² fp32 [K], +inf for every row that repeats an earlier row.
 
@@ -73,8 +69,8 @@ def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch
     n, k = x.shape[0], codebook.shape[0]
     c = codebook.float()
     c_sq = code_norms(c)  # [K]
-    indices = new_empty((n,), torch.int64, x.device)
-    dists = new_empty((n,), torch.float32, x.device)
+    indices = buffers.new_empty((n,), torch.int64, x.device)
+    dists = buffers.new_empty((n,), torch.float32, x.device)
     rows = max(1, TILE_ELEMENTS // k)
     for start in range(0, n, rows):
         xs = x[start : start + rows].float()
@@ -221,8 +217,8 @@ def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Te
 
     x, codebook = _kernel_inputs(x, codebook)
     n = x.shape[0]
-    indices = new_empty((n,), torch.int64, x.device)
-    dists = new_empty((n,), torch.float32, x.device)
+    indices = buffers.new_empty((n,), torch.int64, x.device)
+    dists = buffers.new_empty((n,), torch.float32, x.device)
     if n:
         kernels.search(x, codebook, code_norms(codebook), indices, dists)
     return indices, dists
@@ -237,10 +233,10 @@ def vq_quantise_triton(
 
     x, codebook = _kernel_inputs(x, codebook)
     (n, d), k, dev = x.shape, codebook.shape[0], x.device
-    codes = new_empty((n,), torch.int64, dev)
-    dists = new_empty((n,), torch.float32, dev)
-    quantised = new_empty((n, d), codebook.dtype, dev)
-    errors = new_empty((kernels.errors_size(n, d, block_n),), torch.float32, dev)  # per program
+    codes = buffers.new_empty((n,), torch.int64, dev)
+    dists = buffers.new_empty((n,), torch.float32, dev)
+    quantised = buffers.new_empty((n, d), codebook.dtype, dev)
+    errors = buffers.new_empty((kernels.errors_size(n, d, block_n),), torch.float32, dev)  # per program
     atomic = stats and not deterministic
     counts = torch.zeros(k, dtype=torch.int32, device=dev) if atomic else None  # atomics add into these
     sums = torch.zeros(k, d, device=dev) if atomic else None
@@ -250,7 +246,7 @@ def vq_quantise_triton(
     if stats and deterministic:
         counts = torch.bincount(codes, minlength=k)  # [K]
         order = torch.argsort(codes, stable=True)  # [N] rows grouped by code, in row order
-        sums = new_empty((k, d), torch.float32, dev)
+        sums = buffers.new_empty((k, d), torch.float32, dev)
         kernels.segment_sums(x, order, counts.cumsum(0) - counts, counts, sums)
     return Quantised(codes, dists, quantised, errors.sum(), None if counts is None else counts.long(), sums)
 

@@ -1,0 +1,485 @@
+"""Flash-style attention for Jukebox's factorised patterns, on the un-permuted sequence.
+
+The original computes block, column and previous-block attention by re-blocking the sequence
+(transposes and ``.contiguous()`` copies) and running dense attention on the pieces. These
+kernels read q, k, v [N, H, L, d] in place, through their strides, and compute each pattern's
+visible keys directly (:mod:`jukebox_fast.ops.patterns` is the definition they follow):
+
+* A program owns a tile of BLOCK_M queries and walks only the key tiles its pattern can reach
+  (one block for block-local, the previous block for previous-block, the first P keys for prime
+  attention, everything before the tile for dense), masking inside the tiles at the edges.
+* Column attention (a key is visible when it is in the same column of the block grid) is a
+  causal attention along each column. Its programs take one column r and a tile of that column:
+  "units" u are column indices and position = r + block_ctx·u, so the tiles are strided views
+  of the sequence and no key of another column is ever read. For every other pattern a unit is
+  a position.
+* Online softmax in fp32 with exp2; the probabilities are cast to v's dtype before P·V, as the
+  reference casts them. The log-sum-exp of each query row (log2 units, +inf for a row that sees
+  no key, whose output is zero) is saved for the backward.
+* Head widths up to 512: q·kᵀ (and dO·vᵀ in the backward) is a sum over width chunks of
+  BLOCK_DK, so a width of 80, 150 or 480 is padded to the next multiple of the chunk rather than
+  of a power of two. The accumulators over the width (output, dK, dV, dQ) hold BLOCK_DV columns;
+  wider heads take several programs along the grid's second axis, each recomputing the
+  probabilities for its slice of columns.
+
+Backward: ``_bwd_kv_kernel`` walks, per key tile, the query tiles that can see it and accumulates
+dK and dV in registers. dQ comes either from ``_bwd_q_kernel`` (per query tile, a second
+recomputation; deterministic) or from fp32 atomics in ``_bwd_kv_kernel`` (one pass fewer; the
+order of the additions varies from run to run).
+
+Launchers fill outputs the caller allocated; the op (``jukebox_fast.ops.attention``) checks shapes
+and dtypes. Every tensor needs unit stride along d.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import dot_precision, upcast_dot
+
+__all__ = ["AttentionConfig", "MAX_HEAD_DIM", "config_for", "launch_config", "forward", "backward"]
+
+MAX_HEAD_DIM = 512
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _layout(g, LQ, LK, BC, KIND: tl.constexpr):
+    """Where the queries of group ``g`` are: (row of position 0 in q, position of unit 0,
+    positions per unit, first and one-past-last query unit). Queries are the last LQ positions
+    of the key sequence, except in cross-attention where they are a sequence of their own."""
+    if KIND == 6:
+        q_start = 0
+        q_end = LQ
+    else:
+        q_start = LK - LQ
+        q_end = LK
+    if KIND == 2:  # one program group per column g; a unit is one step down the column
+        base = g
+        step = BC
+        u_lo = (tl.maximum(q_start - g, 0) + BC - 1) // BC
+        u_hi = (tl.maximum(q_end - g, 0) + BC - 1) // BC
+    else:
+        base = 0
+        step = 1
+        u_lo = q_start
+        u_hi = q_end
+    return q_start, base, step, u_lo, u_hi
+
+
+@triton.jit
+def _key_span(p_first, p_last, u_last, LK, BC, PRIME, KIND: tl.constexpr):
+    """Key units [lo, hi) that queries at positions p_first..p_last (unit u_last) may see."""
+    if KIND == 0:
+        lo = 0
+        hi = p_last + 1
+    elif KIND == 1:
+        lo = (p_first // BC) * BC
+        hi = p_last + 1
+    elif KIND == 2:
+        lo = 0
+        hi = u_last + 1
+    elif KIND == 3:
+        lo = tl.maximum(p_first // BC - 1, 0) * BC
+        hi = (p_last // BC) * BC
+    elif KIND == 6:
+        lo = 0
+        hi = LK
+    else:
+        lo = 0
+        hi = tl.minimum(PRIME, p_last + 1)
+    return lo, hi
+
+
+@triton.jit
+def _query_span(j_first, j_last, v_first, q_start, u_lo, u_hi, BC, PRIME, KIND: tl.constexpr):
+    """Query units [lo, hi) that may see keys at positions j_first..j_last (unit v_first)."""
+    if KIND == 0:
+        lo = tl.maximum(j_first, q_start)
+        hi = u_hi
+    elif KIND == 1:
+        lo = tl.maximum(j_first, q_start)
+        hi = tl.minimum(u_hi, (j_last // BC + 1) * BC)
+    elif KIND == 2:
+        lo = tl.maximum(v_first, u_lo)
+        hi = u_hi
+    elif KIND == 3:
+        lo = tl.maximum((j_first // BC + 1) * BC, q_start)
+        hi = tl.minimum(u_hi, (j_last // BC + 2) * BC)
+    elif KIND == 6:
+        lo = 0
+        hi = u_hi
+    else:
+        lo = tl.maximum(j_first, q_start)
+        hi = tl.where(j_first < PRIME, u_hi, lo)
+    return lo, hi
+
+
+@triton.jit
+def _visible(p, u, j, v, BC, PRIME, KIND: tl.constexpr):
+    """The pattern's mask for query positions p (units u) against key positions j (units v);
+    the arguments broadcast, so the same rule serves [M, N] and [N, M] tiles."""
+    if KIND == 0:
+        vis = j <= p
+    elif KIND == 1:
+        vis = (j // BC == p // BC) & (j <= p)
+    elif KIND == 2:
+        vis = v <= u
+    elif KIND == 3:
+        vis = j // BC == p // BC - 1
+    elif KIND == 6:
+        vis = (j >= 0) & (p >= 0)
+    else:
+        vis = (j < PRIME) & (j <= p)
+    return vis
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+    sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, so_n, so_h, so_t,
+    H, LQ, LK, D, BC, PRIME, qk_scale,
+    KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    n_dv = tl.cdiv(D, BLOCK_DV)
+    g = tl.program_id(1) // n_dv
+    dv0 = (tl.program_id(1) % n_dv) * BLOCK_DV
+    nh = tl.program_id(2)
+    n = (nh // H).to(tl.int64)
+    h = (nh % H).to(tl.int64)
+    q_ptr += n * sq_n + h * sq_h
+    k_ptr += n * sk_n + h * sk_h
+    v_ptr += n * sv_n + h * sv_h
+    o_ptr += n * so_n + h * so_h
+
+    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
+    u_first = u_lo + pid_m * BLOCK_M
+    u = u_first + tl.arange(0, BLOCK_M)  # [BLOCK_M] query units
+    q_ok = u < u_hi
+    p = base + step * u  # positions
+    q_rows = (p - q_start).to(tl.int64)
+    u_last = tl.minimum(u_first + BLOCK_M, u_hi) - 1
+    lo, hi = _key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
+    hi = tl.where(u_last >= u_first, hi, lo)  # a tile past the last query reads nothing
+
+    dk = tl.arange(0, BLOCK_DK)
+    dv = dv0 + tl.arange(0, BLOCK_DV)
+    if D_CHUNKS == 1:  # the whole q tile fits one chunk: load it once
+        q = tl.load(q_ptr + q_rows[:, None] * sq_t + dk[None, :], mask=q_ok[:, None] & (dk < D)[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        v_units = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] key units
+        k_ok = v_units < hi
+        j = base + step * v_units
+        k_rows = j.to(tl.int64)
+        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for c in tl.static_range(D_CHUNKS):
+            d = c * BLOCK_DK + dk
+            if D_CHUNKS != 1:
+                q = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & (d < D)[None, :], other=0.0)
+            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & (d < D)[None, :], other=0.0)
+            s += _dot(q, tl.trans(kc), PRECISION, UPCAST)
+        vis = _visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
+        s = tl.where(vis, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+        alpha = tl.exp2(m_i - m_use)
+        pr = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        vt = tl.load(v_ptr + k_rows[:, None] * sv_t + dv[None, :], mask=k_ok[:, None] & (dv < D)[None, :], other=0.0)
+        acc = acc * alpha[:, None] + _dot(pr.to(vt.dtype), vt, PRECISION, UPCAST)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]  # a query that sees no key outputs zeros
+    tl.store(o_ptr + q_rows[:, None] * so_t + dv[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=q_ok[:, None] & (dv < D)[None, :])
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    if dv0 == 0:  # every width slice has the same lse; the first one writes it
+        tl.store(lse_ptr + nh.to(tl.int64) * LQ + q_rows, lse, mask=q_ok)
+
+
+@triton.jit
+def _bwd_kv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dq_ptr,
+    sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, sdo_n, sdo_h, sdo_t,
+    sdk_n, sdk_h, sdk_t, sdv_n, sdv_h, sdv_t,
+    H, LQ, LK, D, BC, PRIME, qk_scale, scale,
+    KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    n_dv = tl.cdiv(D, BLOCK_DV)
+    g = tl.program_id(1) // n_dv
+    dv0 = (tl.program_id(1) % n_dv) * BLOCK_DV
+    nh = tl.program_id(2)
+    n = (nh // H).to(tl.int64)
+    h = (nh % H).to(tl.int64)
+    q_ptr += n * sq_n + h * sq_h
+    k_ptr += n * sk_n + h * sk_h
+    v_ptr += n * sv_n + h * sv_h
+    do_ptr += n * sdo_n + h * sdo_h
+    dk_ptr += n * sdk_n + h * sdk_h
+    dv_ptr += n * sdv_n + h * sdv_h
+    dq_ptr += nh.to(tl.int64) * LQ * D  # fp32 [N, H, LQ, D] contiguous (atomic mode only)
+    lse_ptr += nh.to(tl.int64) * LQ
+    delta_ptr += nh.to(tl.int64) * LQ
+
+    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
+    if KIND == 2:
+        k_hi = u_hi  # self-attention: the keys' column is as long as the queries'
+    else:
+        k_hi = LK
+    v_first = pid_n * BLOCK_N
+    v_units = v_first + tl.arange(0, BLOCK_N)  # [BLOCK_N] key units
+    k_ok = v_units < k_hi
+    j = base + step * v_units
+    k_rows = j.to(tl.int64)
+    v_last = tl.minimum(v_first + BLOCK_N, k_hi) - 1
+    lo, hi = _query_span(base + step * v_first, base + step * v_last, v_first, q_start, u_lo, u_hi, BC, PRIME,
+                         KIND)
+    hi = tl.where(v_last >= v_first, hi, lo)
+
+    dk = tl.arange(0, BLOCK_DK)
+    dv = dv0 + tl.arange(0, BLOCK_DV)
+    dv_ok = dv < D
+    if D_CHUNKS == 1:
+        kc = tl.load(k_ptr + k_rows[:, None] * sk_t + dk[None, :], mask=k_ok[:, None] & (dk < D)[None, :], other=0.0)
+        vc = tl.load(v_ptr + k_rows[:, None] * sv_t + dk[None, :], mask=k_ok[:, None] & (dk < D)[None, :], other=0.0)
+    if ATOMIC_DQ:
+        k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
+
+    acc_dk = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    acc_dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start in range(lo, hi, BLOCK_M):
+        u = start + tl.arange(0, BLOCK_M)  # [BLOCK_M] query units
+        q_ok = u < hi
+        p = base + step * u
+        q_rows = (p - q_start).to(tl.int64)
+        st = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # scores, keys × queries
+        dpt = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # dO·vᵀ, transposed
+        for c in tl.static_range(D_CHUNKS):
+            d = c * BLOCK_DK + dk
+            d_ok = (d < D)[None, :]
+            if D_CHUNKS != 1:
+                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+                vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+            qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+            doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+            st += _dot(kc, tl.trans(qc), PRECISION, UPCAST)
+            dpt += _dot(vc, tl.trans(doc), PRECISION, UPCAST)
+        lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
+        vis = _visible(p[None, :], u[None, :], j[:, None], v_units[:, None], BC, PRIME, KIND) & k_ok[:, None]
+        pt = tl.where(vis, tl.exp2(st * qk_scale - lse[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
+        dst = pt * (dpt - delta[None, :])
+        do_slice = tl.load(do_ptr + q_rows[:, None] * sdo_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
+                           other=0.0)
+        q_slice = tl.load(q_ptr + q_rows[:, None] * sq_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
+                          other=0.0)
+        acc_dv += _dot(pt.to(do_slice.dtype), do_slice, PRECISION, UPCAST)
+        acc_dk += _dot(dst.to(q_slice.dtype), q_slice, PRECISION, UPCAST)
+        if ATOMIC_DQ:
+            dq = _dot(tl.trans(dst).to(k_slice.dtype), k_slice, PRECISION, UPCAST) * scale  # [BLOCK_M, BLOCK_DV]
+            tl.atomic_add(dq_ptr + q_rows[:, None] * D + dv[None, :], dq, mask=q_ok[:, None] & dv_ok[None, :])
+
+    tl.store(dk_ptr + k_rows[:, None] * sdk_t + dv[None, :], (acc_dk * scale).to(dk_ptr.dtype.element_ty),
+             mask=k_ok[:, None] & dv_ok[None, :])
+    tl.store(dv_ptr + k_rows[:, None] * sdv_t + dv[None, :], acc_dv.to(dv_ptr.dtype.element_ty),
+             mask=k_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _bwd_q_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, sdo_n, sdo_h, sdo_t, sdq_n, sdq_h, sdq_t,
+    H, LQ, LK, D, BC, PRIME, qk_scale, scale,
+    KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    n_dv = tl.cdiv(D, BLOCK_DV)
+    g = tl.program_id(1) // n_dv
+    dv0 = (tl.program_id(1) % n_dv) * BLOCK_DV
+    nh = tl.program_id(2)
+    n = (nh // H).to(tl.int64)
+    h = (nh % H).to(tl.int64)
+    q_ptr += n * sq_n + h * sq_h
+    k_ptr += n * sk_n + h * sk_h
+    v_ptr += n * sv_n + h * sv_h
+    do_ptr += n * sdo_n + h * sdo_h
+    dq_ptr += n * sdq_n + h * sdq_h
+    lse_ptr += nh.to(tl.int64) * LQ
+    delta_ptr += nh.to(tl.int64) * LQ
+
+    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
+    u_first = u_lo + pid_m * BLOCK_M
+    u = u_first + tl.arange(0, BLOCK_M)
+    q_ok = u < u_hi
+    p = base + step * u
+    q_rows = (p - q_start).to(tl.int64)
+    u_last = tl.minimum(u_first + BLOCK_M, u_hi) - 1
+    lo, hi = _key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
+    hi = tl.where(u_last >= u_first, hi, lo)
+
+    dk = tl.arange(0, BLOCK_DK)
+    dv = dv0 + tl.arange(0, BLOCK_DV)
+    dv_ok = dv < D
+    if D_CHUNKS == 1:
+        qc = tl.load(q_ptr + q_rows[:, None] * sq_t + dk[None, :], mask=q_ok[:, None] & (dk < D)[None, :], other=0.0)
+        doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + dk[None, :], mask=q_ok[:, None] & (dk < D)[None, :],
+                      other=0.0)
+    lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
+    delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        v_units = start + tl.arange(0, BLOCK_N)
+        k_ok = v_units < hi
+        j = base + step * v_units
+        k_rows = j.to(tl.int64)
+        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for c in tl.static_range(D_CHUNKS):
+            d = c * BLOCK_DK + dk
+            d_ok = (d < D)[None, :]
+            if D_CHUNKS != 1:
+                qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+                doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+            vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+            s += _dot(qc, tl.trans(kc), PRECISION, UPCAST)
+            dp += _dot(doc, tl.trans(vc), PRECISION, UPCAST)
+        vis = _visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
+        pr = tl.where(vis, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
+        ds = pr * (dp - delta[:, None])
+        k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc += _dot(ds.to(k_slice.dtype), k_slice, PRECISION, UPCAST)
+
+    tl.store(dq_ptr + q_rows[:, None] * sdq_t + dv[None, :], (acc * scale).to(dq_ptr.dtype.element_ty),
+             mask=q_ok[:, None] & dv_ok[None, :])
+
+
+# -- launchers ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Tile sizes and launch options (not yet tuned on a GPU)."""
+
+    block_m: int
+    block_n: int
+    block_dk: int  # width chunk of q·kᵀ and dO·vᵀ
+    block_dv: int  # width slice of the accumulators; wider heads split over programs
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _width_chunk(d: int) -> int:
+    # The largest chunk that pads d by at most an eighth: 80 -> 16 (80), 150 -> 32 (160), 480 -> 32.
+    for chunk in (64, 32):
+        if triton.cdiv(d, chunk) * chunk <= d * 9 / 8:
+            return chunk
+    return 16
+
+
+def config_for(d: int, dtype: torch.dtype) -> AttentionConfig:
+    """Default tiles for head width d."""
+    block_dv = min(256, max(16, triton.next_power_of_2(d)))
+    wide = block_dv > 64 or dtype == torch.float32
+    return AttentionConfig(
+        block_m=64, block_n=32 if block_dv > 128 else 64, block_dk=_width_chunk(d), block_dv=block_dv,
+        num_warps=8 if wide else 4,
+    )
+
+
+def launch_config(kind: int, d: int, dtype: torch.dtype, cfg: AttentionConfig | None = None) -> tuple[dict, dict]:
+    """(compile-time constants, launch options) of the three kernels for these inputs."""
+    cfg = cfg or config_for(d, dtype)
+    constexprs = dict(
+        KIND=kind, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=cfg.block_dk,
+        D_CHUNKS=triton.cdiv(d, cfg.block_dk), BLOCK_DV=cfg.block_dv,
+        PRECISION=dot_precision(dtype), UPCAST=upcast_dot(dtype),
+    )
+    return constexprs, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True)
+
+
+def _grid(kind: int, length: int, lk: int, block: int, block_ctx: int, d: int, cfg: AttentionConfig, nh: int):
+    """(tiles, groups × width slices, N·H) covering ``length`` positions (queries or keys) of a
+    key sequence of ``lk``; column attention has one group per column."""
+    if kind == 2:
+        groups = min(block_ctx, lk)
+        tiles = triton.cdiv(triton.cdiv(length, block_ctx), block)
+    else:
+        groups, tiles = 1, triton.cdiv(length, block)
+    return tiles, groups * triton.cdiv(d, cfg.block_dv), nh
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    kind: int, block_ctx: int, prime_len: int, scale: float, cfg: AttentionConfig | None = None,
+) -> None:
+    """Fill ``out`` [N, H, Lq, d] (v's dtype) and ``lse`` fp32 [N, H, Lq] contiguous.
+
+    q [N, H, Lq, d], k and v [N, H, Lk, d], one dtype, any strides with unit stride along d.
+    ``lse`` is in log2 units, scaled by ``scale``; +inf marks a query that sees no key.
+    """
+    n, h, lq, d = q.shape
+    lk = k.shape[2]
+    cfg = cfg or config_for(d, q.dtype)
+    constexprs, options = launch_config(kind, d, q.dtype, cfg)
+    _fwd_kernel[_grid(kind, lq, lk, cfg.block_m, block_ctx, d, cfg, n * h)](
+        q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, **constexprs, **options,
+    )
+
+
+def backward(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+    kind: int, block_ctx: int, prime_len: int, scale: float, *, deterministic: bool = True,
+    cfg: AttentionConfig | None = None,
+) -> None:
+    """Fill dq, dk, dv (shapes and dtypes of q, k, v) from dO and the forward's out and lse."""
+    n, h, lq, d = q.shape
+    lk = k.shape[2]
+    cfg = cfg or config_for(d, q.dtype)
+    # Δ = rowsum(dO ∘ O): the softmax backward's correction term, fp32 [N, H, Lq].
+    delta = (do.float() * out.float()).sum(-1).contiguous()
+    constexprs, options = launch_config(kind, d, q.dtype, cfg)
+    common = (h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, scale)
+    dq_acc = None if deterministic else torch.zeros(n, h, lq, d, dtype=torch.float32, device=q.device)
+    _bwd_kv_kernel[_grid(kind, lk, lk, cfg.block_n, block_ctx, d, cfg, n * h)](
+        q, k, v, do, lse, delta, dk, dv, dq if dq_acc is None else dq_acc,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+        *common, ATOMIC_DQ=not deterministic, **constexprs, **options,
+    )
+    if dq_acc is not None:
+        dq.copy_(dq_acc)
+        return
+    _bwd_q_kernel[_grid(kind, lq, lk, cfg.block_m, block_ctx, d, cfg, n * h)](
+        q, k, v, do, lse, delta, dq,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+        *common, **constexprs, **options,
+    )
+

@@ -1,0 +1,216 @@
+"""The Triton sparse-attention kernels against the PyTorch reference: outputs and gradients.
+
+They run on a CUDA device, or on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1 python -m pytest -m interpret``). Outputs and gradients are poisoned (NaN)
+before the kernels run, and most tests use 16-wide tiles so that small sequences still cross
+many tiles, ragged ends included.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+import jukebox_fast.kernels.attention as kernels  # noqa: E402
+from conftest import kernel_device
+from jukebox_fast import dispatch, make_prior
+from jukebox_fast.models.transformer import FactoredAttention
+from jukebox_fast.ops import AttentionPattern, buffers, prime_window, sparse_attention
+from test_prior_hf_parity import codes, labels
+from attention_check import assert_within_twice_the_reference, inputs, oracle, run
+from vq_check import poison
+
+pytestmark = pytest.mark.interpret
+
+SMALL_TILES = kernels.AttentionConfig(block_m=16, block_n=16, block_dk=16, block_dv=16)
+PATTERNS = [
+    AttentionPattern(0), AttentionPattern(1, block_ctx=8), AttentionPattern(1, block_ctx=5),
+    AttentionPattern(2, block_ctx=8), AttentionPattern(2, block_ctx=6), AttentionPattern(3, block_ctx=8),
+    AttentionPattern(3, block_ctx=7), AttentionPattern(7, prime_len=prime_window(10, 4)), AttentionPattern(6),
+]
+# (Lq, Lk): a whole sequence off the tile size, one that is not a multiple of any block_ctx
+# above, the last queries of a longer sequence (prefill of a primed prefix), a single query.
+LENGTHS = [(40, 40), (37, 37), (13, 40), (1, 29)]
+LOW_PRECISION = [torch.bfloat16, torch.float16]
+
+
+def pattern_id(p: AttentionPattern) -> str:
+    return {0: "dense", 6: "cross", 7: f"prime{p.prime_len}"}.get(p.kind, f"{p.name}{p.block_ctx}")
+
+
+@pytest.fixture
+def dev() -> str:
+    return kernel_device()
+
+
+@pytest.fixture(autouse=True)
+def _poisoned(monkeypatch):
+    monkeypatch.setattr(buffers, "new_empty", poison)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(kernels, "config_for", lambda d, dtype: SMALL_TILES)
+
+
+@pytest.mark.parametrize("lq,lk", LENGTHS, ids=lambda n: str(n))
+@pytest.mark.parametrize("pattern", PATTERNS, ids=pattern_id)
+def test_fp32_outputs_and_gradients_match_the_reference(pattern, lq, lk, dev, small_tiles):
+    q, k, v = inputs(2, 2, lq, lk, 20, device=dev)
+    grad_out = torch.randn(2, 2, lq, 20, device=dev)
+    got = run(q, k, v, pattern, "triton", grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, run(q, k, v, pattern, "torch", grad_out)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("pattern", PATTERNS, ids=pattern_id)
+def test_half_precision_is_within_twice_the_references_error(pattern, dtype, dev, small_tiles):
+    lq, lk = (21, 45) if pattern.kind != 6 else (21, 19)
+    q, k, v = inputs(1, 2, lq, lk, 24, dtype, dev)
+    grad_out = torch.randn(1, 2, lq, 24, device=dev).to(dtype)
+    assert_within_twice_the_reference(
+        run(q, k, v, pattern, "triton", grad_out), run(q, k, v, pattern, "torch", grad_out),
+        oracle(q, k, v, pattern, grad_out), f"{pattern_id(pattern)} {dtype}")
+
+
+@pytest.mark.parametrize("d,pattern,dtype", [
+    (150, AttentionPattern(2, block_ctx=6), torch.float32),  # 5b's width: chunks of 32, one 256-wide slice
+    (480, AttentionPattern(1, block_ctx=8), torch.bfloat16),  # the upsamplers': two 256-wide slices
+    (80, AttentionPattern(6), torch.float16),  # the lyric encoder's: chunks of 16
+], ids=["d150-column-fp32", "d480-block-bf16", "d80-cross-fp16"])
+def test_released_head_widths_with_the_default_tiles(d, pattern, dtype, dev):
+    lq, lk = 33, (33 if pattern.kind != 6 else 12)
+    q, k, v = inputs(1, 1, lq, lk, d, dtype, dev)
+    grad_out = torch.randn(1, 1, lq, d, device=dev).to(dtype)
+    got = run(q, k, v, pattern, "triton", grad_out)
+    if dtype == torch.float32:
+        for a, b in zip(got, run(q, k, v, pattern, "torch", grad_out)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    else:
+        assert_within_twice_the_reference(got, run(q, k, v, pattern, "torch", grad_out),
+                                          oracle(q, k, v, pattern, grad_out), f"d={d}")
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=pattern_id)
+def test_deterministic_backward_is_bit_repeatable_and_agrees_with_atomics(pattern, dev, small_tiles):
+    q, k, v = inputs(2, 1, 35, 35 if pattern.kind != 6 else 9, 16, device=dev)
+    grad_out = torch.randn(2, 1, 35, 16, device=dev)
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = (run(q, k, v, pattern, "triton", grad_out) for _ in range(2))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    atomic = run(q, k, v, pattern, "triton", grad_out)  # dQ through fp32 atomics
+    for a, b in zip(atomic, first):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from([0, 1, 2, 3, 6, 7]), block_ctx=st.integers(1, 9), prime=st.integers(0, 30),
+    lk=st.integers(1, 40), q_frac=st.floats(0.0, 1.0), d=st.integers(1, 40), heads=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_shapes_and_patterns(kind, block_ctx, prime, lk, q_frac, d, heads, seed):
+    torch.manual_seed(seed)
+    pattern = AttentionPattern(kind, block_ctx, prime)
+    lq = max(1, round(q_frac * lk)) if kind != 6 else max(1, round(q_frac * 40))
+    dev = kernel_device()
+    q, k, v = inputs(1, heads, lq, lk, d, device=dev)
+    grad_out = torch.randn(1, heads, lq, d, device=dev)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(buffers, "new_empty", poison)
+        mp.setattr(kernels, "config_for", lambda d, dtype: SMALL_TILES)
+        got = run(q, k, v, pattern, "triton", grad_out, scale=0.37)
+    for a, b in zip(got, run(q, k, v, pattern, "torch", grad_out, scale=0.37)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_strided_views_as_the_model_makes_them(dev, small_tiles):
+    # q, k, v as FactoredAttention makes them: thirds of one [N, L, 3·H·d] projection, viewed as
+    # [N, H, L, d]. The kernels read them in place; the output is [N, H, L, d] laid out as
+    # [N, L, H, d], so merging the heads back is a view.
+    n, length, h, d = 2, 24, 3, 8
+    proj = torch.randn(n, length, 3 * h * d, device=dev, requires_grad=True)
+    q, k, v = (t.view(n, length, h, d).transpose(1, 2) for t in proj.chunk(3, dim=2))
+    assert not q.is_contiguous()
+    pattern = AttentionPattern(2, block_ctx=6)
+    out = sparse_attention(q, k, v, pattern, backend="triton")
+    assert out.transpose(1, 2).is_contiguous()
+    (grad,) = torch.autograd.grad(out.square().sum(), proj)
+    ref = sparse_attention(q, k, v, pattern, backend="torch")
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), proj)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_empty_query_set(dev):
+    q, k, v = inputs(1, 2, 0, 7, 8, device=dev)
+    out = sparse_attention(q, k, v, AttentionPattern(0), backend="triton")
+    assert out.shape == (1, 2, 0, 8)
+    out.sum().backward()
+    assert k.grad.abs().sum() == 0
+
+
+def test_auto_takes_the_kernel_and_says_why_not(dev):
+    q = k = v = torch.randn(1, 1, 8, 4, device=dev)
+    assert dispatch.resolve("sparse_attention", q, k, v, AttentionPattern(0), 0.5).name == "triton"
+    wide = torch.randn(1, 1, 8, kernels.MAX_HEAD_DIM + 1, device=dev)
+    assert dispatch.resolve("sparse_attention", wide, wide, wide, AttentionPattern(0), 0.5).name == "torch"
+    with pytest.raises(dispatch.BackendUnavailableError, match="heads up to d=512"):
+        sparse_attention(wide, wide, wide, AttentionPattern(0), backend="triton")
+    with pytest.raises(dispatch.BackendUnavailableError, match="one dtype"):
+        sparse_attention(q, k.half(), v, AttentionPattern(0), backend="triton")
+
+
+def _prior_step(name: str, dev: str):
+    torch.manual_seed(0)
+    prior = make_prior(name, device=dev).train()
+    return prior, codes(prior, 2), labels(prior, 2)
+
+
+@pytest.mark.parametrize("name", ["tiny_prior", "tiny_prior_5b_lyrics"])
+def test_a_prior_training_step_runs_through_the_kernel(name, dev, monkeypatch):
+    # tiny_prior has block, column, previous-block, prime and dense layers; tiny_prior_5b_lyrics
+    # a separate lyric encoder and cross-attention.
+    prior, zs, y = _prior_step(name, dev)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("JUKEBOX_FAST_BACKEND", backend)
+        prior.zero_grad()
+        loss, _ = prior(zs, y)
+        loss.backward()
+        results[backend] = [loss.detach()] + [p.grad.clone() for p in prior.parameters() if p.grad is not None]
+    for a, b in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_compile_traces_a_prior_step_without_graph_breaks(dev):
+    prior, zs, y = _prior_step("tiny_upsampler", dev)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(zs, y):
+        return prior(zs, y)[0]
+
+    with dispatch.use_backend("triton"):
+        loss = torch.compile(step, backend=record, fullgraph=True)(zs, y)  # fullgraph: a break raises
+        loss.backward()
+    calls = [n for n in graphs[0].graph.nodes if n.target is torch.ops.jukebox_fast.sparse_attention_fwd.default]
+    assert len(graphs) == 1
+    assert len(calls) == sum(isinstance(m, FactoredAttention) for m in prior.modules())  # every layer
+    grads = [p.grad.clone() for p in prior.parameters()]
+    prior.zero_grad()
+    with dispatch.use_backend("torch"):
+        eager = step(zs, y)
+        eager.backward()
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, [p.grad for p in prior.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
