@@ -5,12 +5,16 @@ registration of its implementations with :mod:`jukebox_fast.dispatch`. Importing
 registers them all.
 """
 from .attention import sparse_attention, sparse_attention_reference
+from .decode import CacheLayout, decode_attention, decode_attention_reference
 from .patterns import AttentionPattern, layer_kinds, prime_window
 from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
 
 __all__ = [
     "AttentionPattern",
+    "CacheLayout",
     "Quantised",
+    "decode_attention",
+    "decode_attention_reference",
     "layer_kinds",
     "prime_window",
     "sparse_attention",

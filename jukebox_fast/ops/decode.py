@@ -1,0 +1,185 @@
+"""The ``decode_attention`` op: one new query per sample against a layer's static KV cache.
+
+Each attention pattern keeps only the keys it can ever need again, in a preallocated buffer
+written in place by position (:class:`CacheLayout` is the one definition of where a position
+lives and which slots the newest query sees):
+
+====  ============  ==========================  ===================================================
+type  pattern       slots                       slot of position p / slots query p sees
+====  ============  ==========================  ===================================================
+ 0    dense         L                           p / [0, p]
+ 1    block         bc (one block, a ring)      p mod bc / [0, p mod bc]
+ 2    column        bc · ⌈L/bc⌉, column-major   (p mod bc)·nb + ⌊p/bc⌋ / its column up to ⌊p/bc⌋
+ 3    prev_block    2·bc (two blocks, a ring)   p mod 2bc / the other block (none in block 0)
+ 6    cross         encoder length              filled once / all
+ 7    prime         P + 1 (the last is scratch) min(p, P) / [0, min(p, P − 1)]
+====  ============  ==========================  ===================================================
+
+Every visible set is one contiguous run of slots, so a kernel reads exactly the keys the
+pattern needs. The position is a device tensor: nothing here reads it on the host, so a decode
+step can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import dispatch
+from . import buffers
+from .patterns import AttentionPattern
+
+__all__ = ["CacheLayout", "decode_attention", "decode_attention_reference"]
+
+_MASKED = -1e9  # the original's value for hidden logits
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Where one layer keeps its keys and values for a sequence of ``length`` positions
+    (``enc_length`` encoder states for cross-attention)."""
+
+    pattern: AttentionPattern
+    length: int
+    enc_length: int = 0
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.length // self.pattern.block_ctx)
+
+    @property
+    def size(self) -> int:
+        """Slots in the buffer."""
+        kind, bc = self.pattern.kind, self.pattern.block_ctx
+        return {0: self.length, 1: bc, 2: bc * self.blocks, 3: 2 * bc, 6: self.enc_length,
+                7: self.pattern.prime_len + 1}[kind]
+
+    def slots(self, positions: torch.Tensor) -> torch.Tensor:
+        """Slot of each position (int64 tensor, any shape)."""
+        kind, bc = self.pattern.kind, self.pattern.block_ctx
+        if kind == 0:
+            return positions
+        if kind == 1:
+            return positions % bc
+        if kind == 2:
+            return (positions % bc) * self.blocks + positions // bc
+        if kind == 3:
+            return positions % (2 * bc)
+        if kind == 7:
+            return positions.clamp(max=self.pattern.prime_len)  # past the window: the scratch slot
+        raise ValueError("cross-attention caches are filled from the encoder, not by position")
+
+    def kept(self, count: int) -> range:
+        """Positions among 0..count−1 whose keys are still needed after them (the last ones
+        written to each slot)."""
+        kind, bc = self.pattern.kind, self.pattern.block_ctx
+        ring = {1: bc, 3: 2 * bc}.get(kind)
+        if ring:
+            return range(max(0, count - ring), count)
+        if kind == 7:
+            return range(min(count, self.pattern.prime_len))
+        return range(count)
+
+    def visible(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[lo, hi) slots the query at ``position`` (after its own key is written) may see."""
+        kind, bc = self.pattern.kind, self.pattern.block_ctx
+        p = position
+        if kind == 0:
+            return torch.zeros_like(p), p + 1
+        if kind == 1:
+            return torch.zeros_like(p), p % bc + 1
+        if kind == 2:
+            lo = (p % bc) * self.blocks
+            return lo, lo + p // bc + 1
+        if kind == 3:
+            block = p // bc
+            lo = torch.where(block > 0, ((block - 1) % 2) * bc, 0)
+            return lo, torch.where(block > 0, lo + bc, 0)
+        if kind == 6:
+            return torch.zeros_like(p), torch.full_like(p, self.enc_length)
+        return torch.zeros_like(p), p.clamp(max=self.pattern.prime_len - 1) + 1
+
+
+def check_inputs(q, k, v, layout, position) -> None:
+    """Raise ValueError, naming what was expected and what came, for inputs no backend takes."""
+    if not isinstance(layout, CacheLayout):
+        raise ValueError(f"decode_attention: layout must be a CacheLayout, got {type(layout).__name__}")
+    if q.dim() != 3 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"decode_attention: q must be [N, H, d] and k, v [N, H, S, d]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[2]:
+        raise ValueError(f"decode_attention: q {tuple(q.shape)} does not match the cache {tuple(k.shape)}")
+    if k.shape[2] != layout.size:
+        raise ValueError(f"decode_attention: a {layout.pattern.name} cache of length {layout.length} has "
+                         f"{layout.size} slots, got {k.shape[2]}")
+    if not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or position.numel() != 1:
+        raise ValueError(f"decode_attention: position must be a one-element int64 tensor, got {position!r}")
+    if len({q.device, k.device, v.device, position.device}) != 1:
+        raise ValueError(f"decode_attention: q, k, v, position are on {q.device}, {k.device}, {v.device}, "
+                         f"{position.device}")
+
+
+def decode_attention_reference(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
+    """PyTorch reference over the whole buffer with the visible run as a mask (static shapes,
+    no host read of the position); the arithmetic of :func:`~jukebox_fast.ops.sparse_attention`."""
+    lo, hi = layout.visible(position.view(()))
+    slots = torch.arange(k.shape[2], device=k.device)
+    visible = (slots >= lo) & (slots < hi)  # [S]
+    w = (q.unsqueeze(2) @ k.transpose(-1, -2)) * scale  # [N, H, 1, S]
+    w = torch.where(visible, w.float(), _MASKED)
+    out = (torch.softmax(w, dim=-1).to(v.dtype) @ v).squeeze(2)  # [N, H, d]
+    return out * visible.any().to(out.dtype)  # no key seen (previous block of block 0): zeros
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: CacheLayout, position: torch.Tensor,
+    *, scale: float | None = None, backend: str | None = None,
+) -> torch.Tensor:
+    """Attention of the newest query ``q`` [N, H, d] (at ``position``, a one-element int64 device
+    tensor) over a static cache ``k``, ``v`` [N, H, layout.size, d] laid out as ``layout`` says.
+    Returns [N, H, d] in v's dtype."""
+    check_inputs(q, k, v, layout, position)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return dispatch.call("decode_attention", q, k, v, layout, position, scale, backend=backend)
+
+
+# -- Triton -------------------------------------------------------------------------------------
+def _triton_supports(q, k, v, layout, position, scale) -> list[str]:
+    reasons = dispatch.triton_reasons(q, k, v, position)
+    if reasons:
+        return reasons
+    from ..kernels.decode import MAX_HEAD_DIM
+
+    if len({q.dtype, k.dtype, v.dtype}) != 1 or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        reasons.append(f"the Triton kernel takes q, k, v of one dtype among fp16, bf16, fp32; got "
+                       f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        reasons.append(f"the Triton kernel takes heads up to d={MAX_HEAD_DIM} wide, got d={q.shape[-1]}")
+    return reasons
+
+
+def decode_attention_triton(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
+    from ..kernels import decode as kernels
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = buffers.new_empty(tuple(q.shape), v.dtype, q.device)
+    if out.numel():
+        kernels.decode(q, k, v, out, position, layout.pattern.kind, layout.pattern.block_ctx, layout.blocks,
+                       layout.pattern.prime_len, layout.enc_length, scale)
+    return out
+
+
+dispatch.define_op(
+    "decode_attention",
+    order=("triton", "torch"),
+    doc="q[N,H,d] at a device position over a static KV cache [N,H,S,d] -> [N,H,d]",
+)
+dispatch.register(
+    "decode_attention", "triton", decode_attention_triton, supports=_triton_supports,
+    note="Triton kernel (kernels/decode.py): reads only the slots the pattern needs",
+)
+dispatch.register(
+    "decode_attention", "torch", decode_attention_reference,
+    note="PyTorch reference: the whole buffer, masked to the visible slots",
+)
