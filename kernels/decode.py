@@ -87,7 +87,8 @@ def _decode_kernel(
 def decode_config(d: int) -> dict:
     """Compile-time constants and launch options for head width d."""
     block_d = max(16, triton.next_power_of_2(d))
-    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8)
+    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8,
+                enable_fp_fusion=True)
 
 
 def decode(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jukebox_fast import hparams, make_vqvae
+from jukebox_fast import hparams, make_prior, make_vqvae
 from jukebox_fast.ops import vq_nearest
 
 pytestmark = pytest.mark.gpu
@@ -75,3 +75,24 @@ def test_vq_kernels_at_60_seconds_of_level_0_codes(dtype):
     assert torch.equal(out.counts, torch.bincount(idx, minlength=2048))
     sums = torch.zeros(2048, 64, dtype=torch.float64, device="cuda").index_add_(0, idx, x.double())
     torch.testing.assert_close(out.sums.double(), sums, rtol=1e-4, atol=1e-3)
+
+
+def test_cuda_graph_decoding_equals_eager():
+    from jukebox_fast.models.decoding import IncrementalDecoder
+    from test_prior_hf_parity import codes, labels
+
+    torch.manual_seed(0)
+    prior = make_prior("tiny_prior", device="cuda").eval()
+    zs, y = codes(prior, 2), labels(prior, 2)
+    with torch.no_grad():
+        tokens, x_cond, y_cond, enc, _ = prior.lm_inputs(zs[0].cuda(), None, y.cuda())
+    outs = {}
+    for graph in (False, True):
+        decoder = IncrementalDecoder(prior.prior, 2, x_cond, y_cond, enc)
+        steps = [decoder.prefill(tokens[:, :20])[:, -1]]
+        for t in range(20, tokens.shape[1]):
+            if graph and decoder._graph is None:
+                decoder.capture()
+            steps.append(decoder.step(tokens[:, t - 1]))
+        outs[graph] = torch.stack(steps, dim=1)
+    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import jukebox_fast.kernels.attention as attn  # noqa: E402
+import jukebox_fast.kernels.decode as decode  # noqa: E402
 import jukebox_fast.kernels.vq as vq  # noqa: E402
 
 H200 = GPUTarget("cuda", 90, 32)
@@ -107,3 +108,26 @@ def test_attention_kernels_compile_for_sm90(kind, d, dtype, monkeypatch):
         kernel = _attention_compiles(attn._bwd_kv_kernel, kind, d, dtype, ATOMIC_DQ=atomic)
         global_atomics = re.search(r"(?<![a-z.])(red|atom)\.global", kernel.asm["ptx"]) is not None
         assert global_atomics == atomic
+
+
+@pytest.mark.parametrize("kind,d,dtype", [(2, 480, torch.bfloat16), (0, 256, torch.float16), (3, 150, torch.float32),
+                                          (6, 80, torch.bfloat16), (7, 64, torch.bfloat16), (1, 64, torch.float32)],
+                         ids=lambda x: str(x).removeprefix("torch."))
+def test_decode_kernel_compiles_for_sm90(kind, d, dtype, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    config = decode.decode_config(d)
+    options = {name: config.pop(name) for name in ("num_warps", "enable_fp_fusion")}
+    constexprs = {"KIND": kind, **config}
+    pointers = {name: POINTER[dtype] for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}
+    signature = {**pointers, "pos_ptr": "*i64"}
+    for name in decode._decode_kernel.arg_names:
+        if name not in signature:
+            signature[name] = "constexpr" if name in constexprs else ("fp32" if name == "qk_scale" else "i32")
+    try:
+        kernel = triton.compile(ASTSource(fn=decode._decode_kernel, signature=signature, constexprs=constexprs),
+                                target=H200, options=options)
+    except RuntimeError as e:
+        if "backend" in str(e).lower():
+            pytest.skip(f"this Triton cannot target CUDA: {e}")
+        raise
+    assert kernel.asm["cubin"]

@@ -117,26 +117,34 @@ class SimplePrior(nn.Module):
         acts = self.prime_prior(prime, fp16=fp16)
         return self.prime_state_ln(self.prime_state_proj(acts))
 
+    def lm_inputs(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None, y: torch.Tensor | None,
+                  fp16: bool = False):
+        """What this level's LM reads for codes ``z`` [N, t] (t ≤ n_ctx): (tokens, x_cond,
+        y_cond, encoder_kv, lyric tokens). With a single encoder-decoder (1b_lyrics) the tokens
+        are the lyrics, then the codes shifted past the lyric vocabulary, and the conditioning
+        is zero over the lyrics."""
+        x_cond, y_cond, prime = self.get_cond(z_conds, y)
+        encoder_kv = self.encoder_states(prime, fp16) if self.separate_encoder else None
+        tokens = z
+        if self.hps.single_enc_dec:
+            tokens = torch.cat([prime, z + self.hps.n_vocab], dim=1)  # [N, n_tokens + t]
+            if x_cond is not None:
+                x_cond = torch.cat([x_cond.new_zeros(z.shape[0], self.n_tokens, x_cond.shape[-1]), x_cond], dim=1)
+        return tokens, x_cond, y_cond, encoder_kv, prime
+
     # -- training forward ------------------------------------------------------------------------
     def z_forward(self, z: torch.Tensor, z_conds: list[torch.Tensor] | None = None, y: torch.Tensor | None = None,
                   fp16: bool = False, get_preds: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.check_codes(z, self.hps.n_ctx, self.bins, f"level-{self.level} codes")
-        x_cond, y_cond, prime = self.get_cond(z_conds, y)
-        zero = torch.zeros((), device=z.device)
+        tokens, x_cond, y_cond, encoder_kv, prime = self.lm_inputs(z, z_conds, y, fp16)
         if self.separate_encoder:
-            encoder_kv = self.encoder_states(prime, fp16)
             prime_loss = bits(self.prime_x_out(encoder_kv), prime)
-            gen_loss, logits = self.prior(z, x_cond, y_cond, encoder_kv, fp16=fp16)
+            gen_loss, logits = self.prior(tokens, x_cond, y_cond, encoder_kv, fp16=fp16)
         elif self.hps.single_enc_dec:
-            # One sequence: lyric tokens, then music codes shifted past the lyric vocabulary; the
-            # conditioning is zero over the lyrics.
-            tokens = torch.cat([prime, z + self.hps.n_vocab], dim=1)  # [N, n_tokens + n_ctx]
-            if x_cond is not None:
-                x_cond = torch.cat([x_cond.new_zeros(z.shape[0], self.n_tokens, x_cond.shape[-1]), x_cond], dim=1)
             (prime_loss, gen_loss), logits = self.prior(tokens, x_cond, y_cond, fp16=fp16, get_sep_loss=True)
         else:
-            prime_loss = zero
-            gen_loss, logits = self.prior(z, x_cond, y_cond, fp16=fp16)
+            prime_loss = torch.zeros((), device=z.device)
+            gen_loss, logits = self.prior(tokens, x_cond, y_cond, fp16=fp16)
         total = self.n_tokens + self.hps.n_ctx
         loss = (self.hps.prime_loss_fraction * prime_loss * self.n_tokens / total
                 + gen_loss * self.hps.n_ctx / total)

@@ -1,0 +1,265 @@
+"""Sampling: one window, a whole level (windowed), and the whole pipeline down to audio.
+
+The semantics are the original's (``sample.py``: ``sample_level``, ``sample_single_window``,
+``sample_partial_window``; ``SimplePrior.sample``): a song longer than a prior's context is
+sampled in windows of n_ctx tokens starting every ``hop_fraction · n_ctx`` tokens (the last one
+flush with the end), each window continuing from the codes already there; an upsampler window
+reads the level above's codes under it; labels carry each window's offset and lyric window.
+
+What differs is how a window runs: the known codes are prefilled in one pass and each new token
+is one :meth:`~jukebox_fast.models.decoding.IncrementalDecoder.step` over static caches (a CUDA
+graph on the GPU when asked), where the original re-runs cached attention with growing
+``torch.cat`` copies. The codes are saved atomically after every window, with the random
+generator's state, so a run that is interrupted resumes where it stopped and produces the same
+codes as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save, read_checkpoint
+from .models.decoding import IncrementalDecoder
+from .text import make_labels
+
+__all__ = ["Song", "filter_logits", "draw", "get_starts", "sample_window", "sample_level", "generate"]
+
+
+@dataclass(frozen=True)
+class Song:
+    """What a sample is conditioned on: artist and genre ids, the song's length in samples at
+    44.1 kHz, its lyrics as tokens (of the prior's vocabulary) and where the sample starts."""
+
+    artist: int = 0
+    genres: tuple[int, ...] = ()
+    total_length: int = 0
+    lyrics: tuple[int, ...] = ()
+    offset: int = 0
+
+    def labels(self, prior, start: int, n: int) -> torch.Tensor | None:
+        """y rows [n, ...] for the window of ``prior`` that starts at token ``start``."""
+        if not prior.hps.labels:
+            return None
+        slots = prior.hps.max_bow_genre_size
+        genres = (list(self.genres) + [-1] * slots)[:slots]
+        total = self.total_length or prior.sample_length
+        return make_labels(prior, self.artist, genres, total, self.offset + start * prior.raw_to_tokens,
+                           list(self.lyrics), n)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """The original's filter: top-k keeps logits at least the k-th largest; top-p keeps the
+    smallest set of the most likely tokens whose probability reaches p (always the first).
+    Removed entries become −inf. logits [N, V]."""
+    if top_k and top_p:
+        raise ValueError("use top_k or top_p, not both (as the original)")
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative > top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # keep the token that crosses p
+        remove[..., 0] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, temp: float = 1.0, top_k: int = 0, top_p: float = 0.0,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of logits [N, V] -> [N]; ``temp=0`` takes the most likely (greedy)."""
+    if temp == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits.float() / temp, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def get_starts(total: int, n_ctx: int, hop: int) -> list[int]:
+    """Window starts for ``total`` tokens: every ``hop``, the last one flush with the end."""
+    starts = []
+    for start in range(0, max(1, total - n_ctx + hop), hop):
+        starts.append(total - n_ctx if start + n_ctx >= total else start)
+    return starts
+
+
+@dataclass
+class Sampling:
+    """How to draw tokens and run the decoder."""
+
+    temp: float = 0.99
+    top_k: int = 0
+    top_p: float = 0.0
+    max_batch_size: int = 16
+    dtype: torch.dtype | None = None  # the transformer body's dtype (None: the prior's)
+    cuda_graph: bool = True  # capture the decode step when the prior is on a GPU
+    generator: torch.Generator | None = None
+    progress: bool = True
+    stats: dict = field(default_factory=lambda: {"tokens": 0, "seconds": 0.0})
+
+
+@torch.no_grad()
+def sample_window(prior, context: torch.Tensor, sample_tokens: int, z_cond: torch.Tensor | None = None,
+                  y: torch.Tensor | None = None, sampling: Sampling | None = None, bar=None) -> torch.Tensor:
+    """Continue ``context`` [N, c] (codes of this window so far) to ``sample_tokens`` codes:
+    the original's ``SimplePrior.sample``. Returns [N, sample_tokens]."""
+    s = sampling or Sampling()
+    n, c = context.shape
+    if not c <= sample_tokens <= prior.hps.n_ctx:
+        raise ValueError(f"a window holds up to {prior.hps.n_ctx} tokens and continues the {c} given; "
+                         f"asked for {sample_tokens}")
+    z_conds = [z_cond] if z_cond is not None else None
+    tokens, x_cond, y_cond, encoder_kv, _ = prior.lm_inputs(context, z_conds, y)
+    lead = tokens.shape[1] - c  # lyric tokens in front of the codes (1b_lyrics)
+    decoder = IncrementalDecoder(prior.prior, n, x_cond, y_cond, encoder_kv, s.dtype)
+    decoder.prefill(tokens)
+    out = [tokens]
+    token = tokens[:, -1] if tokens.shape[1] else None
+    for t in range(c, sample_tokens):
+        if s.cuda_graph and decoder.device.type == "cuda" and token is not None and decoder._graph is None:
+            decoder.capture()
+        token = draw(decoder.step(token), s.temp, s.top_k, s.top_p, s.generator)
+        out.append(token[:, None])
+        if bar is not None:
+            bar.update(n)
+    codes = torch.cat(out, dim=1)[:, lead:]
+    if lead:  # back to music codes: the original subtracts the lyric vocabulary and clamps at 0
+        codes = (codes - prior.hps.n_vocab).clamp_(min=0)
+    return codes
+
+
+def sample_level(prior, zs: list[torch.Tensor], song: Song, total_tokens: int, *, hop_fraction: float = 0.5,
+                 sampling: Sampling | None = None, checkpoint: str | os.PathLike | None = None) -> list[torch.Tensor]:
+    """Sample level ``prior.level`` of ``zs`` (a list of per-level codes [N, t], top level last)
+    up to ``total_tokens``, window by window; returns the updated list.
+
+    Windows whose tokens are all there already are skipped, so continuing a partial ``zs`` is the
+    original's ``continue`` mode. With ``checkpoint``, the codes are saved there (atomically)
+    after every window, and if the file exists the run resumes from it.
+    """
+    s = sampling or Sampling()
+    level, n_ctx = prior.level, prior.hps.n_ctx
+    zs = list(zs)
+    n = zs[level].shape[0]
+    if checkpoint is not None and Path(checkpoint).exists():
+        zs = _resume(checkpoint, zs, s)
+    hop = int(hop_fraction * n_ctx)
+    cur = zs[level].shape[1]
+    if total_tokens >= n_ctx:
+        windows = [(start, n_ctx) for start in get_starts(total_tokens, n_ctx, hop)]
+        todo = max(0, total_tokens - cur)
+    else:  # shorter than one window: the original's sample_partial_window adds total_tokens
+        windows = [(0, cur + total_tokens)] if cur < n_ctx - total_tokens else [(cur - n_ctx + total_tokens, n_ctx)]
+        todo = total_tokens
+    with tqdm(total=todo * n, unit="tok", desc=f"level {level}", disable=not s.progress, leave=False) as bar:
+        for start, length in windows:
+            if zs[level].shape[1] >= start + length:  # already sampled (continue / resume)
+                continue
+            zs[level] = torch.cat([zs[level], _window(prior, zs, song, start, length, s, bar)], dim=1)
+            if checkpoint is not None:
+                atomic_save({"zs": [z.cpu() for z in zs], "level": level,
+                             "generator": s.generator.get_state() if s.generator is not None else None}, checkpoint)
+    return zs
+
+
+def _window(prior, zs, song: Song, start: int, length: int, s: Sampling, bar) -> torch.Tensor:
+    """The new codes of one window [start, start + length)."""
+    level, n = prior.level, zs[prior.level].shape[0]
+    context = zs[level][:, start : start + length]
+    z_cond = None
+    if prior.x_cond:
+        down = prior.cond_downsample
+        if start % down:
+            raise ValueError(f"an upsampler window must start on a multiple of {down} tokens, got {start}")
+        z_cond = zs[level + 1][:, start // down : (start + prior.hps.n_ctx) // down]
+        if z_cond.shape[1] != prior.hps.n_ctx // down:
+            raise ValueError(
+                f"the level-{level} window at {start} needs {prior.hps.n_ctx // down} level-{level + 1} codes "
+                f"under it, but level {level + 1} has only {zs[level + 1].shape[1]}: sample at least one full "
+                f"window ({prior.hps.n_ctx * prior.raw_to_tokens} samples) or upsample less")
+    y = song.labels(prior, start, n)
+    pieces = []
+    t0 = time.perf_counter()
+    for i in range(0, n, s.max_batch_size):  # sub-batches one after another, as the original
+        part = slice(i, i + s.max_batch_size)
+        pieces.append(sample_window(prior, context[part], length, None if z_cond is None else z_cond[part],
+                                    None if y is None else y[part].to(context.device), s, bar))
+    new = torch.cat(pieces)[:, context.shape[1]:]
+    s.stats["tokens"] += new.numel()
+    s.stats["seconds"] += time.perf_counter() - t0
+    return new
+
+
+def _resume(path, zs: list[torch.Tensor], s: Sampling) -> list[torch.Tensor]:
+    saved = read_checkpoint(path)
+    codes = saved["zs"]
+    if len(codes) != len(zs) or any(a.shape[0] != b.shape[0] for a, b in zip(codes, zs)):
+        raise ValueError(f"{path} holds codes for {[tuple(c.shape) for c in codes]}, which do not match this run's "
+                         f"{[tuple(z.shape) for z in zs]}")
+    if s.generator is not None and saved.get("generator") is not None:
+        s.generator.set_state(saved["generator"])
+    return [c.to(z.device) for c, z in zip(codes, zs)]
+
+
+def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = None, total_length: int | None = None,
+             n_samples: int = 1, levels: Sequence[int] | None = None, prime: list[torch.Tensor] | None = None,
+             hop_fraction: Sequence[float] = (0.5, 0.5, 0.125), sampling: Sampling | None = None,
+             out_dir: str | os.PathLike | None = None, sr: int = 44100) -> torch.Tensor:
+    """The whole pipeline: sample the requested levels top-down, then decode the lowest to audio.
+
+    Args:
+        vqvae: the VQ-VAE whose codes the priors model.
+        priors: one prior per level, indexed by level (``priors[2]`` is the top prior); entries
+            for levels not sampled may be None.
+        song: conditioning (artist, genres, lyrics, song length, offset).
+        seconds / total_length: how much audio (rounded down to a multiple of the top hop).
+        n_samples: samples drawn together.
+        levels: levels to sample, top first (default: all, e.g. (2, 1, 0)).
+        prime: codes to continue (primed mode: per-level [N, t] from ``vqvae.encode``), or codes
+            saved by an earlier run (continue / upsample modes).
+        hop_fraction: window hop per level, indexed by level (the original's 0.5, 0.5, 0.125).
+        out_dir: where codes (``codes.pt``, resumable) and one wav per sample of the lowest
+            level sampled are written.
+
+    Returns:
+        audio [N, T, 1] decoded from the lowest level sampled.
+    """
+    s = sampling or Sampling()
+    top = vqvae.hps.levels - 1
+    hop = vqvae.hps.hop_lengths[top]
+    if total_length is None:
+        if seconds is None:
+            raise ValueError("give seconds or total_length")
+        total_length = int(seconds * sr) // hop * hop
+    if total_length <= 0:
+        raise ValueError(f"nothing to sample: total_length={total_length}")
+    levels = sorted(levels if levels is not None else range(vqvae.hps.levels), reverse=True)
+    device = next(vqvae.parameters()).device
+    zs = [torch.zeros(n_samples, 0, dtype=torch.int64, device=device) for _ in range(vqvae.hps.levels)]
+    if prime is not None:
+        zs = [p.to(device) for p in prime]
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for level in levels:
+        prior = priors[level]
+        if prior is None:
+            raise ValueError(f"level {level} is to be sampled but no prior was given for it")
+        total = total_length // prior.raw_to_tokens
+        zs = sample_level(prior, zs, song, total, hop_fraction=hop_fraction[level], sampling=s,
+                          checkpoint=out / "codes.pt" if out is not None else None)
+    low = levels[-1]
+    with torch.no_grad():
+        audio = vqvae.decode(zs[low:], start_level=low, bs_chunks=n_samples).clamp(-1, 1)
+    if out is not None:
+        from .audio import write_wav
+
+        for i in range(n_samples):
+            write_wav(out / f"level_{low}_item_{i}.wav", audio[i].cpu().numpy(), sr)
+    return audio

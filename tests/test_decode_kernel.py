@@ -1,0 +1,78 @@
+"""The Triton decode-attention kernel against its reference, and decoding through it.
+
+On a CUDA device, or on the CPU with ``TRITON_INTERPRET=1``. Outputs are poisoned first.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+from conftest import kernel_device  # noqa: E402
+from jukebox_fast import dispatch, make_prior
+from jukebox_fast.models.decoding import IncrementalDecoder
+from jukebox_fast.ops import AttentionPattern, CacheLayout, buffers, decode_attention
+from test_prior_hf_parity import codes, labels
+from vq_check import poison
+
+pytestmark = pytest.mark.interpret
+
+LAYOUTS = [  # odd block sizes and lengths that are not multiples of them
+    CacheLayout(AttentionPattern(0), 37), CacheLayout(AttentionPattern(1, 8), 40),
+    CacheLayout(AttentionPattern(1, 5), 37), CacheLayout(AttentionPattern(2, 6), 37),
+    CacheLayout(AttentionPattern(2, 8), 40), CacheLayout(AttentionPattern(3, 7), 40),
+    CacheLayout(AttentionPattern(7, prime_len=12), 40), CacheLayout(AttentionPattern(6), 40, enc_length=11),
+]
+POSITIONS = [0, 1, 4, 5, 6, 7, 8, 13, 14, 20, 35, 36]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(autouse=True)
+def _poisoned(monkeypatch):
+    monkeypatch.setattr(buffers, "new_empty", poison)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{l.pattern.name}{l.pattern.block_ctx}")
+@pytest.mark.parametrize("d", [20, 150])
+def test_matches_the_reference_at_every_kind_of_position(layout, dtype, d):
+    dev = kernel_device()
+    k = torch.randn(3, 2, layout.size, d).to(dev, dtype)
+    v, q = torch.randn_like(k), torch.randn(3, 2, d).to(dev, dtype)
+    for p in POSITIONS:
+        pos = torch.tensor([p], device=dev)
+        got = decode_attention(q, k, v, layout, pos, backend="triton")
+        ref = decode_attention(q, k, v, layout, pos, backend="torch")
+        assert torch.isfinite(got).all()
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        else:  # the 2× rule against the reference on fp32 copies of the same inputs
+            exact = decode_attention(q.float(), k.float(), v.float(), layout, pos, backend="torch")
+            err, ref_err = (got.float() - exact).abs().max(), (ref.float() - exact).abs().max()
+            assert err <= 2 * ref_err + torch.finfo(dtype).eps * exact.abs().max(), (p, err, ref_err)
+
+
+def test_widest_head_and_a_batch_of_samples():
+    dev = kernel_device()
+    layout = CacheLayout(AttentionPattern(2, 4), 24)
+    k = torch.randn(16, 1, layout.size, 480, device=dev)
+    v, q = torch.randn_like(k), torch.randn(16, 1, 480, device=dev)
+    pos = torch.tensor([22], device=dev)
+    torch.testing.assert_close(decode_attention(q, k, v, layout, pos, backend="triton"),
+                               decode_attention(q, k, v, layout, pos, backend="torch"), rtol=1e-5, atol=1e-6)
+
+
+def test_the_decoder_through_the_kernels_matches_the_reference():
+    dev = kernel_device()
+    prior = make_prior("tiny_prior", device=dev).eval()
+    zs, y = codes(prior, 2), labels(prior, 2)
+    with torch.no_grad():
+        tokens, x_cond, y_cond, enc, _ = prior.lm_inputs(zs[0].to(dev), None, y.to(dev))
+    results = {}
+    for backend in ("torch", "triton"):
+        with dispatch.use_backend(backend):
+            decoder = IncrementalDecoder(prior.prior, 2, x_cond, y_cond, enc)
+            outs = [decoder.prefill(tokens[:, :30])]  # the lyrics and a few codes, then 6 steps
+            outs += [decoder.step(tokens[:, t - 1])[:, None] for t in range(30, 36)]
+            results[backend] = torch.cat(outs, dim=1)
+    torch.testing.assert_close(results["triton"], results["torch"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,158 @@
+"""Cached incremental decoding and the sampling pipeline (CPU, tiny presets)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jukebox_fast.sample as sample_mod
+from jukebox_fast import make_prior, make_vqvae
+from jukebox_fast.models.decoding import IncrementalDecoder
+from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
+from jukebox_fast.sample import Sampling, Song, draw, filter_logits, generate, get_starts, sample_level, sample_window
+from test_prior_hf_parity import codes, labels
+
+PRESETS = ["tiny_prior", "tiny_prior_5b_lyrics", "tiny_upsampler"]
+
+
+def lm_inputs(prior, n=2):
+    zs, y = codes(prior, n), labels(prior, n)
+    with torch.no_grad():
+        full = prior.get_logits(zs, y)  # [N, L, bins]
+        tokens, x_cond, y_cond, enc, _ = prior.lm_inputs(zs[0], zs[1:], y)
+    return full, tokens, (x_cond, y_cond, enc)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("prefix", [0, 7, -3], ids=["ancestral", "prefix7", "prefix-full-3"])
+def test_incremental_decoding_gives_the_full_forwards_logits(name, prefix):
+    # tiny_prior: block, column, previous-block, prime (with its lyric prefix) and dense layers;
+    # tiny_prior_5b_lyrics: cross-attention to the lyric encoder; tiny_upsampler: the
+    # conditioner's per-position x_cond.
+    prior = make_prior(name).eval()
+    full, tokens, cond = lm_inputs(prior)
+    c = prefix % tokens.shape[1]
+    decoder = IncrementalDecoder(prior.prior, 2, *cond)
+    outs = [decoder.prefill(tokens[:, :c])]
+    token = tokens[:, c - 1] if c else None
+    for t in range(c, tokens.shape[1]):
+        outs.append(decoder.step(token)[:, None])
+        token = tokens[:, t]
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-6)
+    assert int(decoder.position) == tokens.shape[1]
+
+
+def test_caches_keep_only_what_each_pattern_needs():
+    prior = make_prior("tiny_prior").eval()
+    decoder = IncrementalDecoder(prior.prior, 1, *lm_inputs(prior, 1)[2])
+    bc, length = prior.hps.block_ctx, prior.hps.seq_length
+    sizes = {c.layout.pattern.kind: c.k.shape[2] for c in decoder.caches}
+    assert sizes == {1: bc, 2: length, 3: 2 * bc, 7: 24 + 1, 0: length}  # P = 24 for 16 lyric tokens
+    data = [c.k.data_ptr() for c in decoder.caches]
+    decoder.step(None)
+    decoder.step(torch.zeros(1, dtype=torch.long))
+    assert data == [c.k.data_ptr() for c in decoder.caches]  # written in place, never regrown
+
+
+@pytest.mark.parametrize("name", ["tiny_prior_5b_lyrics", "tiny_upsampler"])
+def test_greedy_sampling_picks_the_full_forwards_argmax(name):
+    prior = make_prior(name).eval()
+    zs, y = codes(prior, 2), labels(prior, 2)
+    z_cond = zs[1] if len(zs) > 1 else None
+    out = sample_window(prior, zs[0][:, :5], prior.hps.n_ctx, z_cond, y, Sampling(temp=0, progress=False))
+    assert torch.equal(out[:, :5], zs[0][:, :5])
+    with torch.no_grad():
+        logits = prior.get_logits([out] + zs[1:], y)
+    assert torch.equal(logits.argmax(-1)[:, 5:], out[:, 5:])
+
+
+def test_filters_as_the_original():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[True, False, False, True]]
+    # softmax ≈ [0.086, 0.636, 0.234, 0.052]: p = 0.7 keeps 3.0 and 2.0 (the one that crosses p).
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[True, False, False, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, True, True]]
+    with pytest.raises(ValueError, match="not both"):
+        filter_logits(logits, top_k=1, top_p=0.5)
+    g = torch.Generator().manual_seed(0)
+    assert all(draw(logits, 1.0, top_k=1, generator=g).item() == 1 for _ in range(20))
+
+
+def test_window_starts_as_the_reference_table():
+    assert len(get_starts(110_240, 8192, 4096)) == 26  # 20 s at level 0
+    assert len(get_starts(27_560, 8192, 4096)) == 6  # 20 s at level 1
+    assert get_starts(6_890, 6144, 768) == [0, 746]  # 20 s with 1b_lyrics' top prior
+    assert len(get_starts(20_671, 8192, 1024)) == 14  # 60 s with 5b's
+
+
+def _level_run(prior, song, checkpoint=None, seed=0):
+    zs = [torch.zeros(2, 0, dtype=torch.long) for _ in range(3)]
+    s = Sampling(temp=1.0, generator=torch.Generator().manual_seed(seed), progress=False)
+    return sample_level(prior, zs, song, 150, hop_fraction=0.5, sampling=s, checkpoint=checkpoint)
+
+
+def test_an_interrupted_run_resumes_to_the_same_codes(tmp_path, monkeypatch):
+    prior = make_prior("tiny_prior_5b_lyrics").eval()
+    song = Song(artist=3, genres=(5,), total_length=int(1.5 * prior.hps.min_duration * 44100),
+                lyrics=tuple(range(1, 40)))
+    whole = _level_run(prior, song)[2]
+    assert whole.shape == (2, 150) and len(get_starts(150, 64, 32)) == 4
+
+    calls = {"n": 0}
+    real = sample_mod._window
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sample_mod, "_window", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _level_run(prior, song, tmp_path / "codes.pt")
+    monkeypatch.setattr(sample_mod, "_window", real)
+    saved = torch.load(tmp_path / "codes.pt")["zs"][2]
+    assert saved.shape[1] == 64 + 32  # two windows were done
+    resumed = _level_run(prior, song, tmp_path / "codes.pt", seed=123)[2]  # the saved RNG state wins
+    assert torch.equal(resumed, whole)
+
+
+def test_windowed_upsampling_reads_the_codes_above():
+    vq = make_vqvae("tiny_vqvae")
+    prior = make_prior("tiny_upsampler", vq).eval()
+    song = Song()
+    zs = [torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long),
+          torch.randint(0, prior.bins, (1, 10))]
+    s = Sampling(progress=False)
+    with pytest.raises(ValueError, match="needs 16 level-2 codes under it, but level 2 has only 10"):
+        sample_level(prior, zs, song, 40 * 4 // 4 + 60, sampling=s)
+    zs[2] = torch.randint(0, prior.bins, (1, 40))
+    out = sample_level(prior, zs, song, 160, sampling=s)
+    assert out[1].shape == (1, 160) and int(out[1].max()) < prior.bins
+
+
+def test_generate_writes_audio(tmp_path):
+    torch.manual_seed(0)
+    vq = make_vqvae("tiny_vqvae").eval()
+    top = make_prior("tiny_prior", vq).eval()
+    up = make_prior("tiny_upsampler", vq).eval()
+    song = Song(artist=3, genres=(5,), total_length=int(1.5 * top.hps.min_duration * 44100),
+                lyrics=tuple(range(1, 30)))
+    audio = generate(vq, [None, up, top], song, total_length=128 * 80, n_samples=2, levels=(2, 1),
+                     out_dir=tmp_path, sampling=Sampling(progress=False))
+    assert audio.shape == (2, 128 * 80, 1) and audio.abs().max() <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.pt", "level_1_item_0.wav", "level_1_item_1.wav"]
+
+
+def test_decode_attention_rejects_bad_input():
+    layout = CacheLayout(AttentionPattern(1, 4), 16)
+    q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="one-element int64"):
+        decode_attention(q, k, k, layout, 3)
+    with pytest.raises(ValueError, match="has 4 slots, got 5"):
+        decode_attention(q, torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), layout, torch.tensor([3]))
+
+
+def test_decoder_needs_eval_mode():
+    prior = make_prior("tiny_upsampler")
+    with pytest.raises(ValueError, match="eval mode"):
+        IncrementalDecoder(prior.prior, 1)
