@@ -68,10 +68,12 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Looked up once: find_spec walks sys.path, and the check runs on every op call.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_missing() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed"
-    return None
+    return None if _TRITON_INSTALLED else "the triton package is not installed"
 
 
 def triton_reasons(*tensors: torch.Tensor) -> list[str]:

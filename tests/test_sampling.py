@@ -156,3 +156,19 @@ def test_decoder_needs_eval_mode():
     prior = make_prior("tiny_upsampler")
     with pytest.raises(ValueError, match="eval mode"):
         IncrementalDecoder(prior.prior, 1)
+
+
+def test_primed_generation_continues_the_encoded_audio(tmp_path):
+    torch.manual_seed(0)
+    vq = make_vqvae("tiny_vqvae").eval()
+    top = make_prior("tiny_prior", vq).eval()
+    up = make_prior("tiny_upsampler", vq).eval()
+    song = Song(artist=3, genres=(5,), total_length=int(1.5 * top.hps.min_duration * 44100))
+    with torch.no_grad():
+        prime = vq.encode(0.1 * torch.randn(2, 128 * 40, 1))  # codes of 40 top-level tokens of "audio"
+    total = 128 * 100
+    audio = generate(vq, [None, up, top], song, total_length=total, n_samples=2, levels=(2, 1), prime=prime,
+                     sampling=Sampling(progress=False))
+    assert audio.shape == (2, total, 1)
+    zs = sample_level(top, list(prime), song, 100, hop_fraction=0.125, sampling=Sampling(progress=False))
+    assert torch.equal(zs[2][:, :40], prime[2]) and zs[2].shape == (2, 100)  # the prime is kept, then continued

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
+from .. import dispatch, ops
 from ..ops.decode import CacheLayout
 from .transformer import ConditionalAutoregressive2D, FactoredAttention
 
@@ -29,6 +29,7 @@ class _LayerCache:
         self.attn, self.layout = attn, layout
         d = attn.n_state // attn.n_head
         shape = (n, attn.n_head, layout.size, d)
+        self.scale = 1.0 / d**0.5
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
@@ -78,6 +79,16 @@ class IncrementalDecoder:
                 cache.v.copy_(attn._heads(v))
             self.caches.append(cache)
         self._graph = None
+        self._attend = self._decode_impl()
+
+    def _decode_impl(self):
+        """The decode_attention implementation for these caches, resolved once through the
+        dispatch (shapes and dtypes are fixed for the decoder's life): a step then costs no
+        dispatch work per layer."""
+        c = self.caches[0]
+        q = c.k[:, :, 0]  # [N, H, d], stands in for a query of the right shape, dtype, device
+        impl = dispatch.resolve("decode_attention", q, c.k, c.v, c.layout, self.position, 1.0)
+        return impl.fn
 
     # -- pieces shared by prefill and step ----------------------------------------------------------
     def _cond(self, positions: torch.Tensor) -> torch.Tensor | None:
@@ -175,7 +186,7 @@ class IncrementalDecoder:
             q, k, v = (t.view(n, attn.n_head, 1, d) for t in h.chunk(3, dim=2))
             cache.write(k, v, p)
             q = q.view(n, attn.n_head, d)
-        a = ops.decode_attention(q, cache.k, cache.v, cache.layout, p)  # [N, H, d]
+        a = self._attend(q, cache.k, cache.v, cache.layout, p, cache.scale)  # [N, H, d]
         return attn.c_proj(a.reshape(n, 1, attn.n_state))
 
     # -- CUDA graphs --------------------------------------------------------------------------------

@@ -121,15 +121,26 @@ def check_inputs(q, k, v, layout, position) -> None:
 
 
 def decode_attention_reference(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
-    """PyTorch reference over the whole buffer with the visible run as a mask (static shapes,
-    no host read of the position); the arithmetic of :func:`~jukebox_fast.ops.sparse_attention`."""
+    """PyTorch reference, with the arithmetic of :func:`~jukebox_fast.ops.sparse_attention`.
+
+    On a GPU it attends over the whole buffer with the visible run as a mask: static shapes and
+    no host read of the position, so a CUDA graph can capture it. On the CPU, where reading the
+    position costs nothing, it attends over the visible run alone (the same result: hidden
+    logits get weight exactly 0 either way)."""
     lo, hi = layout.visible(position.view(()))
+    if k.device.type == "cpu":
+        lo, hi = int(lo), int(hi)
+        if hi <= lo:  # no key seen (previous block of block 0): zeros
+            return torch.zeros_like(q, dtype=v.dtype)
+        k, v = k[:, :, lo:hi], v[:, :, lo:hi]
+        w = (q.unsqueeze(2) @ k.transpose(-1, -2)) * scale  # [N, H, 1, hi − lo]
+        return (torch.softmax(w.float(), dim=-1).to(v.dtype) @ v).squeeze(2)
     slots = torch.arange(k.shape[2], device=k.device)
     visible = (slots >= lo) & (slots < hi)  # [S]
     w = (q.unsqueeze(2) @ k.transpose(-1, -2)) * scale  # [N, H, 1, S]
     w = torch.where(visible, w.float(), _MASKED)
     out = (torch.softmax(w, dim=-1).to(v.dtype) @ v).squeeze(2)  # [N, H, d]
-    return out * visible.any().to(out.dtype)  # no key seen (previous block of block 0): zeros
+    return out * visible.any().to(out.dtype)  # no key seen: zeros
 
 
 def decode_attention(
