@@ -138,6 +138,31 @@ def _visible(p, u, j, v, BC, PRIME, KIND: tl.constexpr):
 
 
 @triton.jit
+def _program(H, D, BLOCK_DV: tl.constexpr):
+    """This program's (group, first width column, n·H + h, n, h) from grid axes 1 and 2."""
+    n_dv = tl.cdiv(D, BLOCK_DV)
+    nh = tl.program_id(2)
+    return tl.program_id(1) // n_dv, (tl.program_id(1) % n_dv) * BLOCK_DV, nh, (nh // H).to(tl.int64), \
+        (nh % H).to(tl.int64)
+
+
+@triton.jit
+def _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Query tile ``pid_m`` of group g: its units, validity, positions and rows in q, and the
+    key units [lo, hi) it must walk."""
+    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
+    u_first = u_lo + pid_m * BLOCK_M
+    u = u_first + tl.arange(0, BLOCK_M)  # [BLOCK_M] query units
+    q_ok = u < u_hi
+    p = base + step * u  # positions
+    q_rows = (p - q_start).to(tl.int64)
+    u_last = tl.minimum(u_first + BLOCK_M, u_hi) - 1
+    lo, hi = _key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
+    hi = tl.where(u_last >= u_first, hi, lo)  # a tile past the last query reads nothing
+    return base, step, u, q_ok, p, q_rows, lo, hi
+
+
+@triton.jit
 def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
@@ -154,26 +179,13 @@ def _fwd_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    n_dv = tl.cdiv(D, BLOCK_DV)
-    g = tl.program_id(1) // n_dv
-    dv0 = (tl.program_id(1) % n_dv) * BLOCK_DV
-    nh = tl.program_id(2)
-    n = (nh // H).to(tl.int64)
-    h = (nh % H).to(tl.int64)
+    g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
     q_ptr += n * sq_n + h * sq_h
     k_ptr += n * sk_n + h * sk_h
     v_ptr += n * sv_n + h * sv_h
     o_ptr += n * so_n + h * so_h
 
-    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
-    u_first = u_lo + pid_m * BLOCK_M
-    u = u_first + tl.arange(0, BLOCK_M)  # [BLOCK_M] query units
-    q_ok = u < u_hi
-    p = base + step * u  # positions
-    q_rows = (p - q_start).to(tl.int64)
-    u_last = tl.minimum(u_first + BLOCK_M, u_hi) - 1
-    lo, hi = _key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
-    hi = tl.where(u_last >= u_first, hi, lo)  # a tile past the last query reads nothing
+    base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND, BLOCK_M)
 
     dk = tl.arange(0, BLOCK_DK)
     dv = dv0 + tl.arange(0, BLOCK_DV)
@@ -226,12 +238,7 @@ def _bwd_kv_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    n_dv = tl.cdiv(D, BLOCK_DV)
-    g = tl.program_id(1) // n_dv
-    dv0 = (tl.program_id(1) % n_dv) * BLOCK_DV
-    nh = tl.program_id(2)
-    n = (nh // H).to(tl.int64)
-    h = (nh % H).to(tl.int64)
+    g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
     q_ptr += n * sq_n + h * sq_h
     k_ptr += n * sk_n + h * sk_h
     v_ptr += n * sv_n + h * sv_h
@@ -316,12 +323,7 @@ def _bwd_q_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    n_dv = tl.cdiv(D, BLOCK_DV)
-    g = tl.program_id(1) // n_dv
-    dv0 = (tl.program_id(1) % n_dv) * BLOCK_DV
-    nh = tl.program_id(2)
-    n = (nh // H).to(tl.int64)
-    h = (nh % H).to(tl.int64)
+    g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
     q_ptr += n * sq_n + h * sq_h
     k_ptr += n * sk_n + h * sk_h
     v_ptr += n * sv_n + h * sv_h
@@ -330,15 +332,7 @@ def _bwd_q_kernel(
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
 
-    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
-    u_first = u_lo + pid_m * BLOCK_M
-    u = u_first + tl.arange(0, BLOCK_M)
-    q_ok = u < u_hi
-    p = base + step * u
-    q_rows = (p - q_start).to(tl.int64)
-    u_last = tl.minimum(u_first + BLOCK_M, u_hi) - 1
-    lo, hi = _key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
-    hi = tl.where(u_last >= u_first, hi, lo)
+    base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND, BLOCK_M)
 
     dk = tl.arange(0, BLOCK_DK)
     dv = dv0 + tl.arange(0, BLOCK_DV)
