@@ -31,6 +31,22 @@ def read_keys_tsv(path: Path) -> list[tuple[str, list[int], str]]:
     return rows
 
 
+@pytest.fixture
+def dev() -> str | None:
+    """The device kernel tests run on (see :func:`kernel_device`)."""
+    return kernel_device()
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every op output starts as NaN (int64.min for integers), so an element a kernel leaves
+    unwritten fails its checks."""
+    from jukebox_fast.ops import buffers
+    from vq_check import poison
+
+    monkeypatch.setattr(buffers, "new_empty", poison)
+
+
 def kernel_device() -> str | None:
     """Where Triton kernel tests run: the GPU if there is one, else the CPU through the
     interpreter when ``TRITON_INTERPRET=1`` is set, else nowhere."""

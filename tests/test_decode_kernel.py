@@ -11,11 +11,10 @@ pytest.importorskip("triton", reason="the Triton kernels need the triton package
 from conftest import kernel_device  # noqa: E402
 from jukebox_fast import dispatch, make_prior
 from jukebox_fast.models.decoding import IncrementalDecoder
-from jukebox_fast.ops import AttentionPattern, CacheLayout, buffers, decode_attention
+from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
 from test_prior_hf_parity import codes, labels
-from vq_check import poison
 
-pytestmark = pytest.mark.interpret
+pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
 LAYOUTS = [  # odd block sizes and lengths that are not multiples of them
     CacheLayout(AttentionPattern(0), 37), CacheLayout(AttentionPattern(1, 8), 40),
@@ -25,11 +24,6 @@ LAYOUTS = [  # odd block sizes and lengths that are not multiples of them
 ]
 POSITIONS = [0, 1, 4, 5, 6, 7, 8, 13, 14, 20, 35, 36]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-@pytest.fixture(autouse=True)
-def _poisoned(monkeypatch):
-    monkeypatch.setattr(buffers, "new_empty", poison)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))

@@ -22,7 +22,7 @@ from test_prior_hf_parity import codes, labels
 from attention_check import assert_within_twice_the_reference, inputs, oracle, run
 from vq_check import poison
 
-pytestmark = pytest.mark.interpret
+pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
 SMALL_TILES = kernels.AttentionConfig(block_m=16, block_n=16, block_dk=16, block_dv=16)
 PATTERNS = [
@@ -38,16 +38,6 @@ LOW_PRECISION = [torch.bfloat16, torch.float16]
 
 def pattern_id(p: AttentionPattern) -> str:
     return {0: "dense", 6: "cross", 7: f"prime{p.prime_len}"}.get(p.kind, f"{p.name}{p.block_ctx}")
-
-
-@pytest.fixture
-def dev() -> str:
-    return kernel_device()
-
-
-@pytest.fixture(autouse=True)
-def _poisoned(monkeypatch):
-    monkeypatch.setattr(buffers, "new_empty", poison)
 
 
 @pytest.fixture

@@ -20,22 +20,12 @@ from jukebox_fast import hparams, make_vqvae
 from jukebox_fast.ops import vq_nearest, vq_quantise
 from vq_check import assert_nearest, poison
 
-pytestmark = pytest.mark.interpret
+pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Odd and power-of-two widths, N and K off the tile sizes, D from 1 to the kernel's limit.
 SHAPES = [(1, 1, 1), (7, 13, 5), (200, 100, 48), (129, 31, 100), (40, 70, 256), (300, 257, 64),
           (65, 40, 16), (33, 64, 32), (17, 50, 128)]
-
-
-@pytest.fixture
-def dev() -> str:
-    return kernel_device()
-
-
-@pytest.fixture(autouse=True)
-def _poisoned(monkeypatch):
-    monkeypatch.setattr(buffers, "new_empty", poison)
 
 
 def randn(*shape, dtype=torch.float32, device="cpu"):

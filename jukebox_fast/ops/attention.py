@@ -145,19 +145,23 @@ def sparse_attention(
 _HALF_OR_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _triton_supports(q, k, v, pattern, scale) -> list[str]:
-    reasons = dispatch.triton_reasons(q, k, v)
-    if reasons:
-        return reasons
-    from ..kernels.attention import MAX_HEAD_DIM
-
+def head_reasons(q, k, v, max_head_dim: int) -> list[str]:
+    """Why an attention kernel cannot take these q, k, v (dtype, head width): shared by
+    sparse_attention and decode_attention."""
+    reasons = []
     if len({q.dtype, k.dtype, v.dtype}) != 1:
         reasons.append(f"the Triton kernel takes q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     elif q.dtype not in _HALF_OR_FLOAT:
         reasons.append(f"the Triton kernel takes fp16, bf16 or fp32, not {q.dtype}")
-    if q.shape[-1] > MAX_HEAD_DIM:
-        reasons.append(f"the Triton kernel takes heads up to d={MAX_HEAD_DIM} wide, got d={q.shape[-1]}")
+    if q.shape[-1] > max_head_dim:
+        reasons.append(f"the Triton kernel takes heads up to d={max_head_dim} wide, got d={q.shape[-1]}")
     return reasons
+
+
+def _triton_supports(q, k, v, pattern, scale) -> list[str]:
+    from ..kernels.attention import MAX_HEAD_DIM
+
+    return dispatch.triton_reasons(q, k, v) or head_reasons(q, k, v, MAX_HEAD_DIM)
 
 
 def _heads_inner(like: torch.Tensor, length: int, dtype: torch.dtype, fill=None) -> torch.Tensor:

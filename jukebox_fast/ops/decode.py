@@ -28,6 +28,7 @@ import torch
 
 from .. import dispatch
 from . import buffers
+from .attention import head_reasons
 from .patterns import AttentionPattern
 
 __all__ = ["CacheLayout", "decode_attention", "decode_attention_reference"]
@@ -157,17 +158,9 @@ def decode_attention(
 
 # -- Triton -------------------------------------------------------------------------------------
 def _triton_supports(q, k, v, layout, position, scale) -> list[str]:
-    reasons = dispatch.triton_reasons(q, k, v, position)
-    if reasons:
-        return reasons
     from ..kernels.decode import MAX_HEAD_DIM
 
-    if len({q.dtype, k.dtype, v.dtype}) != 1 or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        reasons.append(f"the Triton kernel takes q, k, v of one dtype among fp16, bf16, fp32; got "
-                       f"{q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[-1] > MAX_HEAD_DIM:
-        reasons.append(f"the Triton kernel takes heads up to d={MAX_HEAD_DIM} wide, got d={q.shape[-1]}")
-    return reasons
+    return dispatch.triton_reasons(q, k, v, position) or head_reasons(q, k, v, MAX_HEAD_DIM)
 
 
 def decode_attention_triton(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
