@@ -7,7 +7,9 @@ The choice for one call is the first of these that is set:
 2. the innermost :func:`use_backend` context that says something about this op;
 3. the environment variable ``JUKEBOX_FAST_BACKEND_<OP>`` (e.g. ``JUKEBOX_FAST_BACKEND_VQ_NEAREST``);
 4. the environment variable ``JUKEBOX_FAST_BACKEND``;
-5. ``auto``: the first implementation that can run these inputs. ``torch`` always can.
+5. ``auto``: the first implementation that can run these inputs and does not decline them
+   (an implementation may decline inputs where it measured slower than the next). ``torch``
+   always can.
 
 A choice made for one op (``backend=``, ``use_backend(vq_nearest=...)``, the per-op variable)
 must name an implementation that op has. A global choice (``use_backend("triton")`` or
@@ -108,7 +110,9 @@ class Impl:
     ``available()`` says why the implementation cannot run on this machine at all (missing
     package, extension that failed to build) or returns None; it is evaluated once.
     ``supports(*args, **kwargs)`` lists why it cannot run these particular inputs (device, dtype,
-    shape limits); an empty list means it can.
+    shape limits); an empty list means it can. ``declines(*args, **kwargs)`` lists why ``auto``
+    should pass over inputs it can run (a measured rule: another implementation is faster there);
+    an explicit request still gets it.
     """
 
     name: str
@@ -116,6 +120,7 @@ class Impl:
     available: Callable[[], str | None] = _always_available
     supports: Callable[..., Sequence[str]] = _no_reasons
     note: str = ""
+    declines: Callable[..., Sequence[str]] = _no_reasons
     _unavailable: str | None = field(default=None, init=False, repr=False)
     _checked: bool = field(default=False, init=False, repr=False)
 
@@ -215,13 +220,14 @@ class Registry:
         available: Callable[[], str | None] = _always_available,
         supports: Callable[..., Sequence[str]] = _no_reasons,
         note: str = "",
+        declines: Callable[..., Sequence[str]] = _no_reasons,
     ) -> Impl:
         op = self.get_op(op_name)
         if impl_name not in op.order:
             raise ValueError(f"op {op_name!r} orders {op.order}; {impl_name!r} is not among them")
         if impl_name in op.impls:
             raise ValueError(f"op {op_name!r} already has an implementation {impl_name!r}")
-        impl = Impl(impl_name, fn, available, supports, note)
+        impl = Impl(impl_name, fn, available, supports, note, declines)
         op.impls[impl_name] = impl
         return impl
 
@@ -280,7 +286,7 @@ class Registry:
             return impl
         rejected = []
         for impl in op.ranked():
-            reasons = impl.reasons(args, kwargs)
+            reasons = impl.reasons(args, kwargs) or list(impl.declines(*args, **kwargs))
             if not reasons:
                 return impl
             rejected.append((impl.name, reasons))

@@ -33,6 +33,16 @@ def test_auto_takes_first_runnable_in_priority_order(reg):
     assert unbuilt.call("toy", "no_triton") == "torch"
 
 
+def test_auto_passes_over_a_declining_impl_but_a_request_gets_it():
+    reg = Registry()
+    reg.define_op("toy", order=("cpp", "torch"))
+    reg.register("toy", "cpp", lambda x: "cpp", declines=lambda x: ["slower here"] if x == "wide" else [])
+    reg.register("toy", "torch", lambda x: "torch")
+    assert reg.call("toy", "narrow") == "cpp"
+    assert reg.call("toy", "wide") == "torch"
+    assert reg.call("toy", "wide", backend="cpp") == "cpp"
+
+
 def test_precedence_argument_context_env_op_env_global(reg, monkeypatch):
     monkeypatch.setenv("JUKEBOX_FAST_BACKEND", "triton")
     assert reg.call("toy", "x") == "triton"

@@ -6,6 +6,7 @@ registers them all.
 """
 from .attention import sparse_attention, sparse_attention_reference
 from .decode import CacheLayout, decode_attention, decode_attention_reference
+from .resblock import dilated_resblock, dilated_resblock_reference
 from .patterns import AttentionPattern, layer_kinds, prime_window
 from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
 
@@ -15,6 +16,8 @@ __all__ = [
     "Quantised",
     "decode_attention",
     "decode_attention_reference",
+    "dilated_resblock",
+    "dilated_resblock_reference",
     "layer_kinds",
     "prime_window",
     "sparse_attention",

@@ -1,0 +1,132 @@
+"""The dilated residual stacks: the torch reference (cuDNN / oneDNN convolutions) against the
+fused extension kernel (``cuda`` on a GPU, ``cpp`` on the CPU), fp32 and bf16.
+
+Rows:
+- ``vqvae decode``: the released VQ-VAE decoder (random weights) turning ``--seconds`` of level-0
+  codes into audio, end to end (fp32; the transposed convolutions are the same in both runs);
+- ``vqvae resblocks``: only the decoder's residual blocks, each on the input it got in that decode;
+- ``conditioner resblocks``: the upsamplers' conditioner stack (width 1024, depth 16, dilations
+  cycling through 3^0..3^7) on one window of level-1 codes (2048 positions).
+
+Bandwidth counts what a fused block must move: x read once and the output written once, plus
+the weights. The reference moves several times that. Speed-up = reference time / kernel time,
+both measured in this run.
+
+    python benchmarks/bench_decoder.py --seconds 60 --out benchmarks/results/decoder_h200.md
+    python benchmarks/bench_decoder.py --seconds 10 --out benchmarks/results/decoder_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from common import device_name, median_time, report, versions
+from jukebox_fast import make_vqvae
+from jukebox_fast.dispatch import use_backend
+from jukebox_fast.hparams import get
+from jukebox_fast.models.resnet import ResConv1DBlock, Resnet1D
+
+
+def captured_blocks(vqvae, codes) -> list[tuple[ResConv1DBlock, torch.Tensor]]:
+    """Every residual block of one decode, with a copy of the input it got."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0].clone())))
+             for m in vqvae.modules() if isinstance(m, ResConv1DBlock)]
+    with torch.no_grad(), use_backend(dilated_resblock="torch"):
+        vqvae.decode([codes], start_level=0, end_level=1)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def run_blocks(pairs):
+    with torch.no_grad():
+        for block, x in pairs:
+            block(x)
+
+
+def moved_bytes(pairs) -> int:
+    total = 0
+    for block, x in pairs:
+        weights = sum(p.numel() * p.element_size() for p in block.parameters())
+        total += 2 * x.numel() * x.element_size() + weights
+    return total
+
+
+def conditioner_blocks(device, n: int) -> list[tuple[ResConv1DBlock, torch.Tensor]]:
+    hp = get("upsampler_level_0")
+    stack = Resnet1D(hp.cond_width, hp.cond_depth, hp.cond_m_conv, hp.cond_dilation_growth_rate,
+                     hp.cond_dilation_cycle, res_scale=True).to(device).eval()
+    x = torch.randn(n, hp.cond_width, 2048, device=device)
+    blocks = [m for m in stack.modules() if isinstance(m, ResConv1DBlock)]
+    return [(b, x) for b in blocks]  # each block on the same input: the same work as the chain
+
+
+def cast(pairs, dtype):
+    return [(b.to(dtype), x.to(dtype)) for b, x in pairs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=None, help="audio decoded (default 60 on a GPU, 10 on CPU)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    kernel = "cuda" if device.type == "cuda" else "cpp"
+    seconds = args.seconds or (60.0 if device.type == "cuda" else 10.0)
+    torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 on both sides
+    torch.manual_seed(0)
+
+    vqvae = make_vqvae("vqvae").to(device).eval()
+    n_codes = int(seconds * 44100) // 8
+    codes = torch.randint(0, vqvae.hps.l_bins, (args.batch, n_codes), device=device)
+
+    rows = []
+
+    def timed(name, fn, nbytes=None):
+        with use_backend(dilated_resblock="torch"):
+            t_ref, want = median_time(fn, args.runs, device)
+        with use_backend(dilated_resblock=kernel):
+            t_ker, got = median_time(fn, args.runs, device)
+        diff = "" if want is None else f"{(got.float() - want.float()).abs().max().item():.1e}"
+        gbs = f"{nbytes / t_ker / 1e9:.0f}" if nbytes else ""
+        rows.append((name, t_ref, t_ker, t_ref / t_ker, gbs, diff))
+
+    def decode():
+        with torch.no_grad():
+            return vqvae.decode([codes], start_level=0, end_level=1)
+
+    timed("vqvae decode, fp32", decode)
+    pairs = captured_blocks(vqvae, codes)
+    for dtype in (torch.float32, torch.bfloat16):
+        these = pairs if dtype == torch.float32 else cast(pairs, dtype)
+        timed(f"vqvae resblocks ({len(these)}), {str(dtype)[6:]}", lambda: run_blocks(these), moved_bytes(these))
+    del pairs
+    cond = conditioner_blocks(device, args.batch)
+    for dtype in (torch.float32, torch.bfloat16):
+        these = cond if dtype == torch.float32 else cast(cond, dtype)
+        timed(f"conditioner resblocks ({len(these)}), {str(dtype)[6:]}", lambda: run_blocks(these),
+              moved_bytes(these))
+
+    lines = [
+        "# Dilated residual stacks: reference vs fused kernel",
+        "",
+        f"{seconds:g} s of audio ({n_codes} level-0 codes, batch {args.batch}), released VQ-VAE decoder and "
+        f"upsampler-conditioner shapes, random weights, median of {args.runs} runs after a warm-up, "
+        "`torch.no_grad()`, TF32 off.",
+        f"Machine: {device_name(device)}; {versions()}. Kernel: `{kernel}`.",
+        "",
+        "| what | reference (s) | kernel (s) | speed-up | kernel GB/s | max abs diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {a:.3f} | {b:.3f} | {r:.2f}x | {g} | {d} |" for n, a, b, r, g, d in rows]
+    report("\n".join(lines) + "\n", args.out)
+
+
+if __name__ == "__main__":
+    main()
