@@ -1,4 +1,4 @@
-"""Audio files and pictures: wav output and spectrogram PNGs.
+"""Audio files and pictures: reading any file soundfile reads, wav output, spectrogram PNGs.
 
 Audio arrays are float, mono, shape [T] (or [T, 1]), in [-1, 1].
 """
@@ -10,7 +10,43 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["write_wav", "save_spectrogram", "log_spectrogram"]
+__all__ = ["AudioError", "read_audio", "write_wav", "save_spectrogram", "log_spectrogram", "AUDIO_SUFFIXES"]
+
+# What soundfile (libsndfile) reads; used to pick the audio out of a training folder.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf", ".opus")
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the reason."""
+
+
+def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.95) -> np.ndarray:
+    """Read ``path`` as mono float32 [T] at ``sr`` Hz.
+
+    Channels are averaged, the rate converted with soxr (high quality), and with ``peak`` set the
+    result is scaled so its largest magnitude is ``peak`` (silence stays silence).
+    Raises FileNotFoundError, or :class:`AudioError` for a file soundfile cannot decode or one
+    that holds no samples.
+    """
+    import soundfile
+    import soxr
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)  # [T, channels]
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"cannot read audio from {path}: {e} (readable: {', '.join(AUDIO_SUFFIXES)})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path} holds no audio samples")
+    audio = data.mean(axis=1)
+    if file_sr != sr:
+        audio = soxr.resample(audio, file_sr, sr, quality="HQ").astype(np.float32)
+    top = float(np.abs(audio).max())
+    if peak is not None and top > 0:
+        audio = audio * (peak / top)
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def _mono(audio) -> np.ndarray:

@@ -104,7 +104,8 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> A
                 "if you trust the file, pass trust_pickle=True"
             ) from None
         raise _unreadable(path) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
+        # (the unpickler meets arbitrary bytes with whatever its stack machine trips on)
         raise _unreadable(path, e) from None
 
 

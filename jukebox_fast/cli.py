@@ -2,65 +2,311 @@
 from __future__ import annotations
 
 import argparse
+import math
+import subprocess
 import sys
+from pathlib import Path
 
 EXAMPLES = """examples:
-  jukebox-fast info                      what runs on this machine, op by op
-  jukebox-fast demo --out demo_out       fit tiny_vqvae to a synthetic clip, write wav + PNG
-  jukebox-fast demo --steps 20 --seconds 2
+  jukebox-fast demo --out demo_out               train tiny models on synthetic music, sample, write wav + PNG
+  jukebox-fast info                              what runs on this machine, op by op
+  jukebox-fast train-vqvae songs/ --out runs/vq --preset tiny_vqvae --steps 2000
+  jukebox-fast train-prior songs/ --vqvae runs/vq/vqvae.pth.tar --out runs/top --preset tiny_top_prior
+  jukebox-fast encode song.flac --vqvae vqvae.pth.tar --out song_codes.pt
+  jukebox-fast decode song_codes.pt --vqvae vqvae.pth.tar --out decoded/ --level 1
+  jukebox-fast sample --checkpoints models/5b --model prior_5b --artist 0 --genre 0 --seconds 20 --out sample/
+  jukebox-fast bench decoder -- --seconds 2
+  torchrun --nproc_per_node 8 -m jukebox_fast.cli train-prior ...   data-parallel training
 """
 
+UPSAMPLERS = {0: "upsampler_level_0", 1: "upsampler_level_1"}
 
-def _info(args: argparse.Namespace) -> int:
+
+def _info(args) -> int:
     from .info import report
 
     print(report())
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run
+def _demo(args) -> int:
+    from .demo import DemoConfig, run
 
-    report = run(args.out, seconds=args.seconds, steps=args.steps, batch=args.batch, seed=args.seed,
-                 progress=not args.quiet)
-    t = report["timings"]
-    print(f"wrote {args.out}/: input.wav, recon_level{{0,1,2}}.wav, spectrogram.png, codes.pt, "
-          f"vqvae.pth.tar, report.json")
-    print(f"fit {report['steps']} steps in {t['fit_s']:.1f} s (loss {report['loss_first']} -> {report['loss_last']}); "
-          f"encode {t['encode_s']:.2f} s, decode level 0 {t['decode_level0_s']:.2f} s")
+    cfg = DemoConfig.small() if args.small else DemoConfig()
+    for name in ("vqvae_steps", "prior_steps", "sample_seconds", "seed"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    report = run(args.out, cfg, progress=not args.quiet)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {args.out}/: samples/*.wav, reconstruction.wav, spectrogram.png, report.md, checkpoints; "
+          f"{sum(report['seconds'].values()):.0f} s in all")
     return 0
 
 
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                       grad_clip=args.grad_clip, precision=args.precision, checkpoint_every=args.checkpoint_every,
+                       seed=args.seed, fsdp=getattr(args, "fsdp", False))
+
+
+def _train_vqvae(args) -> int:
+    from .train import train_vqvae
+
+    _, summary = train_vqvae(args.data, args.out, args.preset, _train_config(args), args.resume, args.device,
+                             not args.quiet)
+    print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; wrote {args.out}/vqvae.pth.tar")
+    return 0
+
+
+def _train_prior(args) -> int:
+    from .train import train_prior
+
+    model, summary = train_prior(args.data, args.out, args.vqvae, args.preset, _train_config(args), args.resume,
+                                 args.device, args.artist, tuple(args.genre), not args.quiet)
+    print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; "
+          f"wrote {args.out}/prior_level_{model.hps.level}.pth.tar")
+    return 0
+
+
+def _encode(args) -> int:
+    import torch
+
+    from .audio import read_audio
+    from .checkpoint import atomic_save, load_vqvae
+
+    vqvae = load_vqvae(args.vqvae, device=args.device)
+    audio = read_audio(args.audio, vqvae.hps.sr)
+    hop = vqvae.hps.hop_lengths[-1]
+    n = len(audio) // hop * hop
+    if n == 0:
+        raise ValueError(f"{args.audio} is shorter than one top-level code ({hop} samples)")
+    x = torch.from_numpy(audio[:n]).view(1, n, 1).to(next(vqvae.parameters()).device)
+    codes = [z.cpu() for z in vqvae.encode(x)]
+    atomic_save({"codes": codes, "hop_lengths": vqvae.hps.hop_lengths, "sr": vqvae.hps.sr,
+                 "source": str(args.audio)}, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"level {lvl} {tuple(z.shape)}" for lvl, z in enumerate(codes)))
+    return 0
+
+
+def _decode(args) -> int:
+    import torch
+
+    from .audio import save_spectrogram, write_wav
+    from .checkpoint import CheckpointError, load_vqvae, read_checkpoint
+
+    vqvae = load_vqvae(args.vqvae, device=args.device)
+    saved = read_checkpoint(args.codes)
+    codes = saved.get("codes", saved.get("zs")) if isinstance(saved, dict) else None
+    if not isinstance(codes, list) or not all(isinstance(z, torch.Tensor) for z in codes):
+        raise CheckpointError(f"{args.codes} holds no list of code tensors (write one with `jukebox-fast encode` "
+                              "or `sample`)")
+    level = args.level
+    if not 0 <= level < len(codes) or codes[level].numel() == 0:
+        raise ValueError(f"{args.codes} has no codes at level {level}")
+    device = next(vqvae.parameters()).device
+    with torch.no_grad():
+        audio = vqvae.decode([z.to(device) for z in codes[level:]], start_level=level).clamp(-1, 1).cpu()
+    out = Path(args.out)
+    paths = [write_wav(out / f"level_{level}_item_{i}.wav", audio[i, :, 0], vqvae.hps.sr) for i in range(len(audio))]
+    save_spectrogram(out / f"level_{level}.png", [a[:, 0] for a in audio],
+                     [f"item {i}, decoded from level {level}" for i in range(len(audio))], vqvae.hps.sr)
+    print(f"wrote {len(paths)} wav file(s) and level_{level}.png into {out}/")
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from . import text
+    from .audio import read_audio
+    from .checkpoint import load_prior, load_vqvae
+    from .sample import Sampling, Song, generate
+
+    levels = sorted({int(v) for v in args.levels.split(",")}, reverse=True)
+    ckpt = Path(args.checkpoints) if args.checkpoints else None
+    vqvae_path = args.vqvae or (ckpt / "vqvae.pth.tar" if ckpt else None)
+    if vqvae_path is None:
+        raise ValueError("give --vqvae or --checkpoints")
+    vqvae = load_vqvae(vqvae_path, device=args.device)
+    top = vqvae.hps.levels - 1
+    priors: list = [None] * vqvae.hps.levels
+    for level in levels:
+        path = ckpt / f"prior_level_{level}.pth.tar" if ckpt else None
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"no prior for level {level}: expected {path or 'prior_level_N.pth.tar under --checkpoints'}")
+        preset = args.model if level == top else UPSAMPLERS.get(level) if args.model else None
+        priors[level] = load_prior(path, preset, vqvae.hps, device=args.device)
+    top_prior = priors[levels[0]]
+    version = "v3" if top_prior.hps.labels_v3 else "v2"
+    artist, genres = args.artist, args.genre or ["0"]
+    if args.ids:
+        table = lambda kind: text.load_ids(Path(args.ids) / f"{version}_{kind}_ids.txt")  # noqa: E731
+        artist = str(text.artist_id(artist, table("artist"), version)) if not artist.isdigit() else artist
+        genres = [str(g) for name in genres for g in (
+            [int(name)] if name.isdigit() else text.genre_ids(name, table("genre"), version))]
+    if not artist.isdigit() or not all(g.lstrip("-").isdigit() for g in genres):
+        raise ValueError("artist and genre names need --ids DIR (the released v2/v3 id lists); or pass ids")
+    lyrics = tuple(text.tokenize_lyrics(args.lyrics, version)) if args.lyrics else ()
+    if lyrics and not top_prior.n_tokens:
+        raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
+    sr = vqvae.hps.sr
+    total = int(args.seconds * sr) // vqvae.hps.hop_lengths[-1] * vqvae.hps.hop_lengths[-1]
+    # The timing conditioning's song length: at least the shortest song the prior was trained on.
+    song_total = int(args.song_seconds * sr) if args.song_seconds else max(total, math.ceil(top_prior.hps.min_duration * sr))
+    song = Song(int(artist), tuple(int(g) for g in genres), song_total, lyrics)
+    prime = None
+    if args.prime:
+        audio = read_audio(args.prime, sr)[: int(args.prime_seconds * sr)]
+        hop = vqvae.hps.hop_lengths[-1]
+        n = len(audio) // hop * hop
+        if n == 0:
+            raise ValueError(f"{args.prime} gives less than one top-level code ({hop} samples)")
+        x = torch.from_numpy(audio[:n]).view(1, n, 1).repeat(args.n_samples, 1, 1)
+        prime = vqvae.encode(x.to(next(vqvae.parameters()).device))
+    gen = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
+    sampling = Sampling(temp=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen,
+                        progress=not args.quiet)
+    generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
+             sampling=sampling, out_dir=args.out, sr=sr)
+    rate = sampling.stats["tokens"] / max(sampling.stats["seconds"], 1e-9)
+    print(f"wrote {args.n_samples} sample(s) into {args.out}/ ({sampling.stats['tokens']} tokens, {rate:.0f} tokens/s)")
+    return 0
+
+
+def _bench(args) -> int:
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found: the benchmarks ship with a source checkout of jukebox_fast")
+    known = sorted(p.stem[len("bench_"):] for p in root.glob("bench_*.py"))
+    for name in args.names or ["decoder"]:
+        if name not in known:
+            raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(known)}")
+        out = Path(args.out) / f"{name}.md"
+        cmd = [sys.executable, str(root / f"bench_{name}.py"), "--out", str(out), *args.extra]
+        print(f"+ {' '.join(cmd)}", flush=True)
+        done = subprocess.run(cmd, cwd=root)
+        if done.returncode:
+            raise RuntimeError(f"benchmark {name} failed with exit code {done.returncode}")
+    return 0
+
+
+def _add_training(p) -> None:
+    p.add_argument("data", help="folder of audio files (any format soundfile reads)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt (resumable) and the final model")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=4, help="per process")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jukebox-fast",
-        description="OpenAI's Jukebox with fast kernels and original-compatible checkpoints.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     from . import __version__
 
+    parser = argparse.ArgumentParser(prog="jukebox-fast", epilog=EXAMPLES,
+                                     description="OpenAI's Jukebox with fast kernels and original-compatible checkpoints.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"jukebox_fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
     p = sub.add_parser("info", help="print ops x implementations x available or why not")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("demo", help="VQ-VAE round trip on a synthetic clip (wav + spectrogram PNG)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("demo", help="train tiny models on synthetic music and sample (the README's main job)",
+                       formatter_class=defaults)
     p.add_argument("--out", default="jukebox_fast_demo", help="output folder")
-    p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic clip")
-    p.add_argument("--steps", type=int, default=200, help="training steps of tiny_vqvae on the clip")
-    p.add_argument("--batch", type=int, default=4, help="windows per training step")
-    p.add_argument("--seed", type=int, default=0, help="seed of the clip and of training")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--small", action="store_true", help="the CI size: a few steps, one short sample")
+    p.add_argument("--vqvae-steps", type=int, help="override the VQ-VAE's training steps")
+    p.add_argument("--prior-steps", type=int, help="override each prior's training steps")
+    p.add_argument("--sample-seconds", type=float, help="override the length sampled")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train-vqvae", help="train a VQ-VAE on a folder of audio", formatter_class=defaults)
+    _add_training(p)
+    p.add_argument("--preset", default="tiny_vqvae", help="hparams preset (vqvae, tiny_vqvae)")
+    p.set_defaults(func=_train_vqvae)
+
+    p = sub.add_parser("train-prior", help="train a prior or upsampler on a VQ-VAE's codes", formatter_class=defaults)
+    _add_training(p)
+    p.add_argument("--vqvae", required=True, help="the VQ-VAE checkpoint whose codes the prior models")
+    p.add_argument("--preset", default="tiny_top_prior", help="hparams preset (e.g. tiny_upsampler, prior_1b_lyrics)")
+    p.add_argument("--artist", type=int, default=0, help="artist id of the training songs")
+    p.add_argument("--genre", type=int, action="append", default=None, help="genre id (repeatable)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights (big priors)")
+    p.set_defaults(func=_train_prior, genre=None)
+
+    p = sub.add_parser("encode", help="audio file -> codes file", formatter_class=defaults)
+    p.add_argument("audio")
+    p.add_argument("--vqvae", required=True)
+    p.add_argument("--out", required=True, help="codes file (.pt)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("decode", help="codes file -> wav + spectrogram PNG", formatter_class=defaults)
+    p.add_argument("codes")
+    p.add_argument("--vqvae", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--level", type=int, default=0, help="decode from this level's codes")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_decode)
+
+    p = sub.add_parser("sample", help="sample music with trained or original checkpoints (resumable)",
+                       formatter_class=defaults)
+    p.add_argument("--checkpoints", help="folder with vqvae.pth.tar and prior_level_<L>.pth.tar")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: CHECKPOINTS/vqvae.pth.tar)")
+    p.add_argument("--model", help="top prior preset of original checkpoints (prior_5b, prior_5b_lyrics, "
+                                   "prior_1b_lyrics); ours describe themselves")
+    p.add_argument("--artist", default="0", help="artist id, or name with --ids")
+    p.add_argument("--genre", action="append", help="genre id or name (repeatable)")
+    p.add_argument("--ids", help="folder with the released v2/v3 artist and genre id lists")
+    p.add_argument("--lyrics", help="lyrics text (lyrics models)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length to sample")
+    p.add_argument("--song-seconds", type=float, help="the song's length for the timing labels "
+                                                      "(default: --seconds, at least the prior's min_duration)")
+    p.add_argument("--n-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.99)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.0)
+    p.add_argument("--prime", help="audio file to continue")
+    p.add_argument("--prime-seconds", type=float, default=5.0)
+    p.add_argument("--levels", default="2,1,0", help="levels to sample, comma-separated")
+    p.add_argument("--out", required=True, help="output folder (codes.pt there makes the run resume)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("bench", help="run benchmark scripts (source checkout) and print their tables",
+                       formatter_class=defaults)
+    p.add_argument("names", nargs="*", help="benchmarks, e.g. decoder vq sampling (default: decoder); "
+                                            "arguments after -- go to each script")
+    p.add_argument("--out", default="bench_results", help="folder for the markdown tables")
+    p.set_defaults(func=_bench)  # arguments after `--` go to the scripts (split off in main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if argv[:1] == ["bench"] and "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    args.extra = extra
+    if args.command == "train-prior" and args.genre is None:
+        args.genre = [0]
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # bad input, paths, checkpoints

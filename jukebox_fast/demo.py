@@ -1,31 +1,37 @@
-"""The README's main job: a VQ-VAE round trip on audio made here, no download needed.
+"""The README's main job: train tiny models on music made here and sample new music, on a CPU.
 
-Synthesises a short deterministic piece (a plucked melody, an organ chord line and a bass),
-fits ``tiny_vqvae`` to it for a number of steps on the CPU, encodes it to codes at all three
-levels, decodes each level back to audio, and writes into the output folder:
+Stages, each timed in the report:
 
-- ``input.wav`` and ``recon_level{0,1,2}.wav``
-- ``spectrogram.png`` (input and the three reconstructions)
-- ``codes.pt`` (the codes), ``vqvae.pth.tar`` (the fitted model, our checkpoint format)
-- ``report.json`` (losses, codebook usage, timings)
+1. ``data``: a deterministic synthetic music set (melodies of a plucked voice, an organ and a bass
+   over a pentatonic scale, synthesised in numpy), written as wav files;
+2. ``vqvae``: ``tiny_vqvae`` trained on it (``jukebox_fast.train``), then a reconstruction;
+3. ``top_prior`` and ``upsampler``: ``tiny_top_prior`` (level 2) and ``tiny_upsampler`` (level 1)
+   trained on its codes;
+4. ``sample``: new audio sampled top-down with the cached decoder (``jukebox_fast.sample``),
+   decoded from level 1;
+5. ``cached_vs_recompute``: tokens/s of the cached decoder against recomputing the whole window
+   for every token (what decoding costs without a KV cache).
+
+Output folder: ``data/*.wav``, ``vqvae/``, ``top_prior/``, ``upsampler/`` (checkpoints),
+``reconstruction.wav``, ``samples/level_1_item_<i>.wav``, ``spectrogram.png``, ``report.json``
+and ``report.md``.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import hparams
 from .audio import save_spectrogram, write_wav
-from .checkpoint import atomic_save, save_vqvae
-from .models.losses import calculate_bandwidth
-from .models.vqvae import make_vqvae
+from .sample import Sampling, Song, draw, generate, sample_window
+from .train import AudioFolder, TrainConfig, train_prior, train_vqvae
 
-__all__ = ["synth_clip", "run"]
+__all__ = ["DemoConfig", "synth_clip", "synth_set", "run"]
 
 _SCALE = np.array([0, 2, 4, 7, 9, 12, 14, 16])  # major pentatonic, semitones
 
@@ -43,7 +49,7 @@ def synth_clip(seconds: float, sr: int = 44100, seed: int = 0, bpm: float = 120.
     n = int(seconds * sr)
     out = np.zeros(n)
     beat = int(sr * 60 / bpm / 2)  # eighth notes
-    root = 220.0
+    root = 220.0 * 2 ** (rng.integers(0, 5) / 12)  # a key per clip
     voices = [  # (harmonic amplitudes, decay per second, notes per step, octave, gain)
         ((1.0, 0.5, 0.3, 0.2, 0.1), 6.0, 1, 1, 0.35),  # plucked melody
         ((1.0, 0.0, 0.3, 0.0, 0.15), 1.0, 4, 0, 0.25),  # organ, one note per half bar
@@ -56,71 +62,129 @@ def synth_clip(seconds: float, sr: int = 44100, seed: int = 0, bpm: float = 120.
             freq = root * 2.0 ** (octave + semis / 12)
             m = min(length, n - start)
             out[start : start + m] += gain * _note(freq, m, sr, harmonics, decay)
-    return (0.9 * out / np.abs(out).max()).astype(np.float32)
+    return (0.9 * out / max(np.abs(out).max(), 1e-9)).astype(np.float32)
 
 
-def _windows(clip: torch.Tensor, length: int, batch: int, gen: torch.Generator) -> torch.Tensor:
-    starts = torch.randint(0, clip.shape[0] - length + 1, (batch,), generator=gen)
-    return torch.stack([clip[s : s + length] for s in starts.tolist()]).unsqueeze(-1)  # [B, L, 1]
+def synth_set(folder: str | Path, clips: int, seconds: float, sr: int = 44100, seed: int = 0) -> list[Path]:
+    """Write ``clips`` synthetic songs of ``seconds`` each as wav files into ``folder``."""
+    return [write_wav(Path(folder) / f"song_{i:02d}.wav", synth_clip(seconds, sr, seed + i), sr) for i in range(clips)]
 
 
-def run(out: str | Path, seconds: float = 8.0, steps: int = 200, batch: int = 4, lr: float = 1e-3,
-        seed: int = 0, preset: str = "tiny_vqvae", progress: bool = True) -> dict:
-    """Run the demo and return its report (also written to ``out/report.json``)."""
+@dataclass
+class DemoConfig:
+    """Sizes of the demo. The defaults take a few minutes on a 2-core CPU; :meth:`small` is the
+    CI size (well under a minute)."""
+
+    clips: int = 8
+    clip_seconds: float = 6.0
+    vqvae_steps: int = 400
+    prior_steps: int = 1000
+    vqvae_batch_size: int = 2
+    batch_size: int = 8  # the priors'
+    sample_seconds: float = 4.0
+    n_samples: int = 2
+    compare_tokens: int = 48
+    seed: int = 0
+
+    @classmethod
+    def small(cls) -> "DemoConfig":
+        return cls(clips=2, clip_seconds=2.0, vqvae_steps=3, prior_steps=3, vqvae_batch_size=1, batch_size=2,
+                   sample_seconds=1.0, n_samples=1, compare_tokens=8)
+
+
+def _recompute_rate(prior, n_tokens: int, y, gen: torch.Generator) -> float:
+    """Tokens/s sampling without a cache: one full forward over the window per token."""
+    z = torch.zeros(1, prior.hps.n_ctx, dtype=torch.int64)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for t in range(n_tokens):
+            logits = prior.get_logits([z], y)  # [1, n_ctx, bins]; position t sees only z[:, :t]
+            z[:, t] = draw(logits[:, t], 1.0, generator=gen)
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def _cached_rate(prior, n_tokens: int, y, gen: torch.Generator) -> float:
+    t0 = time.perf_counter()
+    sample_window(prior, torch.zeros(1, 0, dtype=torch.int64), n_tokens, y=y,
+                  sampling=Sampling(temp=1.0, generator=gen, progress=False))
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True) -> dict:
+    """Run every stage into ``out``; returns the report (also in ``report.json`` / ``report.md``)."""
+    cfg = cfg or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    hps = hparams.get(preset)
-    top_hop = hps.hop_lengths[-1]
-    n = max(int(seconds * hps.sr) // top_hop * top_hop, top_hop)
-    window = min(hps.sample_length, n)
-    clip = torch.from_numpy(synth_clip(n / hps.sr, hps.sr, seed)[:n])
-    report: dict = {"preset": preset, "seconds": n / hps.sr, "steps": steps, "batch": batch}
-    timings: dict[str, float] = {}
+    torch.manual_seed(cfg.seed)
+    sr = hparams.get("tiny_vqvae").sr
+    report: dict = {"config": cfg.__dict__.copy(), "seconds": {}}
+    clock = report["seconds"]
 
-    vqvae = make_vqvae(hps)
-    vqvae.bandwidth = calculate_bandwidth([clip.numpy()])
-    opt = torch.optim.AdamW(vqvae.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    vqvae.train()
+    def train_cfg(steps: int, batch: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=batch, lr=1e-3, warmup_steps=min(20, steps),
+                           checkpoint_every=max(1, steps), seed=cfg.seed)
+
     t0 = time.perf_counter()
-    losses = []
-    bar = tqdm(range(steps), desc="fitting tiny_vqvae", disable=not progress, unit="step")
-    for _ in bar:
-        _, loss, metrics = vqvae(_windows(clip, window, batch, gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", usage=f"{float(metrics['usage']):.0f}")
-    timings["fit_s"] = time.perf_counter() - t0
-    report["loss_first"] = losses[0] if losses else None
-    report["loss_last"] = losses[-1] if losses else None
+    synth_set(out / "data", cfg.clips, cfg.clip_seconds, sr, cfg.seed)
+    data = AudioFolder(out / "data", sr)
+    clock["data"] = time.perf_counter() - t0
 
-    vqvae.eval()
-    audio = clip.view(1, n, 1)
+    t0 = time.perf_counter()
+    vqvae, summary = train_vqvae(data, out / "vqvae", "tiny_vqvae", train_cfg(cfg.vqvae_steps, cfg.vqvae_batch_size),
+                                 device="cpu", progress=progress)
+    report["vqvae_loss"] = [summary["losses"][0], summary["losses"][-1]]
+    clip = data.clips[0]
+    n = clip.shape[0] // 128 * 128
     with torch.no_grad():
-        t0 = time.perf_counter()
-        codes = vqvae.encode(audio)
-        timings["encode_s"] = time.perf_counter() - t0
-        recons = []
-        for level in range(hps.levels):
-            t0 = time.perf_counter()
-            recons.append(vqvae.decode(codes[level:], start_level=level)[0, :, 0])
-            timings[f"decode_level{level}_s"] = time.perf_counter() - t0
-    report["timings"] = timings
-    report["codes"] = {f"level{lvl}": {"length": int(z.shape[1]), "distinct": int(z.unique().numel())}
-                       for lvl, z in enumerate(codes)}
-    report["recon_l2"] = {f"level{lvl}": float((r - clip).square().mean()) for lvl, r in enumerate(recons)}
-    report["input_l2"] = float(clip.square().mean())
+        recon = vqvae.decode(vqvae.encode(clip[:n].view(1, n, 1))[:1], start_level=0, end_level=1)[0, :, 0]
+    write_wav(out / "reconstruction.wav", recon, sr)
+    clock["vqvae"] = time.perf_counter() - t0
 
-    write_wav(out / "input.wav", clip, hps.sr)
-    for level, r in enumerate(recons):
-        write_wav(out / f"recon_level{level}.wav", r, hps.sr)
-    save_spectrogram(out / "spectrogram.png", [clip] + recons,
-                     ["input"] + [f"decoded from level {lvl} (hop {hps.hop_lengths[lvl]})" for lvl in range(hps.levels)],
-                     hps.sr)
-    atomic_save({"codes": codes, "hop_lengths": hps.hop_lengths, "sr": hps.sr}, out / "codes.pt")
-    save_vqvae(vqvae, out / "vqvae.pth.tar")
+    priors: list = [None, None, None]
+    for level, preset, stage in ((2, "tiny_top_prior", "top_prior"), (1, "tiny_upsampler", "upsampler")):
+        t0 = time.perf_counter()
+        priors[level], summary = train_prior(data, out / stage, out / "vqvae" / "vqvae.pth.tar", preset,
+                                             train_cfg(cfg.prior_steps, cfg.batch_size), device="cpu", progress=progress)
+        report[f"{stage}_loss"] = [summary["losses"][0], summary["losses"][-1]]
+        clock[stage] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampling = Sampling(temp=0.98, generator=gen, progress=progress)
+    total = int(cfg.sample_seconds * sr) // 128 * 128
+    # The timing conditioning says "a song as long as the training songs", as in training.
+    song = Song(artist=0, genres=(0,), total_length=max(total, int(cfg.clip_seconds * sr)))
+    audio = generate(vqvae, priors, song, total_length=total, n_samples=cfg.n_samples, levels=(2, 1),
+                     sampling=sampling, out_dir=out / "samples", sr=sr)
+    clock["sample"] = time.perf_counter() - t0
+    report["sampled_tokens"] = sampling.stats["tokens"]
+    report["sampling_tokens_per_s"] = sampling.stats["tokens"] / max(sampling.stats["seconds"], 1e-9)
+
+    t0 = time.perf_counter()
+    top = priors[2]
+    y = song.labels(top, 0, 1)
+    report["cached_tokens_per_s"] = _cached_rate(top, cfg.compare_tokens, y, torch.Generator().manual_seed(1))
+    report["recompute_tokens_per_s"] = _recompute_rate(top, cfg.compare_tokens, y, torch.Generator().manual_seed(1))
+    clock["cached_vs_recompute"] = time.perf_counter() - t0
+
+    save_spectrogram(out / "spectrogram.png", [clip[:n], recon] + [a[:, 0] for a in audio],
+                     ["training clip", "its VQ-VAE reconstruction (level 0)"]
+                     + [f"sample {i} (top prior + upsampler, decoded from level 1)" for i in range(len(audio))], sr)
+    report["outputs"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.wav") if "data" not in p.parts)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(report))
     return report
+
+
+def _markdown(r: dict) -> str:
+    lines = ["# jukebox-fast demo", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()]
+    lines += ["", "| model | first loss | last loss |", "|---|---|---|"]
+    for k in ("vqvae", "top_prior", "upsampler"):
+        a, b = r[f"{k}_loss"]
+        lines.append(f"| {k} | {a:.3f} | {b:.3f} |")
+    lines += ["", f"Sampled {r['sampled_tokens']} tokens at {r['sampling_tokens_per_s']:.0f} tokens/s.",
+              f"Top prior, one window: cached decoder {r['cached_tokens_per_s']:.0f} tokens/s, recomputing "
+              f"the window per token {r['recompute_tokens_per_s']:.0f} tokens/s "
+              f"({r['cached_tokens_per_s'] / r['recompute_tokens_per_s']:.1f}x).", ""]
+    return "\n".join(lines)

@@ -269,6 +269,10 @@ _PRESETS: dict[str, Callable[[], Any]] = {
                                                     "prime_heads": 2, "prime_blocks": 4, "prime_init_scale": 1.0,
                                                     "min_duration": 1.0, "fp16_params": False, "alignment_layer": None,
                                                     "alignment_head": None}),
+    # tiny_top_prior: the 5b top prior's structure without lyrics (attn_order 2: block and column
+    # layers), artist/genre/timing labels; the demo's top level.
+    "tiny_top_prior": lambda: PriorHparams(**{**_TINY, "level": 2, "n_ctx": 64, "prior_depth": 4, "attn_order": 2,
+                                              "min_duration": 1.0}),
     # tiny_upsampler: level-1 upsampler structure (conditioner with checkpoint names and residual
     # scale), attn_order 2.
     "tiny_upsampler": lambda: PriorHparams(**{**_UPSAMPLER, **_TINY, "level": 1, "cond_res_scale": True,

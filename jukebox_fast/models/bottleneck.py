@@ -85,6 +85,17 @@ class BottleneckBlock(nn.Module):
         self.threshold = threshold
         self.init = True
 
+    def train_state(self) -> dict:
+        """The EMA's running state, which the state dict leaves out (the released checkpoints hold
+        only ``k``): training checkpoints save it so a resumed run continues exactly."""
+        return {"init": self.init, "k_sum": self.k_sum, "k_elem": self.k_elem, "threshold": self.threshold}
+
+    def load_train_state(self, state: dict) -> None:
+        self.init, self.threshold = state["init"], state["threshold"]
+        device = self.k.device
+        self.k_sum = None if state["k_sum"] is None else state["k_sum"].to(device)
+        self.k_elem = None if state["k_elem"] is None else state["k_elem"].to(device)
+
     @torch.no_grad()
     def update_k(self, x: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor) -> dict[str, torch.Tensor]:
         """One EMA step from this batch's statistics (rows per code [k_bins], sum of the rows of

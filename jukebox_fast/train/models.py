@@ -1,0 +1,94 @@
+"""Training entry points: the VQ-VAE on raw windows, a prior on the codes of a trained VQ-VAE."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .. import hparams
+from ..checkpoint import load_vqvae, save_prior, save_vqvae
+from ..models.losses import calculate_bandwidth
+from ..models.prior import make_prior
+from ..models.vqvae import make_vqvae
+from ..sample import Song
+from .data import AudioFolder
+from .loop import TrainConfig, distributed_setup, fit
+
+__all__ = ["train_vqvae", "train_prior"]
+
+
+def _device(device: str | None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, preset: str = "tiny_vqvae",
+                cfg: TrainConfig | None = None, resume: bool = False, device: str | None = None,
+                progress: bool = True):
+    """Train a VQ-VAE on random windows (``sample_length`` samples) of the audio under ``data``.
+
+    Writes ``out_dir/checkpoint.pt`` (resumable) and, at the end, ``out_dir/vqvae.pth.tar``.
+    Returns (model, summary).
+    """
+    cfg = cfg or TrainConfig()
+    dev = _device(device)
+    hps = hparams.get(preset)
+    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr)
+    torch.manual_seed(cfg.seed)  # the initial weights too
+    model = make_vqvae(hps).to(dev)
+    model.bandwidth = calculate_bandwidth(c.numpy() for c in folder.clips)
+    window = min(hps.sample_length, max(c.shape[0] for c in folder.clips) // hps.hop_lengths[-1] * hps.hop_lengths[-1])
+
+    def next_batch(gen: torch.Generator) -> torch.Tensor:
+        return folder.windows(window, cfg.batch_size, gen)[0].to(dev)
+
+    def loss_fn(m, x):
+        _, loss, metrics = m(x)
+        return loss, metrics
+
+    summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
+    if distributed_setup(dev.type)[0] == 0:
+        save_vqvae(model, Path(out_dir) / "vqvae.pth.tar")
+    return model.eval(), summary
+
+
+def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, vqvae: str | os.PathLike,
+                preset: str = "tiny_top_prior", cfg: TrainConfig | None = None, resume: bool = False,
+                device: str | None = None, artist: int = 0, genres: tuple[int, ...] = (0,), progress: bool = True):
+    """Train a prior (top level or upsampler) on the codes the VQ-VAE at ``vqvae`` gives for random
+    windows of the audio under ``data``, conditioned on ``artist``/``genres`` and each window's
+    timing. Writes ``out_dir/checkpoint.pt`` and, at the end, ``out_dir/prior_level_<L>.pth.tar``.
+    Returns (model, summary).
+    """
+    cfg = cfg or TrainConfig()
+    dev = _device(device)
+    vq = load_vqvae(vqvae, device=dev).eval()
+    torch.manual_seed(cfg.seed)
+    # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
+    # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
+    prior = make_prior(preset, vq).to(dev).float()
+    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr)
+    level = prior.hps.level
+
+    def next_batch(gen: torch.Generator):
+        audio, offsets, totals = folder.windows(prior.sample_length, cfg.batch_size, gen)
+        with torch.no_grad():
+            # this level's codes, and an upsampler's conditioning codes from the level above
+            zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels))
+        rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1) for o, t in zip(offsets, totals)]
+        y = torch.cat(rows).to(dev) if rows[0] is not None else None
+        return zs, y
+
+    def loss_fn(m, batch):
+        zs, y = batch
+        return m(zs, y)
+
+    summary = fit(prior, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
+    if distributed_setup(dev.type)[0] == 0:
+        save_prior(prior, Path(out_dir) / f"prior_level_{level}.pth.tar")
+    return prior.eval(), summary

@@ -1,0 +1,43 @@
+"""Audio reading: formats, channel mixing, resampling, normalising, and clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+
+from jukebox_fast.audio import AudioError, read_audio
+
+
+def test_stereo_flac_at_another_rate_becomes_mono_44k_peak_normalised(tmp_path):
+    sr = 22050
+    t = np.arange(sr) / sr
+    left = 0.2 * np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([left, 0.5 * left], axis=1).astype(np.float32)  # [T, 2]
+    soundfile.write(tmp_path / "a.flac", stereo, sr)
+    audio = read_audio(tmp_path / "a.flac")
+    assert audio.dtype == np.float32 and audio.shape == (44100,)
+    assert abs(np.abs(audio).max() - 0.95) < 1e-6
+    # Still a 440 Hz tone after resampling: the spectrum peaks there.
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 44100 / len(audio) - 440) < 2
+    raw = read_audio(tmp_path / "a.flac", sr=sr, peak=None)
+    np.testing.assert_allclose(raw, stereo.mean(axis=1), atol=1e-4)  # mono mix, no scaling
+
+
+@pytest.mark.parametrize("content, error, message", [
+    (None, FileNotFoundError, "audio file not found"),
+    (b"not audio at all", AudioError, "cannot read audio from"),
+])
+def test_unusable_files_name_the_file(tmp_path, content, error, message):
+    path = tmp_path / "x.wav"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=message) as e:
+        read_audio(path)
+    assert "x.wav" in str(e.value)
+
+
+def test_empty_file(tmp_path):
+    soundfile.write(tmp_path / "e.wav", np.zeros((0, 1), np.float32), 44100)
+    with pytest.raises(AudioError, match="e.wav holds no audio samples"):
+        read_audio(tmp_path / "e.wav")

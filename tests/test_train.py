@@ -1,0 +1,235 @@
+"""Training: loops resume to identical weights after an interruption, DDP over two gloo processes
+gives the gradients of one process on the whole batch, and bad data paths fail clearly."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from jukebox_fast.audio import AudioError, write_wav
+from jukebox_fast.demo import synth_clip
+from jukebox_fast.train import AudioFolder, TrainConfig, train_prior, train_vqvae
+
+CFG = dict(batch_size=2, lr=1e-3, warmup_steps=2, checkpoint_every=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("songs")
+    for i, seconds in enumerate((2.0, 3.0)):
+        write_wav(root / f"song{i}.wav", synth_clip(seconds, seed=i))
+    return AudioFolder(root)
+
+
+@pytest.fixture(scope="module")
+def vqvae_path(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vq")
+    train_vqvae(folder, out, cfg=TrainConfig(steps=2, **CFG), progress=False)
+    return out / "vqvae.pth.tar"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(folder, calls, monkeypatch):
+    """Make the folder's `calls`-th window draw raise, as a Ctrl-C in the middle of a run would."""
+    real = folder.windows
+    count = {"n": 0}
+
+    def windows(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(folder, "windows", windows)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "top prior", "upsampler"])
+def test_interrupted_run_resumes_to_identical_weights(kind, folder, vqvae_path, tmp_path, monkeypatch):
+    def train(out, resume=False):
+        cfg = TrainConfig(steps=7, **CFG)
+        if kind == "vqvae":
+            return train_vqvae(folder, out, cfg=cfg, resume=resume, progress=False)
+        preset = "tiny_top_prior" if kind == "top prior" else "tiny_upsampler"
+        return train_prior(folder, out, vqvae_path, preset, cfg=cfg, resume=resume, progress=False)
+
+    straight, summary = train(tmp_path / "straight")
+    with monkeypatch.context() as m:
+        interrupt_after(folder, 5, m)  # steps 1-4 done, checkpoint at 3, killed drawing step 5's batch
+        with pytest.raises(Interrupted):
+            train(tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    resumed, resumed_summary = train(tmp_path / "resumed", resume=True)
+    assert resumed_summary["resumed_from"] == 3
+    assert resumed_summary["losses"] == summary["losses"]
+    assert_same(weights(resumed), weights(straight))
+
+
+def test_loss_goes_down(folder, tmp_path):
+    _, summary = train_vqvae(folder, tmp_path, cfg=TrainConfig(steps=12, **{**CFG, "batch_size": 1}), progress=False)
+    first, last = summary["losses"][:3], summary["losses"][-3:]
+    assert sum(last) < sum(first), summary["losses"]
+
+
+def test_bad_data_paths_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training data folder not found"):
+        AudioFolder(tmp_path / "missing")
+    with pytest.raises(AudioError, match="no audio files under"):
+        AudioFolder(tmp_path)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(AudioError, match="broken.wav"):
+        AudioFolder(tmp_path)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        TrainConfig(steps=0)
+
+
+# -- data parallel --------------------------------------------------------------------------------
+# Each of two gloo processes takes half of one batch; the gradients they end with must be those
+# of one process on the whole batch (the losses are means over the batch).
+def _vqvae_case():
+    from jukebox_fast import make_vqvae
+
+    torch.manual_seed(11)
+    x = 0.3 * torch.randn(4, 4096, 1)
+    torch.manual_seed(5)
+    model = make_vqvae("tiny_vqvae")
+    model.init_codebooks(x)
+    return model.train(), (x,), lambda m, x: m(x)[1]
+
+
+def _prior_case():
+    from jukebox_fast import make_prior
+    from jukebox_fast.sample import Song
+
+    torch.manual_seed(5)
+    prior = make_prior("tiny_top_prior").float().train()
+    z = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(2))
+    y = torch.cat([Song(0, (0,), 44100 * (2 + i), offset=128 * i).labels(prior, 0, 1) for i in range(4)])
+    return prior, (z, y), lambda m, z, y: m([z], y)[0]
+
+
+CASES = {"vqvae": _vqvae_case, "prior": _prior_case}
+
+
+def _full_grads(model):
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad  # FSDP: gather the shards
+            out[n] = g.clone()
+    return out
+
+
+def _worker(rank, world, port, out, case, fsdp):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from jukebox_fast.train.loop import _wrap, distributed_setup
+
+    assert distributed_setup("cpu") == (rank, world)
+    model, batch, loss_of = CASES[case]()
+    wrapped = _wrap(model, TrainConfig(fsdp=fsdp), world)
+    loss_of(wrapped, *(t.chunk(world)[rank] for t in batch)).backward()
+    grads = _full_grads(model)
+    if rank == 0:
+        torch.save(grads, out)
+    torch.distributed.barrier()  # no rank tears its group down while another still talks to it
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case, fsdp", [("vqvae", False), ("prior", False), ("prior", True)],
+                         ids=["ddp-vqvae", "ddp-prior", "fsdp-prior"])
+def test_two_processes_get_the_gradients_of_one_on_the_whole_batch(case, fsdp, tmp_path):
+    out = tmp_path / "grads.pt"
+    mp.spawn(_worker, args=(2, _free_port(), str(out), case, fsdp), nprocs=2, join=True)
+    parallel = torch.load(out)
+    # One thread, as each worker: oneDNN's reductions depend on the thread count, and through
+    # the VQ-VAE that alone moves some gradients by 1e-3 of their tensor's largest element.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, batch, loss_of = CASES[case]()
+        loss_of(model, *batch).backward()
+    finally:
+        torch.set_num_threads(threads)
+    single = _full_grads(model)
+    assert parallel.keys() == single.keys() and len(single) > 10
+    for name in single:
+        torch.testing.assert_close(parallel[name], single[name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def _fit_worker(rank, world, port, root, fsdp):
+    """Under two processes: 4 steps straight, and 2 steps then a resumed run to 4."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from jukebox_fast.train.loop import distributed_setup, fit
+
+    distributed_setup("cpu")
+    _, batch, loss_of = _prior_case()
+
+    def next_batch(gen):
+        rows = torch.randint(0, 4, (2,), generator=gen)
+        return tuple(t[rows] for t in batch)
+
+    def run(out, steps, resume):
+        model = _prior_case()[0]
+        fit(model, lambda m, b: (loss_of(m, *b), {}), next_batch,
+            TrainConfig(steps=steps, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, fsdp=fsdp),
+            out, resume=resume, progress=False)
+
+    root = Path(root)
+    run(root / "straight", 4, False)
+    run(root / "resumed", 2, False)
+    run(root / "resumed", 4, True)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_process_run_resumes_to_identical_weights(fsdp, tmp_path):
+    mp.spawn(_fit_worker, args=(2, _free_port(), str(tmp_path), fsdp), nprocs=2, join=True)
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert straight["step"] == resumed["step"] == 4 and straight["world"] == 2
+    assert resumed["losses"] == straight["losses"]
+    assert_same(resumed["model"], straight["model"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(precision, folder, vqvae_path, tmp_path):
+    cfg = TrainConfig(steps=2, precision=precision, **{**CFG, "batch_size": 1})
+    _, summary = train_prior(folder, tmp_path, vqvae_path, "tiny_top_prior", cfg=cfg, progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
+    # fp16 carries a gradient scaler, whose state resumes with the run
+    assert (saved["scaler"] != {}) == (precision == "fp16")
