@@ -125,6 +125,8 @@ class Impl:
     _checked: bool = field(default=False, init=False, repr=False)
 
     def unavailable_reason(self) -> str | None:
+        if torch.compiler.is_compiling():  # no side effects while tracing (e.g. inside checkpoint)
+            return self._unavailable if self._checked else self.available()
         if not self._checked:
             self._unavailable = self.available()
             self._checked = True
@@ -298,6 +300,8 @@ class Registry:
         return self.resolve(op_name, *args, backend=backend, **kwargs).fn(*args, **kwargs)
 
     def _log_skip(self, op_name: str, impl_name: str, reasons: list[str]) -> None:
+        if torch.compiler.is_compiling():
+            return
         key = (op_name, impl_name, "; ".join(reasons))
         if key not in self._logged:
             self._logged.add(key)

@@ -15,7 +15,6 @@ implementations (see ``python -m jukebox_fast.info``).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.resources
 import importlib.util
@@ -105,9 +104,17 @@ def _jit_build() -> Path:
     return lib
 
 
-@functools.lru_cache(maxsize=None)
+_outcome: list[str | None] = []  # load()'s result, once it has run
+
+
 def load() -> str | None:
     """Load the extension into this process once. Returns None, or why it is not available."""
+    if not _outcome:
+        _outcome.append(_load())
+    return _outcome[0]
+
+
+def _load() -> str | None:
     if os.environ.get("JUKEBOX_FAST_EXT", "1") == "0":
         return "the C++ extension is turned off (JUKEBOX_FAST_EXT=0)"
     spec = importlib.util.find_spec("jukebox_fast._C")
@@ -151,6 +158,12 @@ def cuda_unavailable_reason() -> str | None:
     if why is None and not has_kernel("dilated_resblock", "cuda"):
         why = f"the extension was built without CUDA: {_want_cuda() or 'rebuild it with nvcc present'}"
     return why
+
+
+# torch.compile cannot trace file-system calls or dispatcher queries, so it takes these answers
+# as constants, as it does the dispatch's context lookup (see dispatch._context_choice).
+for _fn in (load, unavailable_reason, cuda_unavailable_reason):
+    _fn._dynamo_marked_constant = True
 
 
 def has_kernel(op: str, device_type: str) -> bool:

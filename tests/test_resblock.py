@@ -170,3 +170,22 @@ def test_missing_compiler_is_a_listed_reason(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only build")
 def test_cuda_impl_of_a_cpu_build_says_why():
     assert "unavailable: the extension was built without CUDA" in _info_rows("cuda")
+
+
+def test_torch_compile_traces_the_extension_op_without_graph_breaks():
+    from jukebox_fast.models.resnet import Resnet1D
+
+    torch._dynamo.reset()
+    stack = Resnet1D(16, 3, dilation_growth_rate=3, res_scale=True).eval()
+    x = torch.randn(2, 16, 100)
+    ops_seen = []
+
+    def backend(gm, example_inputs):
+        ops_seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    with torch.no_grad():
+        want = stack(x)
+        got = torch.compile(stack, fullgraph=True, backend=backend)(x)
+    torch.testing.assert_close(got, want)
+    assert sum("jukebox_fast_ext.dilated_resblock" in t for t in ops_seen) == 3, ops_seen
