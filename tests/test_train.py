@@ -2,6 +2,7 @@
 gives the gradients of one process on the whole batch, and bad data paths fail clearly."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
@@ -154,7 +155,11 @@ def _worker(rank, world, port, out, case, fsdp):
     grads = _full_grads(model)
     if rank == 0:
         torch.save(grads, out)
-    torch.distributed.barrier()  # no rank tears its group down while another still talks to it
+    # The DDP reducer must go before its process group (destroying it after aborted a worker
+    # now and then), and no rank may tear the group down while another still talks to it.
+    del wrapped, model
+    gc.collect()
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
