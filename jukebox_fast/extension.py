@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NAMESPACE", "load", "unavailable_reason", "cuda_unavailable_reason", "has_kernel", "sources", "cache_dir"]
+__all__ = ["NAMESPACE", "load", "cuda_unavailable_reason", "has_kernel", "sources", "cache_dir"]
 
 NAMESPACE = "jukebox_fast_ext"
 _log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ _outcome: list[str | None] = []  # load()'s result, once it has run
 
 
 def load() -> str | None:
-    """Load the extension into this process once. Returns None, or why it is not available."""
+    """Load the extension into this process once. Returns None, or why it is not available (the
+    reason the dispatch lists for the CPU kernels)."""
     if not _outcome:
         _outcome.append(_load())
     return _outcome[0]
@@ -147,11 +148,6 @@ def _register_fake() -> None:
         return None
 
 
-def unavailable_reason() -> str | None:
-    """Why the extension's CPU kernels cannot run here at all (None when they can)."""
-    return load()
-
-
 def cuda_unavailable_reason() -> str | None:
     """Why the extension's CUDA kernels cannot run here at all (None when they can)."""
     why = load()
@@ -162,7 +158,7 @@ def cuda_unavailable_reason() -> str | None:
 
 # torch.compile cannot trace file-system calls or dispatcher queries, so it takes these answers
 # as constants, as it does the dispatch's context lookup (see dispatch._context_choice).
-for _fn in (load, unavailable_reason, cuda_unavailable_reason):
+for _fn in (load, cuda_unavailable_reason):
     _fn._dynamo_marked_constant = True
 
 

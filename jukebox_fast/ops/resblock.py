@@ -72,7 +72,8 @@ def dilated_resblock_reference(x, w1, b1, w2, b2, dilation: int, res_scale: floa
     h = F.conv1d(F.relu_(h), w2, b2)
     if res_scale != 1.0:
         h.mul_(res_scale)
-    return h.add_(x)
+    # Under autocast h is 16-bit while x may be fp32: then the sum promotes, as the original's x + h.
+    return h.add_(x) if h.dtype == x.dtype else x + h
 
 
 def _extension_call(x, w1, b1, w2, b2, dilation: int, res_scale: float = 1.0) -> torch.Tensor:
@@ -128,6 +129,6 @@ def dilated_resblock(x, w1, b1, w2, b2, dilation: int, res_scale: float = 1.0, *
 dispatch.define_op("dilated_resblock", ("cuda", "cpp", "torch"), doc=__doc__)
 dispatch.register("dilated_resblock", "cuda", _extension_call, available=extension.cuda_unavailable_reason,
                   supports=_cuda_reasons, note="csrc/dilated_resblock_cuda.cu, inference only")
-dispatch.register("dilated_resblock", "cpp", _extension_call, available=extension.unavailable_reason,
+dispatch.register("dilated_resblock", "cpp", _extension_call, available=extension.load,
                   supports=_cpp_reasons, declines=_cpp_declines, note="csrc/dilated_resblock.cpp, inference only")
 dispatch.register("dilated_resblock", "torch", dilated_resblock_reference, note="reference")
