@@ -35,6 +35,21 @@ size_t shared_bytes(int64_t padded_state, int tl) {
   return sizeof(float) * (padded_state * tl + 3 * kChunk * tl + 3 * kChunk * kRows);
 }
 
+// acc[i][j] += a[ty + 16 i] · b[tx + 16 j]: one rank-1 update of a thread's 4 x RT register tile
+// (rows strided by 16 so a warp's two thread rows read two shared-memory words, broadcast).
+template <int RT>
+__device__ __forceinline__ void rank1_update(float (&acc)[4][RT], const float* a, const float* b, int ty, int tx) {
+  float av[4], bv[RT];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) av[i] = a[ty + 16 * i];
+#pragma unroll
+  for (int j = 0; j < RT; ++j) bv[j] = b[tx + 16 * j];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < RT; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+}
+
 // Two blocks per SM in the bounds lets ptxas use up to 128 registers; left to itself it capped the
 // 16-bit TL=64 variants at 64 and spilled the accumulators.
 template <typename scalar_t, int TL>
@@ -72,18 +87,8 @@ resblock_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w1,
       }
       __syncthreads();
 #pragma unroll 4
-      for (int ck = 0; ck < kChunk * 3; ++ck) {
-        const int cc = ck / 3, k = ck % 3;
-        float a[4], b[RT];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = ws[ck * kRows + ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < RT; ++j) b[j] = xs[(k * kChunk + cc) * TL + tx + 16 * j];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < RT; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-      }
+      for (int ck = 0; ck < kChunk * 3; ++ck)
+        rank1_update<RT>(acc, ws + ck * kRows, xs + ((ck % 3) * kChunk + ck / 3) * TL, ty, tx);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -106,17 +111,7 @@ resblock_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w1,
       }
       __syncthreads();
 #pragma unroll 4
-      for (int ss = 0; ss < kChunk; ++ss) {
-        float a[4], b[RT];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = ws[ss * kRows + ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < RT; ++j) b[j] = h[(s1 + ss) * TL + tx + 16 * j];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < RT; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-      }
+      for (int ss = 0; ss < kChunk; ++ss) rank1_update<RT>(acc, ws + ss * kRows, h + (s1 + ss) * TL, ty, tx);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
