@@ -70,20 +70,29 @@ def _train_prior(args) -> int:
     return 0
 
 
-def _encode(args) -> int:
+def _encode_file(vqvae, path, seconds: float | None = None, copies: int = 1):
+    """The codes of an audio file (its first ``seconds``, trimmed to whole top-level codes),
+    ``copies`` rows of them: per level [copies, T_level]."""
     import torch
 
     from .audio import read_audio
+
+    sr, hop = vqvae.hps.sr, vqvae.hps.hop_lengths[-1]
+    audio = read_audio(path, sr)
+    if seconds is not None:
+        audio = audio[: int(seconds * sr)]
+    n = len(audio) // hop * hop
+    if n == 0:
+        raise ValueError(f"{path} gives less than one top-level code ({hop} samples)")
+    x = torch.from_numpy(audio[:n]).view(1, n, 1).repeat(copies, 1, 1)  # [copies, n, 1]
+    return vqvae.encode(x.to(next(vqvae.parameters()).device))
+
+
+def _encode(args) -> int:
     from .checkpoint import atomic_save, load_vqvae
 
     vqvae = load_vqvae(args.vqvae, device=args.device)
-    audio = read_audio(args.audio, vqvae.hps.sr)
-    hop = vqvae.hps.hop_lengths[-1]
-    n = len(audio) // hop * hop
-    if n == 0:
-        raise ValueError(f"{args.audio} is shorter than one top-level code ({hop} samples)")
-    x = torch.from_numpy(audio[:n]).view(1, n, 1).to(next(vqvae.parameters()).device)
-    codes = [z.cpu() for z in vqvae.encode(x)]
+    codes = [z.cpu() for z in _encode_file(vqvae, args.audio)]
     atomic_save({"codes": codes, "hop_lengths": vqvae.hps.hop_lengths, "sr": vqvae.hps.sr,
                  "source": str(args.audio)}, args.out)
     print(f"wrote {args.out}: " + ", ".join(f"level {lvl} {tuple(z.shape)}" for lvl, z in enumerate(codes)))
@@ -120,7 +129,6 @@ def _sample(args) -> int:
     import torch
 
     from . import text
-    from .audio import read_audio
     from .checkpoint import load_prior, load_vqvae
     from .sample import Sampling, Song, generate
 
@@ -158,13 +166,7 @@ def _sample(args) -> int:
     song = Song(int(artist), tuple(int(g) for g in genres), song_total, lyrics)
     prime = None
     if args.prime:
-        audio = read_audio(args.prime, sr)[: int(args.prime_seconds * sr)]
-        hop = vqvae.hps.hop_lengths[-1]
-        n = len(audio) // hop * hop
-        if n == 0:
-            raise ValueError(f"{args.prime} gives less than one top-level code ({hop} samples)")
-        x = torch.from_numpy(audio[:n]).view(1, n, 1).repeat(args.n_samples, 1, 1)
-        prime = vqvae.encode(x.to(next(vqvae.parameters()).device))
+        prime = _encode_file(vqvae, args.prime, args.prime_seconds, args.n_samples)
     gen = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
     sampling = Sampling(temp=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen,
                         progress=not args.quiet)
