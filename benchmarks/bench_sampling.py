@@ -6,8 +6,9 @@ timed, eagerly and replaying a CUDA graph. Bandwidth = (bytes of transformer wei
 KV cache each step reads) / step time, set against ``--peak-gbs``.
 
 CPU (default there, or ``--hf``): the same weights in jukebox_fast and in HF transformers'
-``JukeboxPrior`` (reduced presets), each sampling one window ancestrally; the table gives both
-rates and their ratio.
+``JukeboxPrior`` (reduced presets), each sampling one window ancestrally; the table gives the
+rates of our sampler with the step the dispatch picks (the C++ ``decode_layers`` kernel) and with
+the PyTorch reference step, HF's rate, and the ratios.
 
     python benchmarks/bench_sampling.py --out benchmarks/results/sampling_h200.md
     python benchmarks/bench_sampling.py --hf --out benchmarks/results/sampling_cpu.md
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from common import device_name, report, sync, versions
-from jukebox_fast import hparams, make_prior
+from common import device_name, median_time, report, sync, versions
+from jukebox_fast import extension, hparams, make_prior
+from jukebox_fast.dispatch import use_backend
 from jukebox_fast.models.decoding import IncrementalDecoder
 from jukebox_fast.sample import Sampling, draw, sample_window
 
@@ -99,17 +101,23 @@ def hf_rows(args, lines):
             tokens = ours.hps.n_ctx
             empty = torch.zeros(n, 0, dtype=torch.long)
             z_cond = zs[1] if len(zs) > 1 else None
-            t0 = time.perf_counter()
-            sample_window(ours, empty, tokens, z_cond, y, Sampling(temp=1.0, progress=False))
-            mine = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                hf.sample(n, music_tokens=empty, music_tokens_conds=zs[1:] or None, metadata=y, temp=1.0,
-                          sample_tokens=tokens, chunk_size=32)
-            theirs = time.perf_counter() - t0
+
+            def mine(step):
+                with use_backend(decode_layers=step):
+                    sample_window(ours, empty, tokens, z_cond, y, Sampling(temp=1.0, progress=False))
+
+            def theirs():
+                with torch.no_grad():
+                    hf.sample(n, music_tokens=empty, music_tokens_conds=zs[1:] or None, metadata=y, temp=1.0,
+                              sample_tokens=tokens, chunk_size=32)
+
+            kernel = median_time(lambda: mine("auto"), args.runs)[0]
+            reference = median_time(lambda: mine("torch"), args.runs)[0]
+            hf_time = median_time(theirs, args.runs)[0]
             label = f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
-            lines.append(f"| {label} | {n} | {tokens} | {n * tokens / mine:.1f} | {n * tokens / theirs:.1f} | "
-                         f"{theirs / mine:.2f}x |")
+            rate = n * tokens
+            lines.append(f"| {label} | {n} | {tokens} | {rate / kernel:.0f} | {rate / reference:.0f} | "
+                         f"{rate / hf_time:.0f} | {hf_time / kernel:.2f}x | {hf_time / reference:.2f}x |")
             print(lines[-1], file=sys.stderr, flush=True)
 
 
@@ -129,6 +137,7 @@ def main() -> None:
     parser.add_argument("--cpu-batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--prefill", type=int, default=4096, help="tokens prefilled before the timed steps")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3, help="CPU: timed windows per sampler (median)")
     parser.add_argument("--peak-gbs", type=float, default=4800.0, help="the device's HBM bandwidth (H200: 4.8 TB/s)")
     parser.add_argument("--hf", action="store_true", help="the CPU comparison with HF even where a GPU is present")
     parser.add_argument("--out", type=Path)
@@ -143,10 +152,13 @@ def main() -> None:
                   "|---|---|---|---|---|---|---|---|"]
         gpu_rows(args, lines)
     else:
-        lines += ["fp32, same random weights in both, one window sampled ancestrally (temp 1) per run; "
-                  "HF uses chunk_size 32.", "",
-                  "| preset | batch | tokens | jukebox_fast tokens/s | HF tokens/s | speed-up |",
-                  "|---|---|---|---|---|---|"]
+        why = extension.load()
+        lines += [f"fp32, the same random weights in both, one window sampled ancestrally (temp 1) per run, median "
+                  f"of {args.runs} runs after a warm-up; HF uses chunk_size 32. `auto` is the decode step the "
+                  "dispatch picks here (the C++ kernel where the extension builds); `torch` forces the PyTorch "
+                  "reference step. C++ extension: " + (f"not available ({why})" if why else "loaded") + ".", "",
+                  "| preset | batch | tokens | tokens/s auto | tokens/s torch | HF tokens/s | auto vs HF | "
+                  "torch vs HF |", "|---|---|---|---|---|---|---|---|"]
         hf_rows(args, lines)
     report("\n".join(lines) + "\n", args.out)
 

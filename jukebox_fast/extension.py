@@ -147,6 +147,10 @@ def _register_fake() -> None:
     def _(x, w1, b1, w2, b2, dilation, res_scale, out):
         return None
 
+    @torch.library.register_fake(f"{NAMESPACE}::decode_layers")
+    def _(x, weights, k_cache, v_cache, schedule, heads, res_scale, eps, position, out):
+        return None
+
 
 def cuda_unavailable_reason() -> str | None:
     """Why the extension's CUDA kernels cannot run here at all (None when they can)."""

@@ -28,7 +28,7 @@ from .checkpoint import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
 from .text import make_labels
 
-__all__ = ["Song", "filter_logits", "draw", "get_starts", "sample_window", "sample_level", "generate"]
+__all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,20 @@ def draw(logits: torch.Tensor, temp: float = 1.0, top_k: int = 0, top_p: float =
     if temp == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits.float() / temp, top_k, top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    return inverse_cdf(probs, u)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative-probability interval holds u·total, per row: probs [N, V],
+    u [N, 1] uniform in [0, 1) -> [N]. One uniform per row, where ``torch.multinomial`` draws V
+    exponentials (measured 4x-12x slower for V = 2048 on a CPU, the whole cost of a small step).
+    Tokens of probability 0 are never picked: u·total stays strictly below the total, and an
+    interval of width 0 holds no value."""
+    cdf = probs.cumsum(dim=-1)  # [N, V]
+    total = cdf[:, -1:]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def get_starts(total: int, n_ctx: int, hop: int) -> list[int]:

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 import jukebox_fast.sample as sample_mod
-from jukebox_fast import make_prior, make_vqvae
+from jukebox_fast import dispatch, extension, make_prior, make_vqvae
+from jukebox_fast.dispatch import use_backend
 from jukebox_fast.models.decoding import IncrementalDecoder
 from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
-from jukebox_fast.sample import Sampling, Song, draw, filter_logits, generate, get_starts, sample_level, sample_window
+from jukebox_fast.sample import (Sampling, Song, draw, filter_logits, generate, get_starts, inverse_cdf, sample_level,
+                                 sample_window)
 from test_prior_hf_parity import codes, labels
 
 PRESETS = ["tiny_prior", "tiny_prior_5b_lyrics", "tiny_upsampler"]
@@ -22,16 +24,25 @@ def lm_inputs(prior, n=2):
     return full, tokens, (x_cond, y_cond, enc)
 
 
+def step_backends() -> list:
+    """The CPU implementations of a decode step: the C++ kernel where the extension loads."""
+    why = extension.load()
+    return [pytest.param("cpp", marks=pytest.mark.skipif(why is not None, reason=f"C++ extension: {why}")), "torch"]
+
+
+@pytest.mark.parametrize("backend", step_backends())
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("prefix", [0, 7, -3], ids=["ancestral", "prefix7", "prefix-full-3"])
-def test_incremental_decoding_gives_the_full_forwards_logits(name, prefix):
+def test_incremental_decoding_gives_the_full_forwards_logits(name, prefix, backend):
     # tiny_prior: block, column, previous-block, prime (with its lyric prefix) and dense layers;
     # tiny_prior_5b_lyrics: cross-attention to the lyric encoder; tiny_upsampler: the
     # conditioner's per-position x_cond.
     prior = make_prior(name).eval()
     full, tokens, cond = lm_inputs(prior)
     c = prefix % tokens.shape[1]
-    decoder = IncrementalDecoder(prior.prior, 2, *cond)
+    with use_backend(decode_layers=backend):
+        decoder = IncrementalDecoder(prior.prior, 2, *cond)
+    assert decoder._layers is dispatch.get_op("decode_layers").impls[backend].fn
     outs = [decoder.prefill(tokens[:, :c])]
     token = tokens[:, c - 1] if c else None
     for t in range(c, tokens.shape[1]):
@@ -75,6 +86,27 @@ def test_filters_as_the_original():
         filter_logits(logits, top_k=1, top_p=0.5)
     g = torch.Generator().manual_seed(0)
     assert all(draw(logits, 1.0, top_k=1, generator=g).item() == 1 for _ in range(20))
+
+
+def test_draws_follow_the_probabilities():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(2, 4)
+    n = 20_000
+    for _ in range(n // 1000):
+        tokens = inverse_cdf(probs.repeat(1000, 1), torch.rand(2000, 1, generator=g)).view(1000, 2)
+        counts += torch.nn.functional.one_hot(tokens, 4).sum(0)
+    sigma = (probs * (1 - probs) / n).sqrt()
+    assert ((counts / n - probs).abs() <= 5 * sigma + 1e-9).all(), counts / n
+    assert counts[:, 1].sum() == 0 and counts[1, :3].sum() == 0  # probability 0: never
+
+
+def test_draws_never_pick_a_token_of_probability_zero_at_the_edges():
+    probs = torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.0], [0.0, 0.3, 0.7, 0.0, 0.0]])
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))
+    assert inverse_cdf(probs, torch.zeros(2, 1)).tolist() == [1, 1]
+    assert inverse_cdf(probs, torch.full((2, 1), float(below_one))).tolist() == [2, 2]
+    assert inverse_cdf(probs, torch.ones(2, 1)).tolist() == [2, 2]  # even if u·total rounds up to the total
 
 
 def test_window_starts_as_the_reference_table():

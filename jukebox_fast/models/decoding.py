@@ -7,8 +7,9 @@ encoder's states) are projected once, when the decoder is made.
 
 ``prefill(tokens)`` runs the known prefix through the ordinary forward (one pass of
 ``sparse_attention`` per layer) and keeps each layer's keys and values. ``step(token)`` then
-processes one position: the position lives in a device tensor, every shape is fixed, and
-nothing is read back to the host, so on a GPU the step can be captured in a CUDA graph
+processes one position: embeddings and logits here, the layers in one call of the op
+:func:`~jukebox_fast.ops.decode_layers`. The position lives in a device tensor, every shape is
+fixed, and nothing is read back to the host, so on a GPU the step can be captured in a CUDA graph
 (:meth:`IncrementalDecoder.capture`) and replayed.
 """
 from __future__ import annotations
@@ -17,27 +18,10 @@ import torch
 
 from .. import dispatch, ops
 from ..ops.decode import CacheLayout
+from ..ops.decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, check_inputs
 from .transformer import ConditionalAutoregressive2D, FactoredAttention
 
 __all__ = ["IncrementalDecoder"]
-
-
-class _LayerCache:
-    """Keys and values of one attention layer: [N, H, layout.size, d] each."""
-
-    def __init__(self, attn: FactoredAttention, layout: CacheLayout, n: int, dtype, device):
-        self.attn, self.layout = attn, layout
-        d = attn.n_state // attn.n_head
-        shape = (n, attn.n_head, layout.size, d)
-        self.scale = 1.0 / d**0.5
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-
-    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """k, v [N, H, len(positions), d] at ``positions`` (distinct slots)."""
-        slots = self.layout.slots(positions)
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
 
 
 class IncrementalDecoder:
@@ -65,30 +49,37 @@ class IncrementalDecoder:
         self.device, self.dtype = emb.device, dtype or emb.dtype
         self.x_cond, self.y_cond = x_cond, y_cond
         self.position = torch.zeros(1, dtype=torch.int64, device=self.device)  # the next position
-        self.caches: list[_LayerCache] = []
-        for layer in ar.transformer._attn_mods:
-            attn = layer.attn
-            enc = encoder_kv.shape[1] if attn.pattern.kind == 6 else 0
-            if attn.pattern.kind == 6 and encoder_kv is None:
-                raise ValueError("this model has cross-attention layers: pass the lyric encoder's states")
-            cache = _LayerCache(attn, CacheLayout(attn.pattern, ar.length, enc), n, self.dtype, self.device)
-            if enc:
-                with torch.no_grad():
-                    k, v = attn.c_enc_kv(encoder_kv.to(self.dtype)).chunk(2, dim=2)
-                cache.k.copy_(attn._heads(k))
-                cache.v.copy_(attn._heads(v))
-            self.caches.append(cache)
+        self.caches = [self._cache(layer, encoder_kv) for layer in ar.transformer._attn_mods]
+        self.stack = DecodeStack(self.caches)
         self._graph = None
-        self._attend = self._decode_impl()
+        self._layers = self._layers_impl()
 
-    def _decode_impl(self):
-        """The decode_attention implementation for these caches, resolved once through the
-        dispatch (shapes and dtypes are fixed for the decoder's life): a step then costs no
-        dispatch work per layer."""
-        c = self.caches[0]
-        q = c.k[:, :, 0]  # [N, H, d], stands in for a query of the right shape, dtype, device
-        impl = dispatch.resolve("decode_attention", q, c.k, c.v, c.layout, self.position, 1.0)
-        return impl.fn
+    def _cache(self, layer, encoder_kv: torch.Tensor | None) -> DecodeLayer:
+        """The layer's weights and its static caches [N, H, slots, d], preallocated at the size
+        its pattern needs; a cross-attention layer's are the lyric states' keys and values."""
+        attn = layer.attn
+        cross = attn.pattern.kind == 6
+        if cross and encoder_kv is None:
+            raise ValueError("this model has cross-attention layers: pass the lyric encoder's states")
+        layout = CacheLayout(attn.pattern, self.ar.length, encoder_kv.shape[1] if cross else 0)
+        shape = (self.n, attn.n_head, layout.size, attn.n_state // attn.n_head)
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if cross:
+            with torch.no_grad():
+                ek, ev = attn.c_enc_kv(encoder_kv.to(self.dtype)).chunk(2, dim=2)
+            k.copy_(attn._heads(ek))
+            v.copy_(attn._heads(ev))
+        weights = tuple(layer.get_parameter(name).detach() for name in WEIGHT_NAMES)
+        return DecodeLayer(weights, k, v, layout, attn.n_head, layer.res_scale, layer.ln_0.eps)
+
+    def _layers_impl(self):
+        """The decode_layers implementation for this stack, checked and resolved once through the
+        dispatch (shapes and dtypes are fixed for the decoder's life): a step then pays for no
+        checks or dispatch in Python."""
+        x = torch.zeros(self.n, self.ar.width, dtype=self.dtype, device=self.device)  # stands in for a step's rows
+        check_inputs(x, self.stack, self.position)
+        return dispatch.resolve("decode_layers", x, self.stack, self.position).fn
 
     # -- pieces shared by prefill and step ----------------------------------------------------------
     def _cond(self, positions: torch.Tensor) -> torch.Tensor | None:
@@ -133,7 +124,7 @@ class IncrementalDecoder:
         self.position.fill_(c)
         return self._logits(x, cond)
 
-    def _prefill_attn(self, attn: FactoredAttention, x: torch.Tensor, cache: _LayerCache, positions) -> torch.Tensor:
+    def _prefill_attn(self, attn: FactoredAttention, x: torch.Tensor, cache: DecodeLayer, positions) -> torch.Tensor:
         h = attn.c_attn(x)
         if attn.pattern.kind == 6:
             q, k, v = attn._heads(h), cache.k, cache.v
@@ -170,24 +161,9 @@ class IncrementalDecoder:
         cond = self._cond(p)
         if cond is not None:
             h = h + cond
-        x = h.to(self.dtype)  # [N, 1, width]
-        for layer, cache in zip(self.ar.transformer._attn_mods, self.caches):
-            x = self._residual(layer, x, self._step_attn(layer.attn, layer.ln_0(x), cache, p))
+        x = self._layers(h[:, 0].to(self.dtype), self.stack, p)  # [N, width]
         self.position.add_(1)
-        return self._logits(x, cond)[:, 0]
-
-    def _step_attn(self, attn: FactoredAttention, x: torch.Tensor, cache: _LayerCache, p) -> torch.Tensor:
-        n = x.shape[0]
-        h = attn.c_attn(x)  # [N, 1, 3·n_state] (n_state for cross-attention)
-        d = attn.n_state // attn.n_head
-        if attn.pattern.kind == 6:
-            q = h.view(n, attn.n_head, d)
-        else:
-            q, k, v = (t.view(n, attn.n_head, 1, d) for t in h.chunk(3, dim=2))
-            cache.write(k, v, p)
-            q = q.view(n, attn.n_head, d)
-        a = self._attend(q, cache.k, cache.v, cache.layout, p, cache.scale)  # [N, H, d]
-        return attn.c_proj(a.reshape(n, 1, attn.n_state))
+        return self._logits(x, None if cond is None else cond[:, 0])
 
     # -- CUDA graphs --------------------------------------------------------------------------------
     def capture(self) -> None:

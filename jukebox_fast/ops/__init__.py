@@ -6,6 +6,7 @@ registers them all.
 """
 from .attention import sparse_attention, sparse_attention_reference
 from .decode import CacheLayout, decode_attention, decode_attention_reference
+from .decode_layers import DecodeLayer, DecodeStack, decode_layers, decode_layers_reference
 from .resblock import dilated_resblock, dilated_resblock_reference
 from .patterns import AttentionPattern, layer_kinds, prime_window
 from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
@@ -13,9 +14,13 @@ from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_qua
 __all__ = [
     "AttentionPattern",
     "CacheLayout",
+    "DecodeLayer",
+    "DecodeStack",
     "Quantised",
     "decode_attention",
     "decode_attention_reference",
+    "decode_layers",
+    "decode_layers_reference",
     "dilated_resblock",
     "dilated_resblock_reference",
     "layer_kinds",

@@ -1,0 +1,199 @@
+"""The ``decode_layers`` op: one position through a stack of transformer layers over static KV caches.
+
+``decode_layers(x, stack, position)`` takes the rows x [N, width] entering the first layer at
+``position`` and returns the rows leaving the last, after writing each layer's key and value of
+that position into its cache. A layer is the prior's pre-LN block:
+
+    h = ln_0(x);  q | k | v = c_attn(h);  a = c_proj(attention of q over the cache)
+    m = mlp(ln_1(x + a));  x = x + a + m   (x + res_scale · (a + m) when res_scale ≠ 1)
+
+with ``mlp(h) = c_proj(quick_gelu(c_fc(h)))`` and the attention restricted by the layer's
+:class:`~jukebox_fast.ops.decode.CacheLayout`. A :class:`DecodeStack` holds what a step reads:
+per layer its weights (``WEIGHT_NAMES``, the original's attribute names), its cache and layout.
+
+Implementations, in priority order:
+
+- ``cpp``: ``csrc/decode_layers.cpp``, the whole stack in one call on the CPU (fp32), products
+  that stream each weight once for all samples;
+- ``triton``: the layers one by one in PyTorch with the Triton ``decode_attention`` kernel;
+- ``torch``: the reference, the layers one by one with ``decode_attention_reference``.
+
+The position is a device tensor and the PyTorch implementations never read it on the host, so a
+GPU step through them can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import dispatch, extension
+from . import buffers
+from .decode import CacheLayout, check_inputs as check_attention_inputs, decode_attention_reference
+from .decode import _triton_supports as _attention_triton_supports, decode_attention_triton
+
+__all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "decode_layers", "decode_layers_reference"]
+
+# A layer's weights in the order every implementation takes them: names within the original's
+# ResAttnBlock; projections are Conv1D, weight [in, out].
+WEIGHT_NAMES = ("ln_0.weight", "ln_0.bias", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w", "attn.c_proj.b",
+                "ln_1.weight", "ln_1.bias", "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b")
+
+
+@dataclass(eq=False)
+class DecodeLayer:
+    """One layer as a decode step reads it: weights (``WEIGHT_NAMES`` order), its key and value
+    caches k, v [N, n_head, layout.size, d], and where positions live in them."""
+
+    weights: tuple[torch.Tensor, ...]
+    k: torch.Tensor
+    v: torch.Tensor
+    layout: CacheLayout
+    n_head: int
+    res_scale: float = 1.0
+    eps: float = 1e-5
+
+    @property
+    def cross(self) -> bool:
+        return self.layout.pattern.kind == 6
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """k, v [N, H, len(positions), d] into the slots of ``positions`` (distinct slots)."""
+        slots = self.layout.slots(positions)
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+
+
+class DecodeStack:
+    """The layers of one transformer, in order, for decoding N samples."""
+
+    def __init__(self, layers: Sequence[DecodeLayer]):
+        if not layers:
+            raise ValueError("a DecodeStack needs at least one layer")
+        self.layers = list(layers)
+
+    @cached_property
+    def packed(self) -> tuple:
+        """The stack flattened for the C++ kernel (built on first use, then reused every step):
+        weights, key caches, value caches, the schedule [layers, length, 3] (slot, lo, hi of every
+        position: ``CacheLayout``'s answers tabulated, slot −1 where nothing is written), heads,
+        res_scales, eps."""
+        schedule = torch.stack([_schedule(layer.layout) for layer in self.layers])
+        return ([w for layer in self.layers for w in layer.weights], [layer.k for layer in self.layers],
+                [layer.v for layer in self.layers], schedule, [layer.n_head for layer in self.layers],
+                [float(layer.res_scale) for layer in self.layers], self.layers[0].eps)
+
+
+def _schedule(layout: CacheLayout) -> torch.Tensor:
+    p = torch.arange(layout.length)
+    lo, hi = layout.visible(p)
+    slot = torch.full_like(p, -1) if layout.pattern.kind == 6 else layout.slots(p)
+    return torch.stack([slot, lo, hi], dim=1)  # [length, 3]
+
+
+def check_inputs(x, stack, position) -> None:
+    """Raise ValueError, naming what was expected and what came, for inputs no backend takes."""
+    if not isinstance(stack, DecodeStack):
+        raise ValueError(f"decode_layers: stack must be a DecodeStack, got {type(stack).__name__}")
+    first = stack.layers[0]
+    n, width = first.k.shape[0], first.weights[0].shape[0]
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or tuple(x.shape) != (n, width):
+        raise ValueError(f"decode_layers: x must be [N, width] = [{n}, {width}] for this stack, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    for i, layer in enumerate(stack.layers):
+        if len(layer.weights) != len(WEIGHT_NAMES):
+            raise ValueError(f"decode_layers: layer {i} has {len(layer.weights)} weights, expected "
+                             f"{len(WEIGHT_NAMES)} ({', '.join(WEIGHT_NAMES)})")
+        d = layer.k.shape[-1]
+        q = layer.k[:, :, 0] if layer.k.shape[2] else layer.k.new_empty(n, layer.n_head, d)  # [N, H, d]
+        check_attention_inputs(q, layer.k, layer.v, layer.layout, position)
+        if layer.k.dtype != x.dtype:
+            raise ValueError(f"decode_layers: layer {i}'s cache is {layer.k.dtype}, x is {x.dtype}; they must match")
+
+
+def decode_layers(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor, *,
+                  backend: str | None = None) -> torch.Tensor:
+    """Rows x [N, width] at ``position`` (one-element int64 tensor on x's device) through every
+    layer of ``stack``, writing each layer's key and value of that position into its cache.
+    Returns the last layer's output [N, width] in x's dtype. The position is not advanced."""
+    check_inputs(x, stack, position)
+    return dispatch.call("decode_layers", x, stack, position, backend=backend)
+
+
+# -- PyTorch: the layers one at a time -------------------------------------------------------------
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(b.to(x.dtype), x, w.to(x.dtype))  # as the model's Conv1D: [N, in] -> [N, out]
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)  # fp32 statistics, as the model's
+
+
+def _layer_loop(attend: Callable) -> Callable:
+    """decode_layers in PyTorch with ``attend`` (a decode_attention implementation) per layer."""
+
+    def run(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        for layer in stack.layers:
+            ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = layer.weights
+            heads, d = layer.n_head, layer.k.shape[-1]
+            h = _linear(_layer_norm(x, ln0_w, ln0_b, layer.eps), attn_w, attn_b)  # [N, 3·H·d] (H·d: cross)
+            q = h[:, : heads * d].reshape(n, heads, d)
+            if not layer.cross:
+                k, v = (t.reshape(n, heads, 1, d) for t in h[:, heads * d :].chunk(2, dim=1))
+                layer.write(k, v, position)
+            a = attend(q, layer.k, layer.v, layer.layout, position, 1.0 / math.sqrt(d))  # [N, H, d]
+            a = _linear(a.reshape(n, heads * d), proj_w, proj_b)
+            f = _linear(_layer_norm(x + a, ln1_w, ln1_b, layer.eps), fc_w, fc_b)
+            m = _linear(f * torch.sigmoid(1.702 * f), out_w, out_b)  # quick_gelu
+            x = x + a + m if layer.res_scale == 1.0 else x + layer.res_scale * (a + m)
+        return x
+
+    return run
+
+
+decode_layers_reference = _layer_loop(decode_attention_reference)
+decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, decode_attention_reference inside."
+
+
+def _triton_supports(x, stack, position) -> list[str]:
+    layer = stack.layers[0]
+    q = layer.k[:, :, 0]
+    return list(_attention_triton_supports(q, layer.k, layer.v, layer.layout, position, 1.0))
+
+
+# -- C++ -------------------------------------------------------------------------------------------
+def _cpp_call(x, stack: DecodeStack, position) -> torch.Tensor:
+    weights, k, v, schedule, heads, res_scale, eps = stack.packed
+    out = buffers.new_empty(tuple(x.shape), x.dtype, x.device)
+    torch.ops.jukebox_fast_ext.decode_layers(x, weights, k, v, schedule, heads, res_scale, eps, position, out)
+    return out
+
+
+def _cpp_supports(x, stack, position) -> list[str]:
+    reasons = []
+    tensors = [x, position] + [t for layer in stack.layers for t in (*layer.weights, layer.k, layer.v)]
+    if any(t.device.type != "cpu" for t in tensors):
+        reasons.append("the C++ decode step runs on the CPU; a tensor is elsewhere")
+    if any(t.dtype != torch.float32 for t in tensors[:1] + tensors[2:]):
+        reasons.append("the C++ decode step takes float32 weights, caches and rows")
+    if any(not t.is_contiguous() for t in tensors[2:]):
+        reasons.append("the C++ decode step needs contiguous weights and caches")
+    if len({layer.eps for layer in stack.layers}) > 1:
+        reasons.append("the C++ decode step takes one LayerNorm eps for all layers")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        reasons.append("the C++ decode step is inference only; with autograd recording the reference runs")
+    return reasons
+
+
+dispatch.define_op("decode_layers", ("cpp", "triton", "torch"),
+                   doc="x[N,width] at a device position through a stack of layers over static KV caches")
+dispatch.register("decode_layers", "cpp", _cpp_call, available=extension.load, supports=_cpp_supports,
+                  note="csrc/decode_layers.cpp: the whole stack in one call, fp32 on the CPU")
+dispatch.register("decode_layers", "triton", _layer_loop(decode_attention_triton), supports=_triton_supports,
+                  note="the layers in PyTorch with the Triton decode_attention kernel")
+dispatch.register("decode_layers", "torch", decode_layers_reference, note="PyTorch reference")

@@ -1,0 +1,118 @@
+"""decode_layers: the C++ decode step against the reference on fresh random stacks, its checks and
+dispatch rules. (Through the model: test_sampling.py; the Triton variant: test_decode_kernel.py.)"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jukebox_fast import dispatch, extension
+from jukebox_fast.dispatch import BackendUnavailableError
+from jukebox_fast.ops import AttentionPattern, CacheLayout, DecodeLayer, DecodeStack, decode_layers
+
+pytestmark = pytest.mark.skipif(extension.load() is not None, reason=f"C++ extension: {extension.load()}")
+
+LENGTH = 40
+LAYOUTS = [  # every pattern; block sizes that do not divide the length
+    CacheLayout(AttentionPattern(0), LENGTH), CacheLayout(AttentionPattern(1, 8), LENGTH),
+    CacheLayout(AttentionPattern(2, 6), LENGTH), CacheLayout(AttentionPattern(3, 7), LENGTH),
+    CacheLayout(AttentionPattern(7, prime_len=12), LENGTH), CacheLayout(AttentionPattern(6), LENGTH, enc_length=11),
+]
+SHAPES = [  # (N, width, heads, d, hidden): aligned; odd everything; more samples than a register tile
+    (1, 64, 1, 64, 64),
+    (3, 40, 3, 5, 71),
+    (5, 67, 2, 9, 130),
+    (9, 130, 4, 16, 200),
+]
+
+
+def random_stack(n, width, heads, d, hidden, res_scale=1.0, layouts=LAYOUTS, seed=0) -> DecodeStack:
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=1.0):
+        return torch.randn(*shape, generator=g) * std
+
+    layers = []
+    for layout in layouts:
+        s = heads * d
+        qkv = s if layout.pattern.kind == 6 else 3 * s
+        weights = (1 + rand(width, std=0.1), rand(width, std=0.1), rand(width, qkv, std=width**-0.5), rand(qkv, std=0.1),
+                   rand(s, width, std=s**-0.5), rand(width, std=0.1), 1 + rand(width, std=0.1), rand(width, std=0.1),
+                   rand(width, hidden, std=width**-0.5), rand(hidden, std=0.1), rand(hidden, width, std=hidden**-0.5),
+                   rand(width, std=0.1))
+        k, v = rand(n, heads, layout.size, d), rand(n, heads, layout.size, d)  # stale entries must not be read
+        layers.append(DecodeLayer(weights, k, v, layout, heads, res_scale))
+    return DecodeStack(layers)
+
+
+def copy_caches(stack: DecodeStack) -> DecodeStack:
+    return DecodeStack([DecodeLayer(l.weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale)
+                        for l in stack.layers])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("res_scale", [1.0, 0.25])
+def test_every_position_of_every_pattern_matches_the_reference(shape, res_scale, poisoned):
+    ours = random_stack(*shape, res_scale=res_scale, seed=sum(shape))
+    ref = copy_caches(ours)
+    g = torch.Generator().manual_seed(1)
+    for p in range(LENGTH):
+        x = torch.randn(shape[0], shape[1], generator=g)
+        position = torch.tensor([p])
+        got = decode_layers(x, ours, position, backend="cpp")
+        want = decode_layers(x, ref, position, backend="torch")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"position {p}: {m}")
+    for a, b in zip(ours.layers, ref.layers):  # the keys and values written along the way
+        torch.testing.assert_close(a.k, b.k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.v, b.v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_released_width():
+    # 1b_lyrics' width 2048 and 16 heads of 32 (m_attn 0.25), MLP 2048; one layer of each kind
+    ours = random_stack(2, 2048, 16, 32, 2048, layouts=LAYOUTS[:2])
+    ref = copy_caches(ours)
+    for p in (0, 9, 39):
+        x = torch.randn(2, 2048)
+        torch.testing.assert_close(decode_layers(x, ours, torch.tensor([p]), backend="cpp"),
+                                   decode_layers(x, ref, torch.tensor([p]), backend="torch"), rtol=1e-5, atol=1e-4)
+
+
+def test_auto_takes_the_kernel_only_where_it_runs():
+    stack = random_stack(2, 40, 3, 5, 71)
+    x, p = torch.randn(2, 40), torch.tensor([3])
+    assert dispatch.resolve("decode_layers", x, stack, p).name == "cpp"
+    half = DecodeStack([DecodeLayer(tuple(w.bfloat16() for w in l.weights), l.k.bfloat16(), l.v.bfloat16(), l.layout,
+                                    l.n_head) for l in stack.layers])
+    assert dispatch.resolve("decode_layers", x.bfloat16(), half, p).name == "torch"
+    with pytest.raises(BackendUnavailableError, match="float32"):
+        decode_layers(x.bfloat16(), half, p, backend="cpp")
+    stack.layers[0].weights[2].requires_grad_(True)
+    assert dispatch.resolve("decode_layers", x, stack, p).name == "torch"
+    with torch.no_grad():
+        assert dispatch.resolve("decode_layers", x, stack, p).name == "cpp"
+
+
+def test_bad_input_is_an_error_that_says_what_came():
+    stack = random_stack(2, 40, 3, 5, 71)
+    with pytest.raises(ValueError, match=r"x must be \[N, width\] = \[2, 40\] for this stack, got \(2, 41\)"):
+        decode_layers(torch.randn(2, 41), stack, torch.tensor([0]))
+    with pytest.raises(ValueError, match="one-element int64 tensor"):
+        decode_layers(torch.randn(2, 40), stack, 3)
+    with pytest.raises(RuntimeError, match="position 40 is outside the context of 40 positions"):
+        decode_layers(torch.randn(2, 40), stack, torch.tensor([LENGTH]), backend="cpp")
+    bad = random_stack(2, 40, 3, 5, 71)
+    weights = list(bad.layers[1].weights)
+    weights[8] = torch.randn(40, 70)  # mlp.c_fc.w no longer matches its bias [71]
+    bad.layers[1].weights = tuple(weights)
+    with pytest.raises(RuntimeError, match=r"layer 1's mlp.c_fc.b must be \[70\], got \[71\]"):
+        decode_layers(torch.randn(2, 40), bad, torch.tensor([0]), backend="cpp")
+
+
+def test_a_schedule_outside_the_cache_is_refused():
+    stack = random_stack(1, 40, 3, 5, 71, layouts=LAYOUTS[1:2])
+    weights, k, v, schedule, heads, res_scale, eps = stack.packed
+    schedule = schedule.clone()
+    schedule[0, 5, 2] = stack.layers[0].k.shape[2] + 1  # hi past the block's 8 slots
+    out = torch.empty(1, 40)
+    with pytest.raises(RuntimeError, match="outside its 8 cache slots"):
+        torch.ops.jukebox_fast_ext.decode_layers(torch.randn(1, 40), weights, k, v, schedule, heads, res_scale, eps,
+                                                 torch.tensor([5]), out)
