@@ -24,7 +24,9 @@ namespace {
 
 constexpr int64_t kRows = 4;   // samples per register tile
 constexpr int64_t kCols = 64;  // output columns per register tile: kRows x kCols fp32 accumulators
-constexpr int64_t kWeightsPerTask = 1 << 16;  // below this a product is not split between threads
+// Below this many weights (or keys x head width) a product stays on one thread: at width 256 the
+// fork-join of smaller splits measured no faster than one core.
+constexpr int64_t kWeightsPerTask = 1 << 16;
 constexpr int64_t kWeightsPerLayer = 12;      // see WEIGHT_NAMES in ops/decode_layers.py
 
 // y[r, j0:j0+cols] = b[j0:j0+cols] + x[r, :K] w[:K, j0:j0+cols] for r < n <= kRows; x rows are K
@@ -92,7 +94,28 @@ struct Visit {
   int64_t slot, lo, hi;  // slot -1: nothing written (cross-attention)
 };
 
-// a[n, h*d:(h+1)*d] = softmax(q . K[n, h, lo:hi] * scale) V[n, h, lo:hi]; zeros when lo == hi.
+// out[:d] = softmax(q . K[s] * scale over s < span) V: K, V [span, d] rows; w [span] scratch.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void attend_one(const float* q, const float* K, const float* V, float* out, float* w, int64_t span, int64_t d,
+                float scale) {
+  float top = -INFINITY;
+  for (int64_t s = 0; s < span; ++s) {
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t i = 0; i < d; ++i) dot += q[i] * K[s * d + i];
+    w[s] = dot * scale;
+    top = std::max(top, w[s]);
+  }
+  float total = 0.f;
+  for (int64_t s = 0; s < span; ++s) total += (w[s] = std::exp(w[s] - top));
+  std::fill(out, out + d, 0.f);
+  for (int64_t s = 0; s < span; ++s) {
+    const float p = w[s] / total;
+    for (int64_t i = 0; i < d; ++i) out[i] += p * V[s * d + i];
+  }
+}
+
+// a[n, h*d:(h+1)*d] = attention of sample n's head h over its slots [lo, hi); zeros when none.
 // q rows are `ldq` apart; caches are [N, H, slots, d].
 void attend(const float* q, int64_t ldq, const float* kc, const float* vc, float* a, int64_t N, int64_t H,
             int64_t slots, int64_t d, Visit visit, float scale) {
@@ -101,26 +124,13 @@ void attend(const float* q, int64_t ldq, const float* kc, const float* vc, float
   at::parallel_for(0, N * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> w(std::max<int64_t>(span, 1));
     for (int64_t nh = begin; nh < end; ++nh) {
-      const int64_t n = nh / H, h = nh % H;
-      const float* qr = q + n * ldq + h * d;
-      const float* K = kc + (nh * slots + visit.lo) * d;
-      const float* V = vc + (nh * slots + visit.lo) * d;
-      float* out = a + n * H * d + h * d;
-      std::fill(out, out + d, 0.f);
-      if (span == 0) continue;
-      float top = -INFINITY;
-      for (int64_t s = 0; s < span; ++s) {
-        float dot = 0.f;
-        for (int64_t i = 0; i < d; ++i) dot += qr[i] * K[s * d + i];
-        w[s] = dot * scale;
-        top = std::max(top, w[s]);
+      float* out = a + nh * d;  // row n = nh / H, head h = nh % H: a is [N, H * d]
+      if (span == 0) {
+        std::fill(out, out + d, 0.f);
+        continue;
       }
-      float total = 0.f;
-      for (int64_t s = 0; s < span; ++s) total += (w[s] = std::exp(w[s] - top));
-      for (int64_t s = 0; s < span; ++s) {
-        const float p = w[s] / total;
-        for (int64_t i = 0; i < d; ++i) out[i] += p * V[s * d + i];
-      }
+      const int64_t first = (nh * slots + visit.lo) * d;
+      attend_one(q + (nh / H) * ldq + (nh % H) * d, kc + first, vc + first, out, w.data(), span, d, scale);
     }
   });
 }
