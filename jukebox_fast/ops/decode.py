@@ -157,7 +157,7 @@ def decode_attention(
 
 
 # -- Triton -------------------------------------------------------------------------------------
-def _triton_supports(q, k, v, layout, position, scale) -> list[str]:
+def triton_supports(q, k, v, layout, position, scale) -> list[str]:
     from ..kernels.decode import MAX_HEAD_DIM
 
     return dispatch.triton_reasons(q, k, v, position) or head_reasons(q, k, v, MAX_HEAD_DIM)
@@ -180,7 +180,7 @@ dispatch.define_op(
     doc="q[N,H,d] at a device position over a static KV cache [N,H,S,d] -> [N,H,d]",
 )
 dispatch.register(
-    "decode_attention", "triton", decode_attention_triton, supports=_triton_supports,
+    "decode_attention", "triton", decode_attention_triton, supports=triton_supports,
     note="Triton kernel (kernels/decode.py): reads only the slots the pattern needs",
 )
 dispatch.register(

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .. import dispatch, extension
 from . import buffers
 from .decode import CacheLayout, check_inputs as check_attention_inputs, decode_attention_reference
-from .decode import _triton_supports as _attention_triton_supports, decode_attention_triton
+from .decode import decode_attention_triton, triton_supports as attention_triton_supports
 
 __all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "decode_layers", "decode_layers_reference"]
 
@@ -163,7 +163,7 @@ decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, 
 def _triton_supports(x, stack, position) -> list[str]:
     layer = stack.layers[0]
     q = layer.k[:, :, 0]
-    return list(_attention_triton_supports(q, layer.k, layer.v, layer.layout, position, 1.0))
+    return list(attention_triton_supports(q, layer.k, layer.v, layer.layout, position, 1.0))
 
 
 # -- C++ -------------------------------------------------------------------------------------------
