@@ -12,6 +12,12 @@ Bandwidth counts what a fused block must move: x read once and the output writte
 the weights. The reference moves several times that. Speed-up = reference time / kernel time,
 both measured in this run.
 
+This benchmark decides the dispatch rule for ``dilated_resblock`` on CUDA
+(``jukebox_fast/measured.py``): ``auto`` takes the CUDA kernel only once a committed GPU run of
+it shows the kernel ahead of the reference (cuDNN); until then the kernel runs on request. On
+the CPU the ``cpp`` kernel's rule is ``CPP_BF16_MAX_WIDTH`` in ``jukebox_fast/ops/resblock.py``,
+from ``results/decoder_cpu.md``.
+
     python benchmarks/bench_decoder.py --seconds 60 --out benchmarks/results/decoder_h200.md
     python benchmarks/bench_decoder.py --seconds 10 --out benchmarks/results/decoder_cpu.md
 """
@@ -55,11 +61,11 @@ def moved_bytes(pairs) -> int:
     return total
 
 
-def conditioner_blocks(device, n: int) -> list[tuple[ResConv1DBlock, torch.Tensor]]:
+def conditioner_blocks(device, n: int, length: int = 2048) -> list[tuple[ResConv1DBlock, torch.Tensor]]:
     hp = get("upsampler_level_0")
     stack = Resnet1D(hp.cond_width, hp.cond_depth, hp.cond_m_conv, hp.cond_dilation_growth_rate,
                      hp.cond_dilation_cycle, res_scale=True).to(device).eval()
-    x = torch.randn(n, hp.cond_width, 2048, device=device)
+    x = torch.randn(n, hp.cond_width, length, device=device)
     blocks = [m for m in stack.modules() if isinstance(m, ResConv1DBlock)]
     return [(b, x) for b in blocks]  # each block on the same input: the same work as the chain
 
@@ -73,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="audio decoded (default 60 on a GPU, 10 on CPU)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cond-length", type=int, default=2048, help="positions of the conditioner stack (its window's: 2048)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
     args = parser.parse_args()
@@ -107,7 +114,7 @@ def main() -> None:
         these = pairs if dtype == torch.float32 else cast(pairs, dtype)
         timed(f"vqvae resblocks ({len(these)}), {str(dtype)[6:]}", lambda: run_blocks(these), moved_bytes(these))
     del pairs
-    cond = conditioner_blocks(device, args.batch)
+    cond = conditioner_blocks(device, args.batch, args.cond_length)
     for dtype in (torch.float32, torch.bfloat16):
         these = cond if dtype == torch.float32 else cast(cond, dtype)
         timed(f"conditioner resblocks ({len(these)}), {str(dtype)[6:]}", lambda: run_blocks(these),

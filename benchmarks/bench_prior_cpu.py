@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import device_name, git_commit, report  # noqa: E402
-from test_prior_hf_parity import build_pair, codes, labels  # noqa: E402
+from prior_inputs import codes, labels  # noqa: E402
+from test_prior_hf_parity import build_pair  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """What every benchmark script shares: timing and a description of the run."""
 from __future__ import annotations
 
+import json
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -51,11 +53,49 @@ def device_name(device: str | torch.device) -> str:
 
 
 def report(text: str, out: Path | None) -> None:
-    """Print the results table, and write it to ``out`` as well when given."""
+    """Print the results, and with ``out`` write them there (markdown) and beside it as JSON
+    (``out`` with .json: the run's metadata and every markdown table as a list of rows)."""
     print(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"meta": metadata(), "tables": tables(text)}, indent=1) + "\n")
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """The markdown tables in ``text``, each as rows keyed by the header."""
+    found, header, rows = [], None, []
+    for line in text.splitlines() + [""]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
+        if cells is None:
+            if header and rows:
+                found.append(rows)
+            header, rows = None, []
+        elif header is None:
+            header = cells
+        elif not all(set(c) <= set("-: ") for c in cells):
+            rows.append(dict(zip(header, cells)))
+    return found
+
+
+def metadata() -> dict[str, str]:
+    """What the numbers belong to: device, driver, library versions, commit."""
+    import jukebox_fast
+
+    meta = {"device": device_name("cuda" if torch.cuda.is_available() else "cpu"), "torch": torch.__version__,
+            "cuda": torch.version.cuda or "", "jukebox_fast": jukebox_fast.__version__, "commit": git_commit(),
+            "driver": ""}
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = "not installed"
+    if torch.cuda.is_available() and shutil.which("nvidia-smi"):
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True)
+        meta["driver"] = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
+    return meta
 
 
 def versions() -> str:

@@ -181,16 +181,24 @@ def _bench(args) -> int:
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     if not root.is_dir():
         raise FileNotFoundError(f"{root} not found: the benchmarks ship with a source checkout of jukebox_fast")
+    if args.suite == "gpu":  # the GPU evidence: install-free orchestration of facts, resources, tests, benchmarks
+        cmd = [sys.executable, str(root / "gpu_evidence.py"), "--out", str(Path(args.out).resolve()), *args.extra]
+        print(f"+ {' '.join(cmd)}", flush=True)
+        return subprocess.run(cmd).returncode
     known = sorted(p.stem[len("bench_"):] for p in root.glob("bench_*.py"))
-    for name in args.names or ["decoder"]:
+    names = args.names or ["decoder"]
+    for name in names:
         if name not in known:
             raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(known)}")
-        out = Path(args.out) / f"{name}.md"
-        cmd = [sys.executable, str(root / f"bench_{name}.py"), "--out", str(out), *args.extra]
+    out_dir = Path(args.out).resolve()  # the scripts run in benchmarks/: a relative path would land there
+    failed = []
+    for name in names:
+        cmd = [sys.executable, str(root / f"bench_{name}.py"), "--out", str(out_dir / f"{name}.md"), *args.extra]
         print(f"+ {' '.join(cmd)}", flush=True)
-        done = subprocess.run(cmd, cwd=root)
-        if done.returncode:
-            raise RuntimeError(f"benchmark {name} failed with exit code {done.returncode}")
+        if subprocess.run(cmd, cwd=root).returncode:
+            failed.append(name)
+    if failed:
+        raise RuntimeError(f"benchmark(s) failed: {', '.join(failed)} (the others' tables are in {out_dir}/)")
     return 0
 
 
@@ -295,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="benchmarks, e.g. decoder vq sampling (default: decoder); "
                                             "arguments after -- go to each script")
     p.add_argument("--out", default="bench_results", help="folder for the markdown tables")
+    p.add_argument("--suite", choices=("gpu",), help="gpu: the GPU evidence run (benchmarks/gpu_evidence.py)")
     p.set_defaults(func=_bench)  # arguments after `--` go to the scripts (split off in main)
     return parser
 

@@ -8,8 +8,9 @@ The choice for one call is the first of these that is set:
 3. the environment variable ``JUKEBOX_FAST_BACKEND_<OP>`` (e.g. ``JUKEBOX_FAST_BACKEND_VQ_NEAREST``);
 4. the environment variable ``JUKEBOX_FAST_BACKEND``;
 5. ``auto``: the first implementation that can run these inputs and does not decline them
-   (an implementation may decline inputs where it measured slower than the next). ``torch``
-   always can.
+   (an implementation may decline inputs where it measured slower than the next; on a CUDA
+   device every fast implementation declines until a recorded GPU benchmark shows it ahead,
+   :mod:`jukebox_fast.measured`). ``torch`` always can.
 
 A choice made for one op (``backend=``, ``use_backend(vq_nearest=...)``, the per-op variable)
 must name an implementation that op has. A global choice (``use_backend("triton")`` or
@@ -288,7 +289,7 @@ class Registry:
             return impl
         rejected = []
         for impl in op.ranked():
-            reasons = impl.reasons(args, kwargs) or list(impl.declines(*args, **kwargs))
+            reasons = impl.reasons(args, kwargs) or list(impl.declines(*args, **kwargs)) or _unmeasured(op, impl, args)
             if not reasons:
                 return impl
             rejected.append((impl.name, reasons))
@@ -306,6 +307,21 @@ class Registry:
         if key not in self._logged:
             self._logged.add(key)
             _log.info("%s: skipping %s (%s)", op_name, impl_name, key[2])
+
+
+def _unmeasured(op: Op, impl: Impl, args: tuple) -> list[str]:
+    """Why ``auto`` passes over a fast implementation on CUDA: no recorded GPU benchmark shows it
+    ahead of the reference (``jukebox_fast.measured``). The last implementation (the reference)
+    is never passed over."""
+    from .measured import CUDA_WINS
+
+    first = args[0] if args else None
+    if not (isinstance(first, torch.Tensor) and first.is_cuda) or impl is op.ranked()[-1]:
+        return []
+    if (op.name, impl.name) in CUDA_WINS:
+        return []
+    return [f"on CUDA no benchmark has measured it ahead of the reference yet (jukebox_fast/measured.py); "
+            f"ask for it with backend={impl.name!r}"]
 
 
 REGISTRY = Registry()

@@ -38,9 +38,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_precision, upcast_dot
+from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 
-__all__ = ["AttentionConfig", "MAX_HEAD_DIM", "config_for", "launch_config", "forward", "backward"]
+__all__ = ["AttentionConfig", "KERNELS", "MAX_HEAD_DIM", "config_for", "launch_config", "forward", "backward"]
 
 MAX_HEAD_DIM = 512
 LOG2E = 1.4426950408889634
@@ -163,27 +163,22 @@ def _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND: tl.constexpr, BLOCK_M: tl.con
 
 
 @triton.jit
-def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, so_n, so_h, so_t,
     H, LQ, LK, D, BC, PRIME, qk_scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
-    q_ptr += n * sq_n + h * sq_h
-    k_ptr += n * sk_n + h * sk_h
-    v_ptr += n * sv_n + h * sv_h
-    o_ptr += n * so_n + h * so_h
+    D = aligned(D, ALIGN)
+    q_ptr += aligned(n * sq_n + h * sq_h, ALIGN)
+    k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
+    v_ptr += aligned(n * sv_n + h * sv_h, ALIGN)
+    o_ptr += aligned(n * so_n + h * so_h, ALIGN)
+    sq_t, sk_t, sv_t, so_t = aligned(sq_t, ALIGN), aligned(sk_t, ALIGN), aligned(sv_t, ALIGN), aligned(so_t, ALIGN)
 
     base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND, BLOCK_M)
 
@@ -201,12 +196,12 @@ def _fwd_kernel(
         j = base + step * v_units
         k_rows = j.to(tl.int64)
         s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for c in tl.static_range(D_CHUNKS):
+        for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
             d = c * BLOCK_DK + dk
             if D_CHUNKS != 1:
                 q = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & (d < D)[None, :], other=0.0)
             kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & (d < D)[None, :], other=0.0)
-            s += _dot(q, tl.trans(kc), PRECISION, UPCAST)
+            s = dot(q, tl.trans(kc), s, PRECISION, UPCAST)
         vis = _visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         s = tl.where(vis, s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -215,7 +210,7 @@ def _fwd_kernel(
         pr = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(pr, 1)
         vt = tl.load(v_ptr + k_rows[:, None] * sv_t + dv[None, :], mask=k_ok[:, None] & (dv < D)[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _dot(pr.to(vt.dtype), vt, PRECISION, UPCAST)
+        acc = dot(pr.to(vt.dtype), vt, acc * alpha[:, None], PRECISION, UPCAST)
         m_i = m_new
 
     seen = l_i > 0.0
@@ -235,16 +230,19 @@ def _bwd_kv_kernel(
     H, LQ, LK, D, BC, PRIME, qk_scale, scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
-    q_ptr += n * sq_n + h * sq_h
-    k_ptr += n * sk_n + h * sk_h
-    v_ptr += n * sv_n + h * sv_h
-    do_ptr += n * sdo_n + h * sdo_h
-    dk_ptr += n * sdk_n + h * sdk_h
-    dv_ptr += n * sdv_n + h * sdv_h
+    D = aligned(D, ALIGN)
+    q_ptr += aligned(n * sq_n + h * sq_h, ALIGN)
+    k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
+    v_ptr += aligned(n * sv_n + h * sv_h, ALIGN)
+    do_ptr += aligned(n * sdo_n + h * sdo_h, ALIGN)
+    dk_ptr += aligned(n * sdk_n + h * sdk_h, ALIGN)
+    dv_ptr += aligned(n * sdv_n + h * sdv_h, ALIGN)
+    sq_t, sk_t, sv_t, sdo_t = aligned(sq_t, ALIGN), aligned(sk_t, ALIGN), aligned(sv_t, ALIGN), aligned(sdo_t, ALIGN)
+    sdk_t, sdv_t = aligned(sdk_t, ALIGN), aligned(sdv_t, ALIGN)
     dq_ptr += nh.to(tl.int64) * LQ * D  # fp32 [N, H, LQ, D] contiguous (atomic mode only)
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
@@ -282,7 +280,7 @@ def _bwd_kv_kernel(
         q_rows = (p - q_start).to(tl.int64)
         st = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # scores, keys × queries
         dpt = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # dO·vᵀ, transposed
-        for c in tl.static_range(D_CHUNKS):
+        for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
             d = c * BLOCK_DK + dk
             d_ok = (d < D)[None, :]
             if D_CHUNKS != 1:
@@ -290,8 +288,8 @@ def _bwd_kv_kernel(
                 vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
             qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
             doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            st += _dot(kc, tl.trans(qc), PRECISION, UPCAST)
-            dpt += _dot(vc, tl.trans(doc), PRECISION, UPCAST)
+            st = dot(kc, tl.trans(qc), st, PRECISION, UPCAST)
+            dpt = dot(vc, tl.trans(doc), dpt, PRECISION, UPCAST)
         lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
         delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
         vis = _visible(p[None, :], u[None, :], j[:, None], v_units[:, None], BC, PRIME, KIND) & k_ok[:, None]
@@ -301,11 +299,14 @@ def _bwd_kv_kernel(
                            other=0.0)
         q_slice = tl.load(q_ptr + q_rows[:, None] * sq_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
                           other=0.0)
-        acc_dv += _dot(pt.to(do_slice.dtype), do_slice, PRECISION, UPCAST)
-        acc_dk += _dot(dst.to(q_slice.dtype), q_slice, PRECISION, UPCAST)
+        acc_dv = dot(pt.to(do_slice.dtype), do_slice, acc_dv, PRECISION, UPCAST)
+        acc_dk = dot(dst.to(q_slice.dtype), q_slice, acc_dk, PRECISION, UPCAST)
         if ATOMIC_DQ:
-            dq = _dot(tl.trans(dst).to(k_slice.dtype), k_slice, PRECISION, UPCAST) * scale  # [BLOCK_M, BLOCK_DV]
-            tl.atomic_add(dq_ptr + q_rows[:, None] * D + dv[None, :], dq, mask=q_ok[:, None] & dv_ok[None, :])
+            dq = dot(tl.trans(dst).to(k_slice.dtype), k_slice, tl.zeros([BLOCK_M, BLOCK_DV], tl.float32), PRECISION,
+                     UPCAST) * scale  # [BLOCK_M, BLOCK_DV]
+            # A plain sum: relaxed ordering, without the fence acq_rel (the default) puts before each.
+            tl.atomic_add(dq_ptr + q_rows[:, None] * D + dv[None, :], dq, mask=q_ok[:, None] & dv_ok[None, :],
+                          sem="relaxed")
 
     tl.store(dk_ptr + k_rows[:, None] * sdk_t + dv[None, :], (acc_dk * scale).to(dk_ptr.dtype.element_ty),
              mask=k_ok[:, None] & dv_ok[None, :])
@@ -320,15 +321,18 @@ def _bwd_q_kernel(
     H, LQ, LK, D, BC, PRIME, qk_scale, scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
-    q_ptr += n * sq_n + h * sq_h
-    k_ptr += n * sk_n + h * sk_h
-    v_ptr += n * sv_n + h * sv_h
-    do_ptr += n * sdo_n + h * sdo_h
-    dq_ptr += n * sdq_n + h * sdq_h
+    D = aligned(D, ALIGN)
+    q_ptr += aligned(n * sq_n + h * sq_h, ALIGN)
+    k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
+    v_ptr += aligned(n * sv_n + h * sv_h, ALIGN)
+    do_ptr += aligned(n * sdo_n + h * sdo_h, ALIGN)
+    dq_ptr += aligned(n * sdq_n + h * sdq_h, ALIGN)
+    sq_t, sk_t, sv_t, sdo_t = aligned(sq_t, ALIGN), aligned(sk_t, ALIGN), aligned(sv_t, ALIGN), aligned(sdo_t, ALIGN)
+    sdq_t = aligned(sdq_t, ALIGN)
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
 
@@ -352,7 +356,7 @@ def _bwd_q_kernel(
         k_rows = j.to(tl.int64)
         s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for c in tl.static_range(D_CHUNKS):
+        for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
             d = c * BLOCK_DK + dk
             d_ok = (d < D)[None, :]
             if D_CHUNKS != 1:
@@ -360,13 +364,13 @@ def _bwd_q_kernel(
                 doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
             kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
             vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-            s += _dot(qc, tl.trans(kc), PRECISION, UPCAST)
-            dp += _dot(doc, tl.trans(vc), PRECISION, UPCAST)
+            s = dot(qc, tl.trans(kc), s, PRECISION, UPCAST)
+            dp = dot(doc, tl.trans(vc), dp, PRECISION, UPCAST)
         vis = _visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         pr = tl.where(vis, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         ds = pr * (dp - delta[:, None])
         k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
-        acc += _dot(ds.to(k_slice.dtype), k_slice, PRECISION, UPCAST)
+        acc = dot(ds.to(k_slice.dtype), k_slice, acc, PRECISION, UPCAST)
 
     tl.store(dq_ptr + q_rows[:, None] * sdq_t + dv[None, :], (acc * scale).to(dq_ptr.dtype.element_ty),
              mask=q_ok[:, None] & dv_ok[None, :])
@@ -375,14 +379,17 @@ def _bwd_q_kernel(
 # -- launchers ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttentionConfig:
-    """Tile sizes and launch options (not yet tuned on a GPU)."""
+    """Tile sizes and launch options of one kernel."""
 
-    block_m: int
-    block_n: int
+    block_m: int  # query tile
+    block_n: int  # key tile
     block_dk: int  # width chunk of q·kᵀ and dO·vᵀ
     block_dv: int  # width slice of the accumulators; wider heads split over programs
     num_warps: int = 4
     num_stages: int = 2
+
+
+KERNELS = ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q")
 
 
 def _width_chunk(d: int) -> int:
@@ -393,23 +400,53 @@ def _width_chunk(d: int) -> int:
     return 16
 
 
-def config_for(d: int, dtype: torch.dtype) -> AttentionConfig:
-    """Default tiles for head width d."""
-    block_dv = min(256, max(16, triton.next_power_of_2(d)))
-    wide = block_dv > 64 or dtype == torch.float32
-    return AttentionConfig(
-        block_m=64, block_n=32 if block_dv > 128 else 64, block_dk=_width_chunk(d), block_dv=block_dv,
-        num_warps=8 if wide else 4,
-    )
+# Tiles per kernel: (block_m, block_n, block_dk, block_dv, num_warps, num_stages), for bf16 and fp16
+# (2 bytes, on the tensor cores) by width class (_width_class), for fp32 (4, on the CUDA cores) one
+# for every width. Each is the first of a list of candidates, largest first, that fit an H200 block (shared memory,
+# registers, no spills) for every pattern with both Triton 3.6 and 3.9 in the resource check
+# (jukebox_fast.kernel_resources, which compiles every configuration chosen here). Not yet timed on
+# a GPU. block_dk 0: _width_chunk(d); block_dv 0: the head's own width (up to 256). The program tile
+# of bwd_kv is block_n keys, of bwd_q block_m queries. fp32's products are unrolled FMA chains
+# whose operands sit in registers for the whole contraction, so fp32 tiles contract over 16.
+_TILES = {
+    ("fwd", 2, "64"): (128, 64, 0, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 0, 8, 3),
+    ("fwd", 2, "wide"): (64, 64, 0, 0, 8, 2), ("fwd", 2, "wide, unaligned"): (64, 32, 0, 0, 8, 2),
+    ("bwd_kv", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_kv", 2, "128"): (64, 64, 0, 0, 8, 2),
+    ("bwd_kv", 2, "wide"): (64, 32, 0, 0, 8, 2), ("bwd_kv", 2, "wide, unaligned"): (64, 32, 0, 128, 8, 2),
+    ("bwd_kv_atomic", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_kv_atomic", 2, "128"): (64, 64, 0, 0, 8, 2),
+    ("bwd_kv_atomic", 2, "wide"): (64, 32, 0, 128, 8, 2),
+    ("bwd_kv_atomic", 2, "wide, unaligned"): (64, 32, 0, 128, 8, 2),
+    ("bwd_q", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_q", 2, "128"): (128, 64, 0, 0, 8, 3),
+    ("bwd_q", 2, "wide"): (64, 64, 0, 0, 8, 2), ("bwd_q", 2, "wide, unaligned"): (64, 64, 0, 0, 8, 2),
+    ("fwd", 4): (32, 16, 16, 128, 4, 2), ("bwd_kv", 4): (32, 32, 16, 128, 4, 1),
+    ("bwd_kv_atomic", 4): (32, 16, 16, 64, 4, 1), ("bwd_q", 4): (16, 16, 16, 64, 4, 1),
+}
 
 
-def launch_config(kind: int, d: int, dtype: torch.dtype, cfg: AttentionConfig | None = None) -> tuple[dict, dict]:
-    """(compile-time constants, launch options) of the three kernels for these inputs."""
-    cfg = cfg or config_for(d, dtype)
+def _width_class(d: int) -> str:
+    """16-bit heads up to 64, up to 128, or wider; a wide head whose width is not a multiple of 8
+    elements (150: the 5b priors) loads 4 bytes at a time and needs other tiles."""
+    if d <= 64:
+        return "64"
+    if d <= 128:
+        return "128"
+    return "wide" if d % 8 == 0 else "wide, unaligned"
+
+
+def config_for(d: int, dtype: torch.dtype, kernel: str = "fwd") -> AttentionConfig:
+    """Tiles of ``kernel`` (one of :data:`KERNELS`) for head width d and this dtype."""
+    key = (kernel, 4) if dtype == torch.float32 else (kernel, 2, _width_class(d))
+    block_m, block_n, block_dk, block_dv, num_warps, num_stages = _TILES[key]
+    block_dv = min(block_dv or 256, max(16, triton.next_power_of_2(d)))
+    return AttentionConfig(block_m, block_n, block_dk or _width_chunk(d), block_dv, num_warps, num_stages)
+
+
+def launch_config(kind: int, d: int, dtype: torch.dtype, cfg: AttentionConfig, align: int) -> tuple[dict, dict]:
+    """(compile-time constants, launch options) of a kernel with tiles ``cfg``."""
     constexprs = dict(
         KIND=kind, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=cfg.block_dk,
         D_CHUNKS=triton.cdiv(d, cfg.block_dk), BLOCK_DV=cfg.block_dv,
-        PRECISION=dot_precision(dtype), UPCAST=upcast_dot(dtype),
+        PRECISION=dot_precision(dtype, "ieee"), UPCAST=upcast_dot(dtype), ALIGN=align,
     )
     return constexprs, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True)
 
@@ -440,12 +477,11 @@ def forward(
     """
     n, h, lq, d = q.shape
     lk = k.shape[2]
-    cfg = cfg or config_for(d, q.dtype)
-    constexprs, options = launch_config(kind, d, q.dtype, cfg)
-    _fwd_kernel[_grid(kind, lq, lk, cfg.block_m, block_ctx, d, cfg, n * h)](
-        q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, **constexprs, **options,
-    )
+    cfg = cfg or config_for(d, q.dtype, "fwd")
+    constexprs, options = launch_config(kind, d, q.dtype, cfg, alignment(d, q, k, v, out))
+    launch(_fwd_kernel, _grid(kind, lq, lk, cfg.block_m, block_ctx, d, cfg, n * h),
+           q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+           h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, **constexprs, **options)
 
 
 def backward(
@@ -454,26 +490,27 @@ def backward(
     kind: int, block_ctx: int, prime_len: int, scale: float, *, deterministic: bool = True,
     cfg: AttentionConfig | None = None,
 ) -> None:
-    """Fill dq, dk, dv (shapes and dtypes of q, k, v) from dO and the forward's out and lse."""
+    """Fill dq, dk, dv (shapes and dtypes of q, k, v) from dO and the forward's out and lse.
+    ``cfg`` (tests) replaces the tiles of both backward kernels."""
     n, h, lq, d = q.shape
     lk = k.shape[2]
-    cfg = cfg or config_for(d, q.dtype)
     # Δ = rowsum(dO ∘ O): the softmax backward's correction term, fp32 [N, H, Lq].
     delta = (do.float() * out.float()).sum(-1).contiguous()
-    constexprs, options = launch_config(kind, d, q.dtype, cfg)
     common = (h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, scale)
+    align = alignment(d, q, k, v, do, dq, dk, dv)
+    kv_cfg = cfg or config_for(d, q.dtype, "bwd_kv" if deterministic else "bwd_kv_atomic")
+    constexprs, options = launch_config(kind, d, q.dtype, kv_cfg, align)
     dq_acc = None if deterministic else torch.zeros(n, h, lq, d, dtype=torch.float32, device=q.device)
-    _bwd_kv_kernel[_grid(kind, lk, lk, cfg.block_n, block_ctx, d, cfg, n * h)](
-        q, k, v, do, lse, delta, dk, dv, dq if dq_acc is None else dq_acc,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-        *common, ATOMIC_DQ=not deterministic, **constexprs, **options,
-    )
+    launch(_bwd_kv_kernel, _grid(kind, lk, lk, kv_cfg.block_n, block_ctx, d, kv_cfg, n * h),
+           q, k, v, do, lse, delta, dk, dv, dq if dq_acc is None else dq_acc,
+           *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+           *common, ATOMIC_DQ=not deterministic, **constexprs, **options)
     if dq_acc is not None:
         dq.copy_(dq_acc)
         return
-    _bwd_q_kernel[_grid(kind, lq, lk, cfg.block_m, block_ctx, d, cfg, n * h)](
-        q, k, v, do, lse, delta, dq,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-        *common, **constexprs, **options,
-    )
-
+    q_cfg = cfg or config_for(d, q.dtype, "bwd_q")
+    constexprs, options = launch_config(kind, d, q.dtype, q_cfg, align)
+    launch(_bwd_q_kernel, _grid(kind, lq, lk, q_cfg.block_m, block_ctx, d, q_cfg, n * h),
+           q, k, v, do, lse, delta, dq,
+           *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+           *common, **constexprs, **options)

@@ -1,11 +1,32 @@
-"""Launch settings every kernel module shares."""
+"""What every kernel module shares: launch settings, the one place kernels are launched, and the
+matrix product with the fp32 policy.
+
+fp32 inputs on the GPU, on purpose:
+
+- The VQ search (``PRECISION="tf32x3"``) uses the tensor cores with fp32 accuracy: each operand
+  is split into a TF32 head and a TF32 tail (``x ≈ hi + lo``, both exactly representable in
+  TF32) and a·b is the sum of three TF32 products, lo·hi + hi·lo + hi·hi (the lo·lo term is below
+  fp32's rounding). TF32 products of TF32 values are exact in fp32, so Triton's interpreter, which
+  multiplies in fp32, computes what the tensor cores compute up to the order of the sums: the
+  split's accuracy is measured on the CPU (as accurate as one fp32 product; one TF32 product
+  instead changes codes). Users compare codes with the original's exactly, so the search never
+  takes a single TF32 product, whatever ``torch.backends.cuda.matmul.allow_tf32`` says.
+- The attention kernels (``PRECISION="ieee"``) multiply fp32 on the CUDA cores, exactly as an
+  fp32 reference does. The split's operands did not fit their fused loops: every tile tried
+  spilled registers on sm_90, with both Triton versions. Fast attention is bf16 or fp16.
+"""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from typing import Iterator
 
 import torch
+import triton
+import triton.language as tl
 
-__all__ = ["upcast_dot", "dot_precision"]
+__all__ = ["upcast_dot", "dot_precision", "dot", "aligned", "alignment", "launch", "compile_only"]
 
 
 def upcast_dot(dtype: torch.dtype) -> bool:
@@ -18,8 +39,74 @@ def upcast_dot(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs follow PyTorch's matmul setting, so a kernel agrees with torch's own matmuls."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+def dot_precision(dtype: torch.dtype, fp32: str) -> str:
+    """How :func:`dot` multiplies operands of this dtype: fp32 as the kernel's policy ``fp32``
+    ("tf32x3" or "ieee") says; 16-bit operands as they are."""
+    return fp32 if dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def _tf32(x):
+    """fp32 x rounded to TF32 (10 stored mantissa bits, to nearest), still as fp32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a·b in fp32 (a [M, K], b [K, N], acc fp32 [M, N]); see the module docstring."""
+    if PRECISION == "tf32x3":
+        a_hi = _tf32(a)
+        b_hi = _tf32(b)
+        acc = tl.dot(_tf32(a - a_hi), b_hi, acc, input_precision="tf32")
+        acc = tl.dot(a_hi, _tf32(b - b_hi), acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    elif UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def aligned(x, ALIGN: tl.constexpr):
+    """x (a stride or a width that the launcher found divisible by ALIGN, see :func:`alignment`) in
+    a form whose divisibility the compiler can see, so that loads vectorise to ALIGN elements.
+    Launches specialise only multiples of 16 elements; a head width of 150 is a multiple of 2."""
+    return (x // ALIGN) * ALIGN
+
+
+def alignment(d: int, *tensors: torch.Tensor) -> int:
+    """The largest power of two, in elements and at most 16 bytes, that divides the width d and
+    every stride but the unit one of ``tensors``: how wide the kernels' loads may be."""
+    align = 16 // tensors[0].element_size()
+    values = [d] + [s for t in tensors for s in t.stride()[:-1]]
+    while align > 1 and any(v % align for v in values):
+        align //= 2
+    return align
+
+
+# While compile_only() is active: the list that launches append their compiled kernels to.
+_compiled: contextvars.ContextVar[list | None] = contextvars.ContextVar("jukebox_fast_compile_only", default=None)
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, or inside :func:`compile_only` the same call compiled
+    and not run: Triton specialises and compiles it exactly as for a launch (``warmup``)."""
+    compiled = _compiled.get()
+    if compiled is None:
+        return kernel[grid](*args, **kwargs)
+    compiled.append((kernel, grid, kernel.warmup(*args, grid=grid, **kwargs)))
+    return None
+
+
+@contextlib.contextmanager
+def compile_only() -> Iterator[list]:
+    """Launchers called inside compile and record instead of running: yields the list of
+    (kernel, grid, CompiledKernel) they produce. Their tensors may live on the meta device, whose
+    pointers specialise as aligned, as the caching allocator's do."""
+    compiled: list = []
+    token = _compiled.set(compiled)
+    try:
+        yield compiled
+    finally:
+        _compiled.reset(token)

@@ -1,11 +1,17 @@
 """One decode step of attention: the newest query of each sample against a static KV cache.
 
-One program per (sample, head) reads the position from device memory, works out the run of
-cache slots its pattern sees (``jukebox_fast.ops.decode.CacheLayout`` is the definition this
-mirrors) and walks only those slots in tiles of BLOCK_N, with an online softmax in fp32. There is
-a single query row, so the products are elementwise multiply-and-sum on CUDA cores rather than
-tl.dot: the step is bound by reading the cache, not by arithmetic. The launch never depends on
-the position, so a CUDA graph can replay it.
+A program reads the position from device memory, works out the run of cache slots its pattern
+sees (``jukebox_fast.ops.decode.CacheLayout`` is the definition this mirrors) and walks only
+those slots in tiles of BLOCK_N, with an online softmax in fp32. There is a single query row, so
+the products are elementwise multiply-and-sum on CUDA cores rather than tl.dot: the step is
+bound by reading the cache, not by arithmetic. The launch never depends on the position, so a
+CUDA graph can replay it.
+
+Split over the cache (flash-decoding): at batch 1 one program per (sample, head) is one to eight
+programs on a 132-SM GPU. With SPLITS > 1 the grid has SPLITS programs per (sample, head), each
+taking an equal share of the visible run (whole tiles), and writing its unnormalised partial
+output with its running max and sum; ``_merge_kernel`` (or a consumer that merges as it loads)
+combines them: m = max mₛ, l = Σ lₛ·2^(mₛ−m), out = Σ accₛ·2^(mₛ−m) / l.
 """
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["decode", "decode_config", "MAX_HEAD_DIM"]
+from .common import aligned, alignment, launch
+
+__all__ = ["decode", "decode_config", "merge", "merge_chunk", "splits_for", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 512
 LOG2E = 1.4426950408889634
@@ -45,22 +53,30 @@ def _visible_slots(p, BC, NB, PRIME, ENC, KIND: tl.constexpr):
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, pos_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, pos_ptr,
     sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, so_n, so_h,
     H, D, BC, NB, PRIME, ENC, qk_scale,
-    KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     nh = tl.program_id(0)
+    split = tl.program_id(1)
     n = (nh // H).to(tl.int64)
     h = (nh % H).to(tl.int64)
     p = tl.load(pos_ptr)
     lo, hi = _visible_slots(p, BC, NB, PRIME, ENC, KIND)
+    if SPLITS > 1:  # this program's share of the run: whole tiles, the last share shorter
+        share = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), SPLITS) * BLOCK_N
+        lo = lo + split * share
+        hi = tl.minimum(lo + share, hi)
 
+    D = aligned(D, ALIGN)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    q = tl.load(q_ptr + n * sq_n + h * sq_h + d, mask=d_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
-    k_ptr += n * sk_n + h * sk_h
-    v_ptr += n * sv_n + h * sv_h
+    q = tl.load(q_ptr + aligned(n * sq_n + h * sq_h, ALIGN) + d, mask=d_ok, other=0.0).to(tl.float32)  # [BLOCK_D]
+    k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
+    v_ptr += aligned(n * sv_n + h * sv_h, ALIGN)
+    sk_s, sv_s = aligned(sk_s, ALIGN), aligned(sv_s, ALIGN)
     m_i = tl.full((), float("-inf"), tl.float32)
     l_i = tl.full((), 0.0, tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
@@ -80,28 +96,91 @@ def _decode_kernel(
         pv = pr.to(v.dtype).to(tl.float32)[:, None] * v.to(tl.float32)
         acc = acc * alpha + tl.sum(pv, axis=0)
         m_i = m_new
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)  # no visible slot: zeros
-    tl.store(o_ptr + n * so_n + h * so_h + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+    if SPLITS == 1:
+        out = acc / tl.where(l_i > 0.0, l_i, 1.0)  # no visible slot: zeros
+        tl.store(o_ptr + aligned(n * so_n + h * so_h, ALIGN) + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+    else:  # partials fp32 [N·H, SPLITS, BLOCK_D + 2]: acc, then m (log2 units) and l
+        row = part_ptr + (nh.to(tl.int64) * SPLITS + split) * (BLOCK_D + 2)
+        tl.store(row + d, acc)
+        tl.store(row + BLOCK_D, m_i)
+        tl.store(row + BLOCK_D + 1, l_i)
+
+
+@triton.jit
+def merge(part_ptr, nh, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+    """The attention output [BLOCK_D] fp32 of (sample, head) ``nh`` from its SPLITS partials,
+    read CHUNK shares at a time (:func:`merge_chunk`)."""
+    row = BLOCK_D + 2
+    base = part_ptr + nh.to(tl.int64) * SPLITS * row
+    shares = tl.arange(0, SPLITS)
+    m = tl.load(base + shares * row + BLOCK_D)  # [SPLITS] running maxima (log2 units)
+    l = tl.load(base + shares * row + BLOCK_D + 1)  # [SPLITS] sums
+    m_all = tl.max(m, 0)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)  # every share empty: the output is zero
+    total = tl.sum(tl.where(l > 0.0, l * tl.exp2(m - m_all), 0.0), 0)
+    d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for c in range(0, SPLITS, CHUNK):
+        sc = c + tl.arange(0, CHUNK)
+        weight = tl.where(tl.load(base + sc * row + BLOCK_D + 1) > 0.0,
+                          tl.exp2(tl.load(base + sc * row + BLOCK_D) - m_all), 0.0)  # [CHUNK]; empty shares: 0
+        acc += tl.sum(tl.load(base + sc[:, None] * row + d[None, :]) * weight[:, None], 0)
+    return acc / tl.where(total > 0.0, total, 1.0)
+
+
+@triton.jit
+def _merge_kernel(part_ptr, o_ptr, so_n, so_h, H, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr,
+                  CHUNK: tl.constexpr):
+    nh = tl.program_id(0)
+    d = tl.arange(0, BLOCK_D)
+    out = merge(part_ptr, nh, SPLITS, BLOCK_D, CHUNK)
+    tl.store(o_ptr + (nh // H).to(tl.int64) * so_n + (nh % H) * so_h + d, out.to(o_ptr.dtype.element_ty), mask=d < D)
 
 
 def decode_config(d: int) -> dict:
     """Compile-time constants and launch options for head width d."""
     block_d = max(16, triton.next_power_of_2(d))
-    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=4 if block_d <= 128 else 8,
+    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8,
                 enable_fp_fusion=True)
+
+
+def merge_chunk(splits: int, block_d: int) -> int:
+    """Shares :func:`merge` reads at once: at most 4096 partial values."""
+    return min(splits, max(1, 4096 // block_d))
+
+
+def splits_for(programs: int, span: int, d: int, sms: int = 132) -> int:
+    """Shares of the cache for ``programs`` (sample, head) pairs whose query sees up to ``span``
+    slots: long runs (512 slots and more: dense and cross-attention layers) split in a power of
+    two of shares, until there are two programs per SM or a share would hold fewer than two tiles;
+    short runs (block, column, previous-block, prime layers) are cheaper than a merge."""
+    block_n = decode_config(d)["BLOCK_N"]
+    splits = 1
+    if span < 512:
+        return splits
+    while programs * splits < 2 * sms and span >= 4 * splits * block_n:
+        splits *= 2
+    return splits
 
 
 def decode(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, position: torch.Tensor,
     kind: int, block_ctx: int, blocks: int, prime_len: int, enc_length: int, scale: float,
+    splits: int = 1, partials: torch.Tensor | None = None,
 ) -> None:
     """Fill ``out`` [N, H, d] from q [N, H, d] and the cache k, v [N, H, S, d] (unit stride along
-    d) for the query at ``position`` (one-element int64 tensor on the same device)."""
+    d) for the query at ``position`` (one-element int64 tensor on the same device). With
+    ``splits`` > 1, ``partials`` fp32 [N·H, splits, BLOCK_D + 2] is the scratch of the shares."""
     n, h, d = q.shape
-    _decode_kernel[(n * h,)](
-        q, k, v, out, position,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1),
-        h, d, block_ctx, blocks, prime_len, enc_length, scale * LOG2E,
-        KIND=kind, **decode_config(d),
-    )
+    config = decode_config(d)
+    align = alignment(d, q, k, v, out)
+    part = partials if splits > 1 else out  # a placeholder the kernel never touches when unsplit
+    launch(_decode_kernel, (n * h, splits),
+           q, k, v, out, part, position,
+           q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+           out.stride(0), out.stride(1),
+           h, d, block_ctx, blocks, prime_len, enc_length, scale * LOG2E,
+           KIND=kind, SPLITS=splits, ALIGN=align, **config)
+    if splits > 1:
+        launch(_merge_kernel, (n * h,), partials, out, out.stride(0), out.stride(1), h, d,
+               SPLITS=splits, BLOCK_D=config["BLOCK_D"], CHUNK=merge_chunk(splits, config["BLOCK_D"]), num_warps=4)

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -126,6 +127,16 @@ def test_bench_runs_a_script_and_rejects_unknown_names(tmp_path, capsys):
     assert main(["bench", "decoder", "--out", str(tmp_path), "--", "--seconds", "0.3", "--runs", "1"]) == 0
     table = (tmp_path / "decoder.md").read_text()
     assert "| vqvae decode, fp32 |" in table and "speed-up" in table
+
+
+def test_bench_writes_into_a_relative_out_folder_and_runs_on_past_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # vq rejects --seconds and fails; decoder still runs, and its table lands under ./results here.
+    code = main(["bench", "vq", "decoder", "--out", "results", "--", "--seconds", "0.3", "--runs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "benchmark(s) failed: vq" in err
+    assert (tmp_path / "results" / "decoder.md").exists() and (tmp_path / "results" / "decoder.json").exists()
+    assert not (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "decoder.md").exists()  # the old bug
 
 
 def test_module_entry_points_run():

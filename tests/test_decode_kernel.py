@@ -8,11 +8,12 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+import jukebox_fast.kernels.decode as decode_kernels  # noqa: E402
 from conftest import kernel_device  # noqa: E402
 from jukebox_fast import dispatch, make_prior
 from jukebox_fast.models.decoding import IncrementalDecoder
 from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
-from test_prior_hf_parity import codes, labels
+from prior_inputs import codes, labels
 
 pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
@@ -41,6 +42,42 @@ def test_matches_the_reference_at_every_kind_of_position(layout, dtype, d):
         if dtype == torch.float32:
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
         else:  # the 2× rule against the reference on fp32 copies of the same inputs
+            exact = decode_attention(q.float(), k.float(), v.float(), layout, pos, backend="torch")
+            err, ref_err = (got.float() - exact).abs().max(), (ref.float() - exact).abs().max()
+            assert err <= 2 * ref_err + torch.finfo(dtype).eps * exact.abs().max(), (p, err, ref_err)
+
+
+@pytest.mark.parametrize("splits", [2, 8])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{l.pattern.name}{l.pattern.block_ctx}")
+def test_split_cache_matches_the_reference(layout, splits, monkeypatch):
+    # Flash-decoding: the run is shared among `splits` programs, whose partials are merged.
+    # Small positions leave some shares empty; 8 shares of a 37-slot run are tiles of one slot.
+    monkeypatch.setattr(decode_kernels, "splits_for", lambda *args, **kwargs: splits)
+    dev = kernel_device()
+    k = torch.randn(2, 3, layout.size, 24, device=dev)
+    v, q = torch.randn_like(k), torch.randn(2, 3, 24, device=dev)
+    for p in POSITIONS:
+        pos = torch.tensor([p], device=dev)
+        torch.testing.assert_close(decode_attention(q, k, v, layout, pos, backend="triton"),
+                                   decode_attention(q, k, v, layout, pos, backend="torch"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [64, 80, 256, 480])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+def test_released_head_widths_on_a_long_dense_cache(d, dtype):
+    # 600 slots: long enough that the launcher itself splits the cache.
+    dev = kernel_device()
+    layout = CacheLayout(AttentionPattern(0), 600)
+    assert decode_kernels.splits_for(2, layout.span, d) > 1
+    k = torch.randn(1, 2, layout.size, d).to(dev, dtype)
+    v, q = torch.randn_like(k), torch.randn(1, 2, d).to(dev, dtype)
+    for p in (0, 63, 64, 599):
+        pos = torch.tensor([p], device=dev)
+        got = decode_attention(q, k, v, layout, pos, backend="triton")
+        ref = decode_attention(q, k, v, layout, pos, backend="torch")
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        else:
             exact = decode_attention(q.float(), k.float(), v.float(), layout, pos, backend="torch")
             err, ref_err = (got.float() - exact).abs().max(), (ref.float() - exact).abs().max()
             assert err <= 2 * ref_err + torch.finfo(dtype).eps * exact.abs().max(), (p, err, ref_err)

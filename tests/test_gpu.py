@@ -77,9 +77,11 @@ def test_vq_kernels_at_60_seconds_of_level_0_codes(dtype):
     torch.testing.assert_close(out.sums.double(), sums, rtol=1e-4, atol=1e-3)
 
 
-def test_cuda_graph_decoding_equals_eager():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_graph_decoding_equals_eager(backend):
+    from jukebox_fast.dispatch import use_backend
     from jukebox_fast.models.decoding import IncrementalDecoder
-    from test_prior_hf_parity import codes, labels
+    from prior_inputs import codes, labels
 
     torch.manual_seed(0)
     prior = make_prior("tiny_prior", device="cuda").eval()
@@ -88,7 +90,8 @@ def test_cuda_graph_decoding_equals_eager():
         tokens, x_cond, y_cond, enc, _ = prior.lm_inputs(zs[0].cuda(), None, y.cuda())
     outs = {}
     for graph in (False, True):
-        decoder = IncrementalDecoder(prior.prior, 2, x_cond, y_cond, enc)
+        with use_backend(decode_layers=backend):  # the step's implementation is resolved when the decoder is made
+            decoder = IncrementalDecoder(prior.prior, 2, x_cond, y_cond, enc)
         steps = [decoder.prefill(tokens[:, :20])[:, -1]]
         for t in range(20, tokens.shape[1]):
             if graph and decoder._graph is None:

@@ -7,7 +7,7 @@ import torch
 from conftest import read_keys_tsv
 from jukebox_fast import CheckpointError, hparams, load_prior, make_prior, save_prior
 from jukebox_fast.ops.patterns import layer_kinds
-from test_prior_hf_parity import codes, labels
+from prior_inputs import codes, labels
 
 RELEASED = ["prior_5b", "prior_5b_lyrics", "prior_1b_lyrics", "upsampler_level_0", "upsampler_level_1"]
 

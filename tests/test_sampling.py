@@ -11,7 +11,7 @@ from jukebox_fast.models.decoding import IncrementalDecoder
 from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
 from jukebox_fast.sample import (Sampling, Song, draw, filter_logits, generate, get_starts, inverse_cdf, sample_level,
                                  sample_window)
-from test_prior_hf_parity import codes, labels
+from prior_inputs import codes, labels
 
 PRESETS = ["tiny_prior", "tiny_prior_5b_lyrics", "tiny_upsampler"]
 

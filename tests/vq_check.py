@@ -32,7 +32,9 @@ def assert_nearest(x, c, idx, dist, reference=None) -> None:
 
     Without ``reference`` the bound is the analytic fp32 expansion error. With ``reference``
     (the torch implementation's (idx, dist) on the same inputs) an implementation may err by no
-    more than twice what the reference errs on these inputs, plus one eps of the row's scale.
+    more than twice what the reference errs on these inputs, or by the analytic bound where that
+    is larger: an fp32 kernel rounds in another order than the reference (three TF32 products on
+    the GPU, kernels/common.py), within the expansion's own rounding.
     """
     n = x.shape[0]
     assert idx.shape == (n,) and idx.dtype == torch.int64, (idx.shape, idx.dtype)
@@ -46,7 +48,7 @@ def assert_nearest(x, c, idx, dist, reference=None) -> None:
         tol = bound
     else:
         ref_gap, ref_err = errors(x, c, *reference)
-        tol = 2 * torch.maximum(ref_gap, ref_err).max() + bound / 4
+        tol = torch.maximum(2 * torch.maximum(ref_gap, ref_err).max(), bound)
     gap, err = errors(x, c, idx, dist)
     assert bool((gap <= tol).all()), f"a chosen code is not (near-)nearest: gap {gap.max():.3g} > tol {tol.max():.3g}"
     assert bool((err <= tol).all()), f"a distance is off: {err.max():.3g} > tol {tol.max():.3g}"

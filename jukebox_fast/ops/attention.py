@@ -176,10 +176,10 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("jukebox_fast::sparse_attention_fwd", mutates_args=())
-def _triton_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: int, block_ctx: int, prime_len: int, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def triton_forward(q, k, v, kind: int, block_ctx: int, prime_len: int, scale: float):
+    """The forward kernel on q, k, v as the model passes them: (out [N, H, Lq, d] stored as
+    [N, Lq, H, d], log2-sum-exp fp32 [N, H, Lq]). The body of the custom op below, and what the
+    resource check compiles (``jukebox_fast.kernel_resources``)."""
     from ..kernels import attention as kernels
 
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
@@ -191,16 +191,21 @@ def _triton_forward(
     return out, lse
 
 
+@torch.library.custom_op("jukebox_fast::sparse_attention_fwd", mutates_args=())
+def _triton_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: int, block_ctx: int, prime_len: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_forward(q, k, v, kind, block_ctx, prime_len, scale)
+
+
 @_triton_forward.register_fake
 def _(q, k, v, kind, block_ctx, prime_len, scale):
     return _heads_inner(q, q.shape[2], v.dtype), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op("jukebox_fast::sparse_attention_bwd", mutates_args=())
-def _triton_backward(
-    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-    lse: torch.Tensor, kind: int, block_ctx: int, prime_len: int, scale: float, deterministic: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def triton_backward(grad, q, k, v, out, lse, kind: int, block_ctx: int, prime_len: int, scale: float,
+                    deterministic: bool):
+    """The backward kernels: (dq, dk, dv) stored as [N, L, H, d]; the body of the custom op below."""
     from ..kernels import attention as kernels
 
     grad, q, k, v = _unit_stride(grad), _unit_stride(q), _unit_stride(k), _unit_stride(v)
@@ -213,6 +218,14 @@ def _triton_backward(
     else:  # no query or no key: nothing flows
         dq, dk, dv = dq.zero_(), dk.zero_(), dv.zero_()
     return dq, dk, dv
+
+
+@torch.library.custom_op("jukebox_fast::sparse_attention_bwd", mutates_args=())
+def _triton_backward(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, kind: int, block_ctx: int, prime_len: int, scale: float, deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return triton_backward(grad, q, k, v, out, lse, kind, block_ctx, prime_len, scale, deterministic)
 
 
 @_triton_backward.register_fake

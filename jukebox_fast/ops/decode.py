@@ -56,6 +56,12 @@ class CacheLayout:
         return {0: self.length, 1: bc, 2: bc * self.blocks, 3: 2 * bc, 6: self.enc_length,
                 7: self.pattern.prime_len + 1}[kind]
 
+    @property
+    def span(self) -> int:
+        """The most slots one query sees (its visible run is at most this long)."""
+        kind, bc = self.pattern.kind, self.pattern.block_ctx
+        return {0: self.length, 1: bc, 2: self.blocks, 3: bc, 6: self.enc_length, 7: self.pattern.prime_len}[kind]
+
     def slots(self, positions: torch.Tensor) -> torch.Tensor:
         """Slot of each position (int64 tensor, any shape)."""
         kind, bc = self.pattern.kind, self.pattern.block_ctx
@@ -163,14 +169,29 @@ def triton_supports(q, k, v, layout, position, scale) -> list[str]:
     return dispatch.triton_reasons(q, k, v, position) or head_reasons(q, k, v, MAX_HEAD_DIM)
 
 
+def multiprocessors(device: torch.device) -> int:
+    """SMs of a CUDA device (132 on an H200); the H200's count elsewhere (the interpreter, the
+    resource check), so a launch there is shaped as on the GPU the kernels are written for."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
 def decode_attention_triton(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
     from ..kernels import decode as kernels
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    n, h, d = q.shape
     out = buffers.new_empty(tuple(q.shape), v.dtype, q.device)
     if out.numel():
+        # Split the cache where one program per (sample, head) leaves SMs idle (flash-decoding).
+        splits = kernels.splits_for(n * h, layout.span, d, multiprocessors(q.device))
+        partials = None
+        if splits > 1:  # scratch [N·H, splits, BLOCK_D + 2]: each share's acc, max and sum
+            width = kernels.decode_config(d)["BLOCK_D"] + 2
+            partials = torch.empty(n * h, splits, width, dtype=torch.float32, device=q.device)
         kernels.decode(q, k, v, out, position, layout.pattern.kind, layout.pattern.block_ctx, layout.blocks,
-                       layout.pattern.prime_len, layout.enc_length, scale)
+                       layout.pattern.prime_len, layout.enc_length, scale, splits, partials)
     return out
 
 

@@ -1,0 +1,440 @@
+"""What each Triton kernel needs on an H200: every configuration the dispatch can choose at the
+released shapes, compiled for sm_90 exactly as a launch compiles it.
+
+A launch specialises a kernel on its arguments (16-byte aligned pointers and strides get the
+divisibility attribute, integers equal to 1 become constants) and the launcher picks its tiles
+and options. So the check restates none of that: it calls the ops' own Triton code paths
+(``ops.attention.triton_forward`` / ``triton_backward``, ``ops.decode.decode_attention_triton``,
+the VQ launchers) on meta tensors shaped and strided as the model passes them, inside
+:func:`kernels.common.compile_only`, where each launch is compiled by Triton's ``warmup`` (its
+binder, its option parsing) and not run. A stand-in driver gives Triton the target, so no GPU is
+needed; on a GPU machine ``--device`` takes the target from the device.
+
+For every compiled kernel it reads the dynamic shared memory Triton asks the launch for, and
+from the machine code (``cuobjdump -res-usage``) the registers, stack frame and local memory per
+thread, and works out how many blocks fit on one SM; from the PTX, the matrix instructions, the
+atomics' memory ordering and the widest global load. A configuration passes when its shared
+memory fits a block's limit (227 KiB on sm_90), it uses no stack or local memory (nothing
+spills) and at least one block fits on an SM.
+
+    python -m jukebox_fast.kernel_resources --out benchmarks/results/kernels_sm90.md --json res.json
+    python -m jukebox_fast.kernel_resources --device   # on a GPU machine, for its architecture
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["SM90", "Case", "Row", "cases", "run_case", "check", "triton_folder", "markdown", "main"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-block and per-SM limits of the target (sm_90: H100 and H200)."""
+
+    name: str = "sm_90 (H100/H200)"
+    shared_per_block: int = 227 * 1024  # dynamic shared memory a block may opt in to
+    shared_per_sm: int = 228 * 1024
+    shared_reserved_per_block: int = 1024  # the system's share of each resident block
+    registers_per_sm: int = 65536
+    register_unit: int = 256  # registers are allocated per warp in units of this many
+    warps_per_sm: int = 64
+    blocks_per_sm: int = 32
+
+
+SM90 = Limits()
+WIDTHS = (64, 80, 150, 256, 480)  # head widths: 80, 150, 256, 480 are the released models'
+HEADS = {64: 2, 80: 4, 150: 8, 256: 2, 480: 1}  # heads of the model with that width (64: any)
+KINDS = (0, 1, 2, 3, 6, 7)  # every pattern kind with a code path of its own
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+LENGTH, BLOCK_CTX, PRIME, ENCODER = 8192, 64, 448, 512  # n_ctx, block_ctx, P (1b_lyrics), lyric tokens
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass
+class Case:
+    """One configuration: what the dispatch would run, as a function that makes its launches."""
+
+    op: str
+    config: str
+    launches: Callable[[], None]
+
+
+@dataclass
+class Row:
+    """The resources of one compiled kernel of a case."""
+
+    op: str
+    config: str
+    kernel: str
+    tiles: str
+    warps: int
+    stages: int
+    shared: int
+    registers: int
+    stack: int
+    local: int
+    blocks_per_sm: int
+    tensor_cores: str = ""  # "wgmma", "mma" or "" (from the PTX)
+    atomics: str = ""  # the memory orderings of the global atomics, e.g. "relaxed"
+    load_bytes: int = 0  # the widest global load per thread, bytes (ld.global or cp.async)
+    problems: list[str] = field(default_factory=list)
+
+
+# -- the cases -------------------------------------------------------------------------------------
+def _meta(*shape, dtype=torch.float32) -> torch.Tensor:
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
+    n, length, _ = t.shape
+    return t.view(n, length, h, -1).transpose(1, 2)  # [N, H, L, d], as FactoredAttention._heads
+
+
+def _attention_inputs(kind: int, d: int, dtype: torch.dtype):
+    """q, k, v [N, H, L, d] as FactoredAttention passes them: head views of the projections
+    (q | k | v thirds of c_attn's [N, L, 3·H·d]; for cross-attention q from c_attn and k | v from
+    c_enc_kv over the lyric states)."""
+    h, n = HEADS[d], 1
+    if kind == 6:
+        q = _heads(_meta(n, LENGTH, h * d, dtype=dtype), h)
+        k, v = (_heads(t, h) for t in _meta(n, ENCODER, 2 * h * d, dtype=dtype).chunk(2, dim=2))
+    else:
+        q, k, v = (_heads(t, h) for t in _meta(n, LENGTH, 3 * h * d, dtype=dtype).chunk(3, dim=2))
+    return q, k, v
+
+
+def _attention_case(kind: int, d: int, dtype: torch.dtype, phase: str) -> Case:
+    from .ops.attention import _heads_inner, triton_backward, triton_forward
+
+    scale = 1.0 / math.sqrt(d)
+
+    def launches() -> None:
+        q, k, v = _attention_inputs(kind, d, dtype)
+        if phase == "forward":
+            triton_forward(q, k, v, kind, BLOCK_CTX, PRIME, scale)
+            return
+        # The forward's outputs as it lays them out; the gradient of [N, L, H·d] arrives contiguous
+        # and is viewed back per head.
+        out, lse = _heads_inner(q, q.shape[2], v.dtype), _meta(*q.shape[:3])
+        grad = _meta(*out.transpose(1, 2).shape, dtype=dtype).transpose(1, 2)
+        triton_backward(grad, q, k, v, out, lse, kind, BLOCK_CTX, PRIME, scale,
+                        deterministic=phase == "backward, deterministic dQ")
+
+    return Case("sparse_attention", f"{phase}, kind {kind}, d={d}, {_name(dtype)}", launches)
+
+
+def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
+    from .kernels import vq as kernels
+
+    d, k = 64, 2048
+
+    def launches() -> None:
+        x, c = _meta(n, d, dtype=dtype), _meta(k, d, dtype=dtype)
+        code_sq, idx, dist = _meta(k), _meta(n, dtype=torch.int64), _meta(n)
+        if variant == "search":  # vq_nearest
+            kernels.search(x, c, code_sq, idx, dist)
+            return
+        q, errors = _meta(n, d, dtype=dtype), _meta(kernels.errors_size(n, d))
+        if variant == "fused statistics, atomics":  # vq_quantise
+            kernels.search(x, c, code_sq, idx, dist, q, errors, _meta(k, dtype=torch.int32), _meta(k, d))
+            return
+        kernels.search(x, c, code_sq, idx, dist, q, errors)  # deterministic: sums in a second pass
+        counts = _meta(k, dtype=torch.int64)
+        kernels.segment_sums(x, _meta(n, dtype=torch.int64), counts, counts, _meta(k, d))
+
+    return Case("vq", f"{variant}, D=64, K=2048, N={n}, {_name(dtype)}", launches)
+
+
+def _decode_case(kind: int, d: int, dtype: torch.dtype, length: int) -> Case:
+    from .ops.decode import CacheLayout, decode_attention_triton
+    from .ops.patterns import AttentionPattern
+
+    layout = CacheLayout(AttentionPattern(kind, BLOCK_CTX, PRIME), length, ENCODER)
+
+    def launches() -> None:
+        h, n = HEADS[d], 1
+        # The step's q is the first third of c_attn's output row, viewed per head.
+        q = _meta(n, (1 if kind == 6 else 3) * h * d, dtype=dtype)[:, : h * d].reshape(n, h, d)
+        k, v = _meta(n, h, layout.size, d, dtype=dtype), _meta(n, h, layout.size, d, dtype=dtype)
+        decode_attention_triton(q, k, v, layout, _meta(1, dtype=torch.int64), 1.0 / math.sqrt(d))
+
+    return Case("decode_attention", f"kind {kind}, d={d}, cache {length}, {_name(dtype)}", launches)
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """Every configuration; ``quick`` keeps one dtype and two widths (for a dry run)."""
+    dtypes = DTYPES[:2] if quick else DTYPES
+    widths = (150, 480) if quick else WIDTHS
+    kinds = (1, 6) if quick else KINDS
+    out = [_vq_case(t, n, v) for t in dtypes for n in (330_736, 6890)
+           for v in ("search", "fused statistics, atomics", "fused, deterministic statistics")]
+    for d in widths:
+        for kind in kinds:
+            for t in dtypes:
+                for phase in ("forward", "backward, atomic dQ", "backward, deterministic dQ"):
+                    out.append(_attention_case(kind, d, t, phase))
+    out += [_decode_case(kind, d, t, LENGTH) for d in widths for kind in kinds for t in dtypes]
+    return out
+
+
+# -- compiling and reading ---------------------------------------------------------------------------
+class _StandInDriver:
+    """Stands in for Triton's CUDA driver: compiles for ``arch`` (default sm_90) on any machine,
+    GPU or not; nothing is ever launched (compile_only)."""
+
+    def __init__(self, arch: int = 90):
+        self.arch = arch
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", self.arch, 32)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("meta")
+
+
+def device_arch() -> int:
+    """The compute capability of this machine's GPU as Triton targets it (90 on an H200)."""
+    from triton.runtime import driver
+
+    target = driver.active.get_current_target()
+    return int(target.arch)
+
+
+def _cuobjdump() -> str:
+    import triton.backends.nvidia as nvidia
+
+    bundled = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    found = str(bundled) if bundled.exists() else shutil.which("cuobjdump")
+    if not found:
+        raise RuntimeError("cuobjdump not found (Triton's NVIDIA backend bundles it)")
+    return found
+
+
+def _usage(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, LOCAL (per thread) and static SHARED of the cubin's kernel."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in text.splitlines() if "REG:" in ln)
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
+
+
+def blocks_per_sm(registers: int, warps: int, shared: int, limits: Limits = SM90) -> int:
+    """Resident blocks per SM, from registers, warps and shared memory."""
+    per_warp = math.ceil(registers * 32 / limits.register_unit) * limits.register_unit
+    by_registers = (limits.registers_per_sm // per_warp) // warps if per_warp else limits.blocks_per_sm
+    by_warps = limits.warps_per_sm // warps
+    by_shared = limits.shared_per_sm // (shared + limits.shared_reserved_per_block)
+    return max(0, min(limits.blocks_per_sm, by_registers, by_warps, by_shared))
+
+
+def ptx_facts(ptx: str) -> dict:
+    """What the PTX says about the matrix instructions, the atomics and the load width."""
+    cores = "wgmma" if "wgmma.mma_async" in ptx else "mma" if re.search(r"\bmma\.sync", ptx) else ""
+    orders = re.findall(r"\b(?:red|atom)\.global\.(?:\w+\.)?(relaxed|acq_rel|acquire|release)\.", ptx)
+    plain = re.findall(r"\b(?:red|atom)\.global\.(?:add|inc|max|min|and|or|xor|exch|cas)\b", ptx)  # relaxed
+    widths = [int(v or 1) * int(b) // 8 for v, b in re.findall(r"\bld\.global[\w.]*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx)]
+    widths += [int(n) for n in re.findall(r"\bcp\.async\.c[ag]\.shared\.global(?:\.\w+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*(\d+)", ptx)]
+    if "cp.async.bulk.tensor" in ptx:
+        widths.append(16)
+    return {"tensor_cores": cores, "atomics": ", ".join(sorted(set(orders + ["relaxed"] * bool(plain)))),
+            "load_bytes": max(widths, default=0)}
+
+
+_TILE_NAMES = ("BLOCK_N", "BLOCK_K", "BLOCK_M", "BLOCK_D", "BLOCK_DK", "BLOCK_DV", "D_CHUNKS", "PRECISION")
+
+
+def _row(case: Case, kernel, compiled, limits: Limits) -> Row:
+    md = compiled.metadata
+    usage = _usage(compiled.asm["cubin"])
+    src = getattr(compiled, "src", None)
+    constants = getattr(src, "constants", {}) or {}
+    names = kernel.arg_names
+    values = {names[key[0]]: value for key, value in constants.items() if isinstance(key, tuple) and len(key) == 1}
+    tiles = ", ".join(f"{n}={getattr(values[n], 'value', values[n])}" for n in _TILE_NAMES if n in values)
+    row = Row(case.op, case.config, kernel.fn.__name__, tiles, md.num_warps, md.num_stages, md.shared,
+              usage["REG"], usage["STACK"], usage["LOCAL"], blocks_per_sm(usage["REG"], md.num_warps, md.shared, limits),
+              **ptx_facts(compiled.asm["ptx"]))
+    if md.shared > limits.shared_per_block:
+        row.problems.append(f"{md.shared} B shared > {limits.shared_per_block}")
+    if usage["STACK"] or usage["LOCAL"]:
+        row.problems.append(f"spills: {usage['STACK']} B stack, {usage['LOCAL']} B local")
+    if row.blocks_per_sm < 1:
+        row.problems.append("does not fit on an SM")
+    return row
+
+
+def run_case(case: Case, arch: int = 90, limits: Limits = SM90) -> list[Row]:
+    """Compile one case's launches for ``arch`` and read their resources."""
+    from triton.runtime import driver
+
+    from .kernels.common import compile_only
+
+    driver.set_active(_StandInDriver(arch))
+    try:
+        with compile_only() as compiled:
+            case.launches()
+    except Exception as e:  # an OutOfResources or a compiler error is this case's result
+        return [Row(case.op, case.config, "?", "", 0, 0, 0, 0, 0, 0, 0, problems=[f"{type(e).__name__}: {str(e)[:300]}"])]
+    finally:
+        driver.set_active(None)  # back to the default, created lazily (reset_active would create it now)
+    return [_row(case, kernel, kc, limits) for kernel, _, kc in compiled]
+
+
+def _run_index(args) -> list[Row]:
+    index, quick, arch = args
+    return run_case(cases(quick)[index], arch)
+
+
+def check(quick: bool = False, arch: int = 90, jobs: int | None = None) -> list[Row]:
+    """Every case's rows, compiled for ``arch`` in ``jobs`` processes."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("unset TRITON_INTERPRET: the check compiles the kernels for the GPU")
+    work = [(i, quick, arch) for i in range(len(cases(quick)))]
+    jobs = jobs or min(os.cpu_count() or 1, 16)
+    if jobs == 1:
+        results = [_run_index(w) for w in work]
+    else:  # spawned workers: no CUDA state crosses a fork
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_index, work, chunksize=4))
+    return [row for rows in results for row in rows]
+
+
+def versions(device: bool = False) -> dict[str, str]:
+    import triton
+
+    out = {"triton": triton.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+    out["target"] = (f"{torch.cuda.get_device_name()} (sm_{device_arch()}, compiled on that machine)" if device
+                     else "sm_90 (compiled without a GPU)")
+    try:
+        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        out["commit"] = ""
+    return out
+
+
+def triton_folder(version: str) -> Path:
+    """A folder holding Triton ``version`` alone (pip --target), for ``PYTHONPATH``: installed once
+    into ``$JUKEBOX_FAST_TRITON_CACHE`` (default ~/.cache/jukebox_fast/triton-<version>)."""
+    base = Path(os.environ.get("JUKEBOX_FAST_TRITON_CACHE") or Path.home() / ".cache" / "jukebox_fast")
+    folder = base / f"triton-{version}"
+    if (folder / "triton" / "__init__.py").exists():
+        return folder
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=base))
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp),
+                           f"triton=={version}"], capture_output=True, text=True)
+    if done.returncode:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"pip could not install triton=={version} into {base}: {done.stderr.strip()[-500:]}")
+    try:
+        os.rename(tmp, folder)  # atomic; another process may have got there first, which is as good
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def report(rows: list[Row], info: dict[str, str]) -> dict:
+    return {"versions": info, "rows": [dataclasses.asdict(r) for r in rows]}
+
+
+def _report_with(folder: Path, quick: bool, jobs: int | None) -> dict:
+    """The check run by the Triton in ``folder`` (a subprocess with it first on the path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "jukebox_fast.kernel_resources", "--json", str(out)]
+        cmd += ["--quick"] * quick + ([f"--jobs={jobs}"] if jobs else [])
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if not out.exists():
+            raise RuntimeError(f"the check under {folder} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        return json.loads(out.read_text())["reports"][0]
+
+
+def markdown(reports: list[dict]) -> str:
+    lines = ["# Triton kernels on sm_90: resources of every configuration", "",
+             "Written by `python -m jukebox_fast.kernel_resources`. Every configuration the dispatch can choose at "
+             "the released shapes, compiled as a launch compiles it. Limits per block: "
+             f"{SM90.shared_per_block} B of shared memory, no stack or local memory (no spills), at least one block "
+             "per SM. Shared = the dynamic shared memory the launch requests; registers, stack and local are per "
+             "thread; blocks/SM from registers, warps and shared memory; matrix, atomics and load B (the widest "
+             "global load per thread) from the PTX.", ""]
+    for rep in reports:
+        info, rows = rep["versions"], rep["rows"]
+        bad = [r for r in rows if r["problems"]]
+        lines += [f"## Triton {info['triton']}", "",
+                  f"torch {info['torch']}, Python {info['python']}, target {info['target']}, commit {info['commit']}: "
+                  f"{len(rows)} kernels compiled, {len(bad)} over a limit.", "",
+                  "| op | configuration | kernel | tiles | warps | stages | shared (B) | registers | stack | local "
+                  "| blocks/SM | matrix | atomics | load B | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ok = "yes" if not r["problems"] else "NO: " + "; ".join(r["problems"])
+            lines.append(f"| {r['op']} | {r['config']} | {r['kernel']} | {r['tiles']} | {r['warps']} | {r['stages']} "
+                         f"| {r['shared']} | {r['registers']} | {r['stack']} | {r['local']} | {r['blocks_per_sm']} "
+                         f"| {r['tensor_cores'] or '-'} | {r['atomics'] or '-'} | {r['load_bytes']} | {ok} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jukebox_fast.kernel_resources", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="write the markdown tables here")
+    p.add_argument("--json", help="write the reports (rows and versions) as JSON here")
+    p.add_argument("--device", action="store_true", help="compile for this machine's GPU (its architecture)")
+    p.add_argument("--also-triton", nargs="*", default=[], metavar="VERSION",
+                   help="run the check with these Triton versions too (installed into a cache folder)")
+    p.add_argument("--quick", action="store_true", help="a few configurations only (dry runs)")
+    p.add_argument("--jobs", type=int, default=None, help="compiler processes (default: the cores, up to 16)")
+    args = p.parse_args(argv)
+    reports = [report(check(args.quick, device_arch() if args.device else 90, args.jobs), versions(args.device))]
+    reports += [_report_with(triton_folder(v), args.quick, args.jobs) for v in args.also_triton]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(markdown(reports))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"reports": reports}, indent=1))
+    over = 0
+    for rep in reports:
+        bad = [r for r in rep["rows"] if r["problems"]]
+        over += len(bad)
+        for r in bad:
+            print(f"OVER (Triton {rep['versions']['triton']}): {r['op']} | {r['config']} | {r['kernel']}: "
+                  f"{'; '.join(r['problems'])}")
+        print(f"{len(rep['rows'])} kernels compiled with Triton {rep['versions']['triton']} for "
+              f"{rep['versions']['target']}; {len(bad)} over a limit")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
