@@ -51,7 +51,8 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     dev = args.device
-    size, n, runs = (1 << 22, 256, 2) if args.dry_run else (4 << 30, 8192, 10)
+    # Several times the L2 and a product that fills the chip on a GPU; a CPU gets sizes it measures in seconds.
+    size, n, runs = (1 << 22, 256, 2) if args.dry_run else (4 << 30, 8192, 10) if dev == "cuda" else (1 << 28, 2048, 3)
     smi = nvidia_smi() if dev == "cuda" else {}
     facts = {"device": device_name(dev), **{f"nvidia-smi {k}": v for k, v in smi.items()}}
     if dev == "cuda":
@@ -61,8 +62,8 @@ def main() -> None:
                       "L2 MiB": round(getattr(props, "L2_cache_size", 0) / 2**20, 1)})
     facts["copy GB/s (read + write)"] = round(copy_gbs(dev, size, runs))
     matmul_dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    facts[f"{str(matmul_dtype).removeprefix('torch.')} matmul TFLOP/s ({n}³)"] = round(
-        matmul_tflops(dev, n, matmul_dtype, runs), 1)
+    facts[f"{str(matmul_dtype).removeprefix('torch.')} matmul TFLOP/s ({n}³)"] = float(
+        f"{matmul_tflops(dev, n, matmul_dtype, runs):.3g}")
     lines = ["# Device facts and measured ceilings", "", f"{versions()}.", "", "| fact | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts.items()]
     report("\n".join(lines) + "\n", args.out)

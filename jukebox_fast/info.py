@@ -54,6 +54,11 @@ def report() -> str:
     env = {k: v for k, v in os.environ.items() if k.startswith(dispatch.ENV_GLOBAL)}
     lines.append("")
     lines.append("backend environment: " + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "none set"))
+    from .measured import CUDA_WINS
+
+    wins = ", ".join(f"{op}/{impl} ({where})" for (op, impl), where in sorted(CUDA_WINS.items()))
+    lines.append("on CUDA, auto takes a kernel only where a GPU benchmark measured it ahead of the reference: "
+                 + (wins or "none measured yet, so the references run unless a kernel is asked for"))
     return "\n".join(lines)
 
 

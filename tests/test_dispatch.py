@@ -43,6 +43,33 @@ def test_auto_passes_over_a_declining_impl_but_a_request_gets_it():
     assert reg.call("toy", "wide", backend="cpp") == "cpp"
 
 
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: what the dispatch's CUDA rule looks at."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_on_cuda_auto_takes_a_kernel_only_where_a_benchmark_measured_it_ahead(reg, monkeypatch):
+    from jukebox_fast import measured
+
+    x = torch.zeros(2).as_subclass(_OnCuda)
+    resolved = reg.resolve("toy", x)
+    assert resolved.name == "torch"  # cuda and triton: no recorded GPU win
+    assert reg.call("toy", x, backend="triton") == "triton"  # a request still gets the kernel
+    monkeypatch.setitem(measured.CUDA_WINS, ("toy", "triton"), "benchmarks/results/toy_h200.md")
+    assert reg.call("toy", x) == "triton"
+    assert reg.call("toy", torch.zeros(2)) == "cuda"  # CPU inputs: the rule does not apply
+    with pytest.raises(BackendUnavailableError, match="no benchmark has measured it ahead"):
+        monkeypatch.delitem(measured.CUDA_WINS, ("toy", "triton"))
+        bare = Registry()
+        bare.define_op("toy", order=("triton", "torch"))
+        bare.register("toy", "triton", lambda x: "triton")
+        bare.register("toy", "torch", lambda x: "torch", supports=lambda x: ["no"])
+        bare.call("toy", x)
+
+
 def test_precedence_argument_context_env_op_env_global(reg, monkeypatch):
     monkeypatch.setenv("JUKEBOX_FAST_BACKEND", "triton")
     assert reg.call("toy", "x") == "triton"
