@@ -163,6 +163,83 @@ def hf_rows(args, lines):
             print(lines[-1], file=sys.stderr, flush=True)
 
 
+# The released widths with a few layers, decoding at a long cache on a CPU.
+RELEASED_CPU = {
+    "prior_5b": dict(prior_depth=4, n_ctx=2048),
+    "prior_1b_lyrics": dict(prior_depth=4, n_ctx=2048),
+    "upsampler_level_1": dict(prior_depth=4, n_ctx=2048, cond_width=64, cond_depth=2),
+}
+
+
+def _with_matrices(prior, dtype):
+    """A copy of ``prior`` whose projection matrices (every Conv1D weight) are ``dtype``, as the
+    5b priors store theirs in fp16 (``fp16_params``)."""
+    import copy
+
+    from jukebox_fast.models.transformer import Conv1D
+
+    other = copy.deepcopy(prior)
+    for m in other.modules():
+        if isinstance(m, Conv1D):
+            m.w.data = m.w.data.to(dtype)
+    return other
+
+
+def released_rows(args, lines):
+    """Decode steps per second at the released widths, at a long cache: ours with 16-bit and with
+    fp32 projection matrices (the same values), our PyTorch step, and HF's sampler."""
+    try:
+        from test_prior_hf_parity import hf_config
+        from transformers.models.deprecated.jukebox import modeling_jukebox as jukebox
+    except (ImportError, Exception) as e:  # noqa: BLE001 - pytest.skip at import raises its own type
+        jukebox, why = None, str(e).splitlines()[0]
+    from jukebox_fast.checkpoint import openai_to_hf
+
+    prefix, new = args.cpu_prefill, args.cpu_steps
+    for name, overrides in RELEASED_CPU.items():
+        torch.manual_seed(0)
+        fp32 = make_prior(hparams.get(name, fp16_params=False, **overrides)).eval()
+        half = _with_matrices(fp32, torch.float16)
+        fp32 = _with_matrices(half, torch.float32)  # the fp16 values, as fp32: one model in every row
+        hf = None
+        if jukebox is not None:
+            cfg = hf_config(fp32.hps, fp32.vqvae_hps)
+            hf = jukebox.JukeboxPrior(cfg, level=cfg.level, nb_priors=fp32.vqvae_hps.levels).eval()
+            hf.load_state_dict(openai_to_hf(fp32.state_dict()), strict=True)
+        for n in args.cpu_batch:
+            zs, y = _conditioning(fp32, n, "cpu")
+            z_cond = zs[1] if len(zs) > 1 else None
+            context = zs[0][:, :prefix]
+
+            def ours(prior, step, total):
+                with use_backend(decode_layers=step):
+                    sample_window(prior, context, total, z_cond, y, Sampling(temp=1.0, progress=False))
+
+            def theirs(total):
+                with torch.no_grad():
+                    hf.sample(n, music_tokens=context, music_tokens_conds=zs[1:] or None, metadata=y, temp=1.0,
+                              sample_tokens=total, chunk_size=32)
+
+            def rate(fn) -> float:
+                """Tokens/s of the decode steps alone: a window of prefix + new tokens minus one of
+                prefix + 1 (the same prefill), median of the runs."""
+                long_run = median_time(lambda: fn(prefix + new), args.runs)[0]
+                short_run = median_time(lambda: fn(prefix + 1), args.runs)[0]
+                return n * (new - 1) / max(long_run - short_run, 1e-9)
+
+            cpp16 = rate(lambda t: ours(half, "auto", t))
+            cpp32 = rate(lambda t: ours(fp32, "auto", t))
+            ref = rate(lambda t: ours(fp32, "torch", t))
+            hf_rate = rate(theirs) if hf is not None else None
+            hps = fp32.hps
+            label = f"{name} (width {hps.prior_width}, {hps.prior_depth} layers)"
+            hf_cells = (f"{hf_rate:.0f} | {cpp16 / hf_rate:.2f}x | {cpp32 / hf_rate:.2f}x" if hf_rate
+                        else f"not run: {why} | – | –")
+            lines.append(f"| {label} | {n} | {prefix} | {cpp16:.0f} | {cpp32:.0f} | {ref:.0f} | {hf_cells} | "
+                         f"{cpp16 / cpp32:.2f}x |")
+            print(lines[-1], file=sys.stderr, flush=True)
+
+
 # --dry-run: the released structures at a width and length that run anywhere in seconds.
 TINY = dict(vqvae="tiny_vqvae", n_ctx=64, prior_width=32, prior_depth=4, heads=1, blocks=8, n_tokens=16,
             cond_width=16, cond_depth=2, min_duration=1.0)
@@ -186,6 +263,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="CPU: timed windows per sampler (median)")
     parser.add_argument("--hf", action="store_true", help="the CPU comparison with HF even where a GPU is present")
     parser.add_argument("--dry-run", action="store_true", help="the GPU table at a tiny size on this device")
+    parser.add_argument("--released", action="store_true", help="CPU: also the released widths at a long cache")
+    parser.add_argument("--cpu-prefill", type=int, default=1984, help="CPU, released widths: the prefix decoded from")
+    parser.add_argument("--cpu-steps", type=int, default=33, help="CPU, released widths: tokens sampled after it")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     gpu = torch.cuda.is_available() and not args.hf
@@ -213,6 +293,17 @@ def main() -> None:
                   "| preset | batch | tokens | tokens/s auto | tokens/s torch | HF tokens/s | auto vs HF | "
                   "torch vs HF |", "|---|---|---|---|---|---|---|---|"]
         hf_rows(args, lines)
+        if args.released:
+            lines += ["", f"## Released widths at a long cache", "",
+                      f"The released widths with {RELEASED_CPU['prior_5b']['prior_depth']} layers, random weights "
+                      f"rounded to fp16 (as the 5b priors store their projections) and used as such in every column: "
+                      f"fp16 matrices streamed by the C++ step, the same values as fp32 matrices, our PyTorch step, "
+                      f"HF's sampler (fp32). Steps after a prefix of {args.cpu_prefill} tokens: tokens/s of "
+                      f"{args.cpu_steps - 1} decode steps, from a window of prefix + {args.cpu_steps} tokens minus one "
+                      f"of prefix + 1, median of {args.runs} runs.", "",
+                      "| preset | batch | prefix | C++ fp16 weights | C++ fp32 weights | torch step | HF | "
+                      "fp16 vs HF | fp32 vs HF | fp16 vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
+            released_rows(args, lines)
     report("\n".join(lines) + "\n", args.out)
 
 

@@ -2,7 +2,8 @@
 // layer's static KV cache: the C++ implementation of the `decode_layers` op
 // (jukebox_fast/ops/decode_layers.py holds the reference and the argument layout).
 //
-// Per layer, for the N samples' rows x [N, W] (weights in the original's Conv1D layout [in, out]):
+// Per layer, for the N samples' rows x [N, W] (weights in the original's Conv1D layout [in, out];
+// the four projection matrices fp32, fp16 or bf16, streamed as stored with fp32 accumulation):
 //   h = LN0(x);  q | k | v = h Wa + ba;  k, v -> the cache slot of this position
 //   a = softmax(q K[lo:hi]^T scale) V[lo:hi] per head;  a = a Wp + bp
 //   m = quick_gelu(LN1(x + a) Wf + bf) Wm + bm;  x = x + a + m  (or x + rs (a + m))
@@ -11,8 +12,11 @@
 // runs at the speed weights stream from cache/memory. BLAS's small-m GEMM re-packs every weight
 // for each call (2.5x slower than streaming at m = 4); `rows_times` streams each weight tile once
 // for up to kRows samples. The whole stack is one call, so Python pays for one op per step.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -29,45 +33,202 @@ constexpr int64_t kCols = 64;  // output columns per register tile: kRows x kCol
 constexpr int64_t kWeightsPerTask = 1 << 16;
 constexpr int64_t kWeightsPerLayer = 12;      // see WEIGHT_NAMES in ops/decode_layers.py
 
-// y[r, j0:j0+cols] = b[j0:j0+cols] + x[r, :K] w[:K, j0:j0+cols] for r < n <= kRows; x rows are K
-// apart, w rows J apart, y rows J apart. Compiled once per vector ISA and picked at load time.
+// acc[r][j] += x[r, :K] w[:K, j] for r < n <= kRows, j < cols <= kCols: x rows ldx apart, w rows
+// ldw apart (its first column at w). Compiled once per vector ISA and picked at load time.
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void rows_times(const float* x, const float* w, const float* b, float* y, int64_t n, int64_t K, int64_t J,
-                int64_t j0, int64_t cols) {
-  float acc[kRows][kCols] = {};
+void accumulate(const float* x, int64_t ldx, const float* w, int64_t ldw, float (*acc)[kCols], int64_t n, int64_t K,
+                int64_t cols) {
   if (cols == kCols) {  // full tile: fixed trip counts, so the column loop vectorises
     for (int64_t k = 0; k < K; ++k) {
-      const float* wk = w + k * J + j0;
+      const float* wk = w + k * ldw;
       for (int64_t r = 0; r < kRows; ++r) {
-        const float xr = r < n ? x[r * K + k] : 0.f;
+        const float xr = r < n ? x[r * ldx + k] : 0.f;
         for (int64_t j = 0; j < kCols; ++j) acc[r][j] += xr * wk[j];
       }
     }
   } else {  // the last, narrower tile (reading kCols columns there would run past w's end)
     for (int64_t k = 0; k < K; ++k) {
-      const float* wk = w + k * J + j0;
+      const float* wk = w + k * ldw;
       for (int64_t r = 0; r < n; ++r) {
-        const float xr = x[r * K + k];
+        const float xr = x[r * ldx + k];
         for (int64_t j = 0; j < cols; ++j) acc[r][j] += xr * wk[j];
       }
+    }
+  }
+}
+
+// 16-bit weights are widened to fp32 kRowsWide rows of the tile at a time (the weight bytes stream
+// at half the fp32 step's) and multiplied as above. fp16 widens with the F16C / AVX-512
+// conversion instructions where the CPU has them; bf16 is the top half of an fp32.
+constexpr int64_t kRowsWide = 32;
+
+__attribute__((target("avx512f"))) void widen_half_avx512(const uint16_t* src, float* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  for (; i < count; ++i) dst[i] = c10::detail::fp16_ieee_to_fp32_value(src[i]);
+}
+
+__attribute__((target("avx2,f16c"))) void widen_half_avx2(const uint16_t* src, float* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < count; ++i) dst[i] = c10::detail::fp16_ieee_to_fp32_value(src[i]);
+}
+
+void widen_half(const uint16_t* src, float* dst, int64_t count) {
+  static const int isa = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("f16c") ? 1 : 0;
+  if (isa == 2) return widen_half_avx512(src, dst, count);
+  if (isa == 1) return widen_half_avx2(src, dst, count);
+  for (int64_t i = 0; i < count; ++i) dst[i] = c10::detail::fp16_ieee_to_fp32_value(src[i]);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void widen_bf16(const uint16_t* src, float* dst, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+    std::memcpy(dst + i, &bits, sizeof(float));
+  }
+}
+
+// y[r, j0:j0+cols] = b[j0:j0+cols] + x[r, :K] w[:K, j0:j0+cols] for r < n <= kRows; x rows are K
+// apart, w (fp32, fp16 or bf16, `type`) rows J apart, y rows J apart.
+void rows_times(const float* x, const void* w, at::ScalarType type, const float* b, float* y, int64_t n, int64_t K,
+                int64_t J, int64_t j0, int64_t cols) {
+  float acc[kRows][kCols] = {};
+  if (type == at::kFloat) {
+    accumulate(x, K, static_cast<const float*>(w) + j0, J, acc, n, K, cols);
+  } else {
+    alignas(64) float wide[kRowsWide * kCols];
+    const uint16_t* w16 = static_cast<const uint16_t*>(w) + j0;
+    for (int64_t k0 = 0; k0 < K; k0 += kRowsWide) {
+      const int64_t rows = std::min(kRowsWide, K - k0);
+      for (int64_t k = 0; k < rows; ++k) {
+        if (type == at::kBFloat16) widen_bf16(w16 + (k0 + k) * J, wide + k * kCols, cols);
+        else widen_half(w16 + (k0 + k) * J, wide + k * kCols, cols);
+      }
+      accumulate(x + k0, K, wide, kCols, acc, n, rows, cols);
     }
   }
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < cols; ++j) y[r * J + j0 + j] = acc[r][j] + b[j0 + j];
 }
 
-// y[N, J] = x[N, K] w[K, J] + b, column tiles shared between threads when there is enough to share.
+// acc[r, :cols] += x[r, k] w[k, :cols] over rows k of one weight row chunk at a time: the
+// streaming order for a matrix that does not fit the cache (each row chunk is read once, in
+// address order, for all n <= kRows samples; the accumulators stay in L1).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void axpy_rows(const float* xk, int64_t ldx, const float* wk, float* acc, int64_t n, int64_t cols) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float xr = xk[r * ldx];
+    float* a = acc + r * cols;
+    for (int64_t j = 0; j < cols; ++j) a[j] += xr * wk[j];
+  }
+}
+
+// As axpy_rows for a 16-bit weight row, widened in registers as it is multiplied: fp16 with the
+// F16C / AVX-512 conversion, bf16 as the top half of an fp32 (a shift).
+template <bool kBF16>
+__attribute__((target("avx512f"))) void axpy_rows_16_avx512(const float* xk, int64_t ldx, const uint16_t* wk,
+                                                           float* acc, int64_t n, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j));
+    const __m512 w = kBF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)) : _mm512_cvtph_ps(raw);
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = acc + r * cols + j;
+      _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx]), w, _mm512_loadu_ps(a)));
+    }
+  }
+  for (; j < cols; ++j) {
+    const float w = kBF16 ? c10::detail::f32_from_bits(wk[j])
+                          : c10::detail::fp16_ieee_to_fp32_value(wk[j]);
+    for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * w;
+  }
+}
+
+template <bool kBF16>
+__attribute__((target("avx2,f16c,fma"))) void axpy_rows_16_avx2(const float* xk, int64_t ldx, const uint16_t* wk,
+                                                               float* acc, int64_t n, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + j));
+    const __m256 w = kBF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16)) : _mm256_cvtph_ps(raw);
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = acc + r * cols + j;
+      _mm256_storeu_ps(a, _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx]), w, _mm256_loadu_ps(a)));
+    }
+  }
+  for (; j < cols; ++j) {
+    const float w = kBF16 ? c10::detail::f32_from_bits(wk[j])
+                          : c10::detail::fp16_ieee_to_fp32_value(wk[j]);
+    for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * w;
+  }
+}
+
+void axpy_rows_16(const float* xk, int64_t ldx, const uint16_t* wk, bool bf16, float* acc, int64_t n, int64_t cols,
+                  float* wide) {
+  static const int isa = __builtin_cpu_supports("avx512f") ? 2
+                         : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                            __builtin_cpu_supports("fma")) ? 1 : 0;
+  if (isa == 2) return bf16 ? axpy_rows_16_avx512<true>(xk, ldx, wk, acc, n, cols)
+                            : axpy_rows_16_avx512<false>(xk, ldx, wk, acc, n, cols);
+  if (isa == 1) return bf16 ? axpy_rows_16_avx2<true>(xk, ldx, wk, acc, n, cols)
+                            : axpy_rows_16_avx2<false>(xk, ldx, wk, acc, n, cols);
+  if (bf16) widen_bf16(wk, wide, cols);  // a CPU without either: widen the row, then multiply
+  else widen_half(wk, wide, cols);
+  axpy_rows(xk, ldx, wide, acc, n, cols);
+}
+
+// acc[:n, :J] += x[:n, k0:k1] w[k0:k1, :]: a run of whole weight rows, read in address order.
+void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc, int64_t n, int64_t K, int64_t J,
+                 int64_t k0, int64_t k1, float* wide) {
+  for (int64_t k = k0; k < k1; ++k) {
+    if (type == at::kFloat)
+      axpy_rows(x + k, K, static_cast<const float*>(w) + k * J, acc, n, J);
+    else
+      axpy_rows_16(x + k, K, static_cast<const uint16_t*>(w) + k * J, type == at::kBFloat16, acc, n, J, wide);
+  }
+}
+
+// Above this many weight bytes a matrix streams from memory rather than from the cache: each
+// thread then reads a run of whole rows in address order (column tiles would jump a row between
+// 256-byte reads) into accumulators of its own, summed in thread order at the end.
+constexpr int64_t kStreamBytes = 1 << 20;
+
+// y[N, J] = x[N, K] w[K, J] + b: column tiles shared between threads for a matrix in the cache,
+// runs of rows for one streamed from memory.
 void linear(const float* x, const at::Tensor& w, const at::Tensor& b, float* y, int64_t N) {
   const int64_t K = w.size(0), J = w.size(1);
-  const float* wp = w.const_data_ptr<float>();
+  const void* wp = w.const_data_ptr();
   const float* bp = b.const_data_ptr<float>();
+  if (K * J * w.element_size() > kStreamBytes) {
+    const int64_t parts = std::min<int64_t>(at::get_num_threads(), K);
+    std::vector<float> acc(parts * kRows * J), wide(parts * J);
+    for (int64_t r0 = 0; r0 < N; r0 += kRows) {
+      const int64_t n = std::min(kRows, N - r0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t)
+          stream_rows(x + r0 * K, wp, w.scalar_type(), acc.data() + t * kRows * J, n, K, J, K * t / parts,
+                      K * (t + 1) / parts, wide.data() + t * J);
+      });
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < J; ++j) {
+          float sum = bp[j];
+          for (int64_t t = 0; t < parts; ++t) sum += acc[(t * kRows + r) * J + j];
+          y[(r0 + r) * J + j] = sum;
+        }
+    }
+    return;
+  }
   const int64_t tiles = (J + kCols - 1) / kCols;
   const int64_t grain = std::max<int64_t>(1, kWeightsPerTask / (K * kCols));
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j0 = t * kCols, cols = std::min(kCols, J - j0);
       for (int64_t r0 = 0; r0 < N; r0 += kRows)  // later row groups find the tile in cache
-        rows_times(x + r0 * K, wp, bp, y + r0 * J, std::min(kRows, N - r0), K, J, j0, cols);
+        rows_times(x + r0 * K, wp, w.scalar_type(), bp, y + r0 * J, std::min(kRows, N - r0), K, J, j0, cols);
     }
   });
 }
@@ -135,10 +296,12 @@ void attend(const float* q, int64_t ldq, const float* kc, const float* vc, float
   });
 }
 
-void check_float_cpu(const at::Tensor& t, const char* what, int64_t layer) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-              "decode_layers (cpp): layer ", layer, "'s ", what, " must be a contiguous float32 CPU tensor, got ",
-              t.scalar_type(), " on ", t.device(), t.is_contiguous() ? "" : " (not contiguous)");
+void check_float_cpu(const at::Tensor& t, const char* what, int64_t layer, bool matrix = false) {
+  const auto type = t.scalar_type();
+  const bool ok = type == at::kFloat || (matrix && (type == at::kHalf || type == at::kBFloat16));
+  TORCH_CHECK(t.device().is_cpu() && ok && t.is_contiguous(), "decode_layers (cpp): layer ", layer, "'s ", what,
+              " must be a contiguous ", matrix ? "float32, float16 or bfloat16" : "float32", " CPU tensor, got ",
+              type, " on ", t.device(), t.is_contiguous() ? "" : " (not contiguous)");
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* what, int64_t layer) {
@@ -153,7 +316,7 @@ std::pair<int64_t, bool> check_layer(const at::Tensor* wt, const at::Tensor& kc,
   static const char* names[kWeightsPerLayer] = {"ln_0.weight", "ln_0.bias", "attn.c_attn.w", "attn.c_attn.b",
                                                 "attn.c_proj.w", "attn.c_proj.b", "ln_1.weight", "ln_1.bias",
                                                 "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b"};
-  for (int64_t i = 0; i < kWeightsPerLayer; ++i) check_float_cpu(wt[i], names[i], l);
+  for (int64_t i = 0; i < kWeightsPerLayer; ++i) check_float_cpu(wt[i], names[i], l, i == 2 || i == 4 || i == 8 || i == 10);
   check_float_cpu(kc, "key cache", l);
   check_float_cpu(vc, "value cache", l);
   TORCH_CHECK(wt[4].dim() == 2 && wt[8].dim() == 2, "decode_layers (cpp): layer ", l,

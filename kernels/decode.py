@@ -10,8 +10,11 @@ CUDA graph can replay it.
 Split over the cache (flash-decoding): at batch 1 one program per (sample, head) is one to eight
 programs on a 132-SM GPU. With SPLITS > 1 the grid has SPLITS programs per (sample, head), each
 taking an equal share of the visible run (whole tiles), and writing its unnormalised partial
-output with its running max and sum; ``_merge_kernel`` (or a consumer that merges as it loads)
-combines them: m = max mₛ, l = Σ lₛ·2^(mₛ−m), out = Σ accₛ·2^(mₛ−m) / l.
+output with its running max and sum. The last of them to finish (a counter per (sample, head),
+incremented with acquire-release ordering after the partial is stored) merges them all, in share
+order, so the result does not depend on which finished last: m = max mₛ, l = Σ lₛ·2^(mₛ−m),
+out = Σ accₛ·2^(mₛ−m) / l. It then resets the counter, so the next step (or a CUDA graph's
+next replay) starts from zero. One launch either way.
 """
 from __future__ import annotations
 
@@ -53,11 +56,11 @@ def _visible_slots(p, BC, NB, PRIME, ENC, KIND: tl.constexpr):
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, pos_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, count_ptr, pos_ptr,
     sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, so_n, so_h,
     H, D, BC, NB, PRIME, ENC, qk_scale,
     KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
-    ALIGN: tl.constexpr,
+    CHUNK: tl.constexpr, ALIGN: tl.constexpr,
 ):
     nh = tl.program_id(0)
     split = tl.program_id(1)
@@ -104,17 +107,23 @@ def _decode_kernel(
         tl.store(row + d, acc)
         tl.store(row + BLOCK_D, m_i)
         tl.store(row + BLOCK_D + 1, l_i)
+        tl.debug_barrier()  # every thread's part of the partial is stored before the count moves
+        done = tl.atomic_add(count_ptr + nh, 1, sem="acq_rel")  # and the others' are visible past it
+        if done == SPLITS - 1:  # the last share of this (sample, head): merge them all
+            out = merge(part_ptr, nh, SPLITS, BLOCK_D, CHUNK)
+            tl.store(o_ptr + aligned(n * so_n + h * so_h, ALIGN) + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+            tl.atomic_xchg(count_ptr + nh, 0, sem="relaxed")
 
 
 @triton.jit
 def merge(part_ptr, nh, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
     """The attention output [BLOCK_D] fp32 of (sample, head) ``nh`` from its SPLITS partials,
-    read CHUNK shares at a time (:func:`merge_chunk`)."""
+    read CHUNK shares at a time (:func:`merge_chunk`), past the L1 (other SMs wrote them)."""
     row = BLOCK_D + 2
     base = part_ptr + nh.to(tl.int64) * SPLITS * row
     shares = tl.arange(0, SPLITS)
-    m = tl.load(base + shares * row + BLOCK_D)  # [SPLITS] running maxima (log2 units)
-    l = tl.load(base + shares * row + BLOCK_D + 1)  # [SPLITS] sums
+    m = tl.load(base + shares * row + BLOCK_D, cache_modifier=".cg")  # [SPLITS] running maxima (log2 units)
+    l = tl.load(base + shares * row + BLOCK_D + 1, cache_modifier=".cg")  # [SPLITS] sums
     m_all = tl.max(m, 0)
     m_all = tl.where(m_all == float("-inf"), 0.0, m_all)  # every share empty: the output is zero
     total = tl.sum(tl.where(l > 0.0, l * tl.exp2(m - m_all), 0.0), 0)
@@ -122,19 +131,11 @@ def merge(part_ptr, nh, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.c
     acc = tl.zeros([BLOCK_D], tl.float32)
     for c in range(0, SPLITS, CHUNK):
         sc = c + tl.arange(0, CHUNK)
-        weight = tl.where(tl.load(base + sc * row + BLOCK_D + 1) > 0.0,
-                          tl.exp2(tl.load(base + sc * row + BLOCK_D) - m_all), 0.0)  # [CHUNK]; empty shares: 0
-        acc += tl.sum(tl.load(base + sc[:, None] * row + d[None, :]) * weight[:, None], 0)
+        weight = tl.where(tl.load(base + sc * row + BLOCK_D + 1, cache_modifier=".cg") > 0.0,
+                          tl.exp2(tl.load(base + sc * row + BLOCK_D, cache_modifier=".cg") - m_all),
+                          0.0)  # [CHUNK]; empty shares: 0
+        acc += tl.sum(tl.load(base + sc[:, None] * row + d[None, :], cache_modifier=".cg") * weight[:, None], 0)
     return acc / tl.where(total > 0.0, total, 1.0)
-
-
-@triton.jit
-def _merge_kernel(part_ptr, o_ptr, so_n, so_h, H, D, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr,
-                  CHUNK: tl.constexpr):
-    nh = tl.program_id(0)
-    d = tl.arange(0, BLOCK_D)
-    out = merge(part_ptr, nh, SPLITS, BLOCK_D, CHUNK)
-    tl.store(o_ptr + (nh // H).to(tl.int64) * so_n + (nh % H) * so_h + d, out.to(o_ptr.dtype.element_ty), mask=d < D)
 
 
 def decode_config(d: int) -> dict:
@@ -166,21 +167,22 @@ def splits_for(programs: int, span: int, d: int, sms: int = 132) -> int:
 def decode(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, position: torch.Tensor,
     kind: int, block_ctx: int, blocks: int, prime_len: int, enc_length: int, scale: float,
-    splits: int = 1, partials: torch.Tensor | None = None,
+    splits: int = 1, partials: torch.Tensor | None = None, counts: torch.Tensor | None = None,
 ) -> None:
     """Fill ``out`` [N, H, d] from q [N, H, d] and the cache k, v [N, H, S, d] (unit stride along
     d) for the query at ``position`` (one-element int64 tensor on the same device). With
-    ``splits`` > 1, ``partials`` fp32 [N·H, splits, BLOCK_D + 2] is the scratch of the shares."""
+    ``splits`` > 1 (a power of two), ``partials`` fp32 [N·H, splits, BLOCK_D + 2] is the shares'
+    scratch and ``counts`` int32 [N·H], zero, their counters (left at zero)."""
     n, h, d = q.shape
     config = decode_config(d)
     align = alignment(d, q, k, v, out)
-    part = partials if splits > 1 else out  # a placeholder the kernel never touches when unsplit
+    if splits > 1:
+        assert splits & (splits - 1) == 0 and partials is not None and counts is not None
+    else:  # placeholders the kernel never touches
+        partials, counts = out, position
     launch(_decode_kernel, (n * h, splits),
-           q, k, v, out, part, position,
+           q, k, v, out, partials, counts, position,
            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
            out.stride(0), out.stride(1),
            h, d, block_ctx, blocks, prime_len, enc_length, scale * LOG2E,
-           KIND=kind, SPLITS=splits, ALIGN=align, **config)
-    if splits > 1:
-        launch(_merge_kernel, (n * h,), partials, out, out.stride(0), out.stride(1), h, d,
-               SPLITS=splits, BLOCK_D=config["BLOCK_D"], CHUNK=merge_chunk(splits, config["BLOCK_D"]), num_warps=4)
+           KIND=kind, SPLITS=splits, CHUNK=merge_chunk(splits, config["BLOCK_D"]), ALIGN=align, **config)

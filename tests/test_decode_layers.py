@@ -7,47 +7,10 @@ import torch
 
 from jukebox_fast import dispatch, extension
 from jukebox_fast.dispatch import BackendUnavailableError
-from jukebox_fast.ops import AttentionPattern, CacheLayout, DecodeLayer, DecodeStack, decode_layers
+from jukebox_fast.ops import DecodeLayer, DecodeStack, decode_layers
+from decode_stacks import LAYOUTS, LENGTH, SHAPES, copy_caches, random_stack
 
 pytestmark = pytest.mark.skipif(extension.load() is not None, reason=f"C++ extension: {extension.load()}")
-
-LENGTH = 40
-LAYOUTS = [  # every pattern; block sizes that do not divide the length
-    CacheLayout(AttentionPattern(0), LENGTH), CacheLayout(AttentionPattern(1, 8), LENGTH),
-    CacheLayout(AttentionPattern(2, 6), LENGTH), CacheLayout(AttentionPattern(3, 7), LENGTH),
-    CacheLayout(AttentionPattern(7, prime_len=12), LENGTH), CacheLayout(AttentionPattern(6), LENGTH, enc_length=11),
-]
-SHAPES = [  # (N, width, heads, d, hidden): aligned; odd everything; more samples than a register tile
-    (1, 64, 1, 64, 64),
-    (3, 40, 3, 5, 71),
-    (5, 67, 2, 9, 130),
-    (9, 130, 4, 16, 200),
-]
-
-
-def random_stack(n, width, heads, d, hidden, res_scale=1.0, layouts=LAYOUTS, seed=0) -> DecodeStack:
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, std=1.0):
-        return torch.randn(*shape, generator=g) * std
-
-    layers = []
-    for layout in layouts:
-        s = heads * d
-        qkv = s if layout.pattern.kind == 6 else 3 * s
-        weights = (1 + rand(width, std=0.1), rand(width, std=0.1), rand(width, qkv, std=width**-0.5), rand(qkv, std=0.1),
-                   rand(s, width, std=s**-0.5), rand(width, std=0.1), 1 + rand(width, std=0.1), rand(width, std=0.1),
-                   rand(width, hidden, std=width**-0.5), rand(hidden, std=0.1), rand(hidden, width, std=hidden**-0.5),
-                   rand(width, std=0.1))
-        k, v = rand(n, heads, layout.size, d), rand(n, heads, layout.size, d)  # stale entries must not be read
-        layers.append(DecodeLayer(weights, k, v, layout, heads, res_scale))
-    return DecodeStack(layers)
-
-
-def copy_caches(stack: DecodeStack) -> DecodeStack:
-    return DecodeStack([DecodeLayer(l.weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale)
-                        for l in stack.layers])
-
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("res_scale", [1.0, 0.25])
@@ -116,3 +79,32 @@ def test_a_schedule_outside_the_cache_is_refused():
     with pytest.raises(RuntimeError, match="outside its 8 cache slots"):
         torch.ops.jukebox_fast_ext.decode_layers(torch.randn(1, 40), weights, k, v, schedule, heads, res_scale, eps,
                                                  torch.tensor([5]), out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], (2, 256, 4, 16, 256)], ids=str)
+def test_16_bit_matrices_are_streamed_as_stored(dtype, shape, poisoned):
+    # The 5b priors keep their projection matrices in fp16. The C++ step reads them as stored
+    # (half the bytes) and widens each exactly to fp32, so it computes what the reference computes
+    # after casting them to fp32 (which it does on every step), and, against the model's fp32
+    # weights, errs no more than twice as much as that reference does.
+    exact = random_stack(*shape, seed=11)
+    half = DecodeStack([DecodeLayer(tuple(w.to(dtype) if i in (2, 4, 8, 10) else w for i, w in enumerate(l.weights)),
+                                    l.k.clone(), l.v.clone(), l.layout, l.n_head) for l in exact.layers])
+    ref = copy_caches(half)
+    g = torch.Generator().manual_seed(3)
+    for p in (0, 7, 13, 39):
+        x = torch.randn(shape[0], shape[1], generator=g)
+        position = torch.tensor([p])
+        got = decode_layers(x, half, position, backend="cpp")
+        want = decode_layers(x, ref, position, backend="torch")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        oracle = decode_layers(x, exact, position, backend="torch")
+        assert (got - oracle).abs().max() <= 2 * (want - oracle).abs().max() + 1e-6
+
+
+def test_a_16_bit_bias_is_refused_with_a_reason():
+    stack = random_stack(2, 40, 3, 5, 71)
+    stack.layers[0].weights = tuple(w.half() if i == 3 else w for i, w in enumerate(stack.layers[0].weights))
+    with pytest.raises(BackendUnavailableError, match="float32 rows, caches, biases and LayerNorm parameters"):
+        decode_layers(torch.randn(2, 40), stack, torch.tensor([0]), backend="cpp")

@@ -18,7 +18,7 @@ import torch
 
 from .. import dispatch, ops
 from ..ops.decode import CacheLayout
-from ..ops.decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, check_inputs
+from ..ops.decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, check_inputs, step_weights
 from .transformer import ConditionalAutoregressive2D, FactoredAttention
 
 __all__ = ["IncrementalDecoder"]
@@ -34,9 +34,11 @@ class IncrementalDecoder:
             [N, 1, width] (timing); None for none.
         y_cond: the start embedding [N, 1, width] (label models); None uses ``start_token``.
         encoder_kv: the lyric encoder's states [N, n_tokens, width] (5b_lyrics).
-        dtype: the transformer body's dtype (default: the embeddings'); fp16/bf16 runs the body
-            and keeps the caches in half precision, with embeddings and logits in fp32, as the
-            original samples with ``fp16=True``.
+        dtype: the transformer body's dtype (default: bf16 on a GPU, else the embeddings', fp32);
+            fp16/bf16 runs the body and keeps the caches in half precision, with embeddings,
+            logits, LayerNorm statistics and softmax in fp32, as the original samples with
+            ``fp16=True``. The layers' weights are converted to the body's dtype once, here
+            (:func:`~jukebox_fast.ops.decode_layers.step_weights`), never per step.
     """
 
     def __init__(self, ar: ConditionalAutoregressive2D, n: int, x_cond: torch.Tensor | None = None,
@@ -46,7 +48,8 @@ class IncrementalDecoder:
             raise ValueError("incremental decoding needs the model in eval mode (call .eval())")
         self.ar, self.n = ar, n
         emb = ar.x_emb.weight
-        self.device, self.dtype = emb.device, dtype or emb.dtype
+        self.device = emb.device
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else emb.dtype)
         self.x_cond, self.y_cond = x_cond, y_cond
         self.position = torch.zeros(1, dtype=torch.int64, device=self.device)  # the next position
         self.caches = [self._cache(layer, encoder_kv) for layer in ar.transformer._attn_mods]
@@ -70,8 +73,14 @@ class IncrementalDecoder:
                 ek, ev = attn.c_enc_kv(encoder_kv.to(self.dtype)).chunk(2, dim=2)
             k.copy_(attn._heads(ek))
             v.copy_(attn._heads(ev))
-        weights = tuple(layer.get_parameter(name).detach() for name in WEIGHT_NAMES)
+        weights = step_weights([layer.get_parameter(name) for name in WEIGHT_NAMES], self.dtype)
         return DecodeLayer(weights, k, v, layout, attn.n_head, layer.res_scale, layer.ln_0.eps)
+
+    def _stream_16_bit(self) -> None:
+        """The C++ step streams 16-bit projection matrices as stored (half the bytes of fp32)."""
+        for cache, layer in zip(self.caches, self.ar.transformer._attn_mods):
+            cache.weights = step_weights([layer.get_parameter(name) for name in WEIGHT_NAMES], self.dtype,
+                                         stream_16_bit=True)
 
     def _layers_impl(self):
         """The decode_layers implementation for this stack, checked and resolved once through the
@@ -79,7 +88,10 @@ class IncrementalDecoder:
         checks or dispatch in Python."""
         x = torch.zeros(self.n, self.ar.width, dtype=self.dtype, device=self.device)  # stands in for a step's rows
         check_inputs(x, self.stack, self.position)
-        return dispatch.resolve("decode_layers", x, self.stack, self.position).fn
+        impl = dispatch.resolve("decode_layers", x, self.stack, self.position)
+        if impl.name == "cpp":
+            self._stream_16_bit()
+        return impl.fn
 
     # -- pieces shared by prefill and step ----------------------------------------------------------
     def _cond(self, positions: torch.Tensor) -> torch.Tensor | None:

@@ -186,12 +186,13 @@ def decode_attention_triton(q, k, v, layout: CacheLayout, position, scale: float
     if out.numel():
         # Split the cache where one program per (sample, head) leaves SMs idle (flash-decoding).
         splits = kernels.splits_for(n * h, layout.span, d, multiprocessors(q.device))
-        partials = None
-        if splits > 1:  # scratch [N·H, splits, BLOCK_D + 2]: each share's acc, max and sum
+        partials = counts = None
+        if splits > 1:  # scratch [N·H, splits, BLOCK_D + 2]: each share's acc, max and sum; a counter each
             width = kernels.decode_config(d)["BLOCK_D"] + 2
             partials = torch.empty(n * h, splits, width, dtype=torch.float32, device=q.device)
+            counts = torch.zeros(n * h, dtype=torch.int32, device=q.device)
         kernels.decode(q, k, v, out, position, layout.pattern.kind, layout.pattern.block_ctx, layout.blocks,
-                       layout.pattern.prime_len, layout.enc_length, scale, splits, partials)
+                       layout.pattern.prime_len, layout.enc_length, scale, splits, partials, counts)
     return out
 
 

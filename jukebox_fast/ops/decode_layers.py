@@ -10,16 +10,21 @@ that position into its cache. A layer is the prior's pre-LN block:
 with ``mlp(h) = c_proj(quick_gelu(c_fc(h)))`` and the attention restricted by the layer's
 :class:`~jukebox_fast.ops.decode.CacheLayout`. A :class:`DecodeStack` holds what a step reads:
 per layer its weights (``WEIGHT_NAMES``, the original's attribute names), its cache and layout.
+:func:`step_weights` puts a model's weights in the form a step reads, once, when a decoder is
+made: a step itself never converts a weight.
 
 Implementations, in priority order:
 
-- ``cpp``: ``csrc/decode_layers.cpp``, the whole stack in one call on the CPU (fp32), products
-  that stream each weight once for all samples;
-- ``triton``: the layers one by one in PyTorch with the Triton ``decode_attention`` kernel;
+- ``cpp``: ``csrc/decode_layers.cpp``, the whole stack in one call on the CPU (fp32 rows; the
+  projection matrices fp32, fp16 or bf16, streamed as stored), products that stream each weight
+  once for all samples;
+- ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, four launches a layer
+  (LayerNorm + q|k|v + cache write; attention over the cache, split where that fills the GPU;
+  output projection + residual; LayerNorm + MLP + residual), fp32 or 16-bit weights;
 - ``torch``: the reference, the layers one by one with ``decode_attention_reference``.
 
-The position is a device tensor and the PyTorch implementations never read it on the host, so a
-GPU step through them can be captured in a CUDA graph.
+The position is a device tensor and no implementation reads it on the host off the CPU, so a
+GPU step can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -33,15 +38,34 @@ import torch.nn.functional as F
 
 from .. import dispatch, extension
 from . import buffers
-from .decode import CacheLayout, check_inputs as check_attention_inputs, decode_attention_reference
-from .decode import decode_attention_triton, triton_supports as attention_triton_supports
+from .decode import CacheLayout, check_inputs as check_attention_inputs, decode_attention_reference, multiprocessors
+from .decode import triton_supports as attention_triton_supports
 
-__all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "decode_layers", "decode_layers_reference"]
+__all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "decode_layers", "decode_layers_reference", "step_weights"]
 
 # A layer's weights in the order every implementation takes them: names within the original's
 # ResAttnBlock; projections are Conv1D, weight [in, out].
 WEIGHT_NAMES = ("ln_0.weight", "ln_0.bias", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w", "attn.c_proj.b",
                 "ln_1.weight", "ln_1.bias", "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b")
+_MATRICES = (2, 4, 8, 10)  # the projections' weights, in WEIGHT_NAMES
+_NORMS = (0, 1, 6, 7)  # the LayerNorms' parameters
+
+
+def step_weights(weights: Sequence[torch.Tensor], dtype: torch.dtype, stream_16_bit: bool = False
+                 ) -> tuple[torch.Tensor, ...]:
+    """A layer's weights (``WEIGHT_NAMES`` order) as a step in ``dtype`` reads them, converted
+    once: LayerNorm parameters in fp32 (the statistics are fp32 in every dtype), projections and
+    biases in ``dtype``. With ``stream_16_bit`` (the C++ step, whose rows are fp32), 16-bit
+    projection matrices stay as stored (the 5b priors' fp16): it streams them at half the bytes."""
+    out = []
+    for i, w in enumerate(weights):
+        w = w.detach()
+        if i in _NORMS:
+            w = w.float()
+        elif not (stream_16_bit and i in _MATRICES and w.element_size() == 2):
+            w = w.to(dtype)
+        out.append(w.contiguous())
+    return tuple(out)
 
 
 @dataclass(eq=False)
@@ -75,6 +99,11 @@ class DecodeStack:
         if not layers:
             raise ValueError("a DecodeStack needs at least one layer")
         self.layers = list(layers)
+
+    @cached_property
+    def triton(self) -> "_TritonStep":
+        """The Triton step's buffers for this stack (made on first use, then reused every step)."""
+        return _TritonStep(self)
 
     @cached_property
     def packed(self) -> tuple:
@@ -160,10 +189,71 @@ decode_layers_reference = _layer_loop(decode_attention_reference)
 decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, decode_attention_reference inside."
 
 
+# -- Triton: four launches a layer ------------------------------------------------------------------
+class _TritonStep:
+    """What the Triton step keeps from one step to the next, allocated once per stack (so a CUDA
+    graph replays the same buffers): the residual stream's two fixed-point rows, the scratch rows
+    of q, the attention and h₁ = x + a, each long layer's split scratch, and the tiles."""
+
+    def __init__(self, stack: DecodeStack):
+        from ..kernels import decode as attention_kernels
+        from ..kernels import decode_step
+
+        first = stack.layers[0]
+        n, width, dev = first.k.shape[0], first.weights[0].shape[0], first.k.device
+        n_state = max(layer.weights[4].shape[0] for layer in stack.layers)
+        hidden = max(layer.weights[8].shape[1] for layer in stack.layers)
+        self.residual = torch.empty(2, n, width, dtype=torch.int64, device=dev)  # [2, N, W] fixed point
+        self.q = torch.empty(n, n_state, device=dev)  # fp32 [N, H·d]
+        self.a = torch.empty(n, n_state, device=dev)
+        self.h1 = torch.empty(n, width, device=dev)
+        self.cfg = decode_step.step_config(n, width, hidden, first.weights[2].dtype, multiprocessors(dev))
+        self.splits = []  # per layer: (splits, partials, counters)
+        for layer in stack.layers:
+            heads, d = layer.n_head, layer.k.shape[-1]
+            splits = attention_kernels.splits_for(n * heads, layer.layout.span, d, multiprocessors(dev))
+            width_d = attention_kernels.decode_config(d)["BLOCK_D"] + 2
+            self.splits.append((splits, torch.empty(n * heads, splits, width_d, device=dev) if splits > 1 else None,
+                                torch.zeros(n * heads, dtype=torch.int32, device=dev) if splits > 1 else None))
+
+
+def _triton_call(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) -> torch.Tensor:
+    from ..kernels import decode as attention_kernels
+    from ..kernels import decode_step as kernels
+
+    step = stack.triton
+    n = x.shape[0]
+    cur, nxt = step.residual[0], step.residual[1]
+    cur.copy_(x.float().mul(kernels.FIXED_SCALE))  # into fixed point (the copy rounds toward zero)
+    for layer, (splits, partials, counts) in zip(stack.layers, step.splits):
+        ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = layer.weights
+        heads, d = layer.n_head, layer.k.shape[-1]
+        n_state, pattern = heads * d, layer.layout.pattern
+        q, a = step.q[:, :n_state], step.a[:, :n_state]
+        kernels.ln_qkv(cur, ln0_w, ln0_b, attn_w, attn_b, q, layer.k, layer.v, position, n_state, d, pattern.kind,
+                       pattern.block_ctx, layer.layout.blocks, pattern.prime_len, layer.eps, step.cfg)
+        attention_kernels.decode(q.view(n, heads, d), layer.k, layer.v, a.view(n, heads, d), position, pattern.kind,
+                                 pattern.block_ctx, layer.layout.blocks, pattern.prime_len, layer.layout.enc_length,
+                                 1.0 / math.sqrt(d), splits, partials, counts)
+        kernels.proj_residual(a, proj_w, proj_b, out_b, cur, step.h1, nxt, layer.res_scale, step.cfg)
+        kernels.mlp(step.h1, ln1_w, ln1_b, fc_w, fc_b, out_w, nxt, layer.eps, layer.res_scale, step.cfg)
+        cur, nxt = nxt, cur
+    return cur.to(torch.float32).div_(kernels.FIXED_SCALE).to(x.dtype)
+
+
 def _triton_supports(x, stack, position) -> list[str]:
     layer = stack.layers[0]
-    q = layer.k[:, :, 0]
-    return list(attention_triton_supports(q, layer.k, layer.v, layer.layout, position, 1.0))
+    reasons = list(attention_triton_supports(layer.k[:, :, 0], layer.k, layer.v, layer.layout, position, 1.0))
+    tensors = [t for layer in stack.layers for t in layer.weights]
+    if len({w.dtype for layer in stack.layers for i, w in enumerate(layer.weights) if i in _MATRICES}) != 1:
+        reasons.append("the Triton step takes projection weights of one dtype")
+    if any(not t.is_contiguous() for t in tensors + [lay.k for lay in stack.layers] + [lay.v for lay in stack.layers]):
+        reasons.append("the Triton step needs contiguous weights and caches")
+    if any(w.dtype != torch.float32 for layer in stack.layers for i, w in enumerate(layer.weights) if i in _NORMS):
+        reasons.append("the Triton step takes float32 LayerNorm parameters (step_weights gives them)")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        reasons.append("the Triton step is inference only; with autograd recording the reference runs")
+    return reasons
 
 
 # -- C++ -------------------------------------------------------------------------------------------
@@ -179,8 +269,13 @@ def _cpp_supports(x, stack, position) -> list[str]:
     tensors = [x, position] + [t for layer in stack.layers for t in (*layer.weights, layer.k, layer.v)]
     if any(t.device.type != "cpu" for t in tensors):
         reasons.append("the C++ decode step runs on the CPU; a tensor is elsewhere")
-    if any(t.dtype != torch.float32 for t in tensors[:1] + tensors[2:]):
-        reasons.append("the C++ decode step takes float32 weights, caches and rows")
+    vectors = [x] + [t for layer in stack.layers for i, t in enumerate(layer.weights) if i not in _MATRICES]
+    vectors += [t for layer in stack.layers for t in (layer.k, layer.v)]
+    if any(t.dtype != torch.float32 for t in vectors):
+        reasons.append("the C++ decode step takes float32 rows, caches, biases and LayerNorm parameters")
+    if any(w.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+           for layer in stack.layers for i, w in enumerate(layer.weights) if i in _MATRICES):
+        reasons.append("the C++ decode step takes float32, float16 or bfloat16 projection matrices")
     if any(not t.is_contiguous() for t in tensors[2:]):
         reasons.append("the C++ decode step needs contiguous weights and caches")
     if len({layer.eps for layer in stack.layers}) > 1:
@@ -193,7 +288,7 @@ def _cpp_supports(x, stack, position) -> list[str]:
 dispatch.define_op("decode_layers", ("cpp", "triton", "torch"),
                    doc="x[N,width] at a device position through a stack of layers over static KV caches")
 dispatch.register("decode_layers", "cpp", _cpp_call, available=extension.load, supports=_cpp_supports,
-                  note="csrc/decode_layers.cpp: the whole stack in one call, fp32 on the CPU")
-dispatch.register("decode_layers", "triton", _layer_loop(decode_attention_triton), supports=_triton_supports,
-                  note="the layers in PyTorch with the Triton decode_attention kernel")
+                  note="csrc/decode_layers.cpp: the whole stack in one call on the CPU, fp32 rows, 16-bit weights streamed")
+dispatch.register("decode_layers", "triton", _triton_call, supports=_triton_supports,
+                  note="kernels/decode_step.py: four launches a layer (LN+qkv+cache, attention, proj+residual, MLP)")
 dispatch.register("decode_layers", "torch", decode_layers_reference, note="PyTorch reference")
