@@ -69,8 +69,8 @@ setup(
         "unidecode",  # lyrics: the original transliterates to ASCII before tokenising
     ],
     extras_require={
-        "test": ["pytest", "numpy", "hypothesis", "transformers==4.57.6"],
-        "bench": ["pytest-benchmark"],
+        "test": ["pytest", "numpy", "hypothesis", "transformers==4.57.6", "scipy"],  # scipy: the resampling oracle
+        "bench": ["pytest-benchmark", "transformers==4.57.6"],  # the HF port: the CPU comparisons' baseline
     },
     **extension_build(),
     entry_points={"console_scripts": ["jukebox-fast=jukebox_fast.cli:main"]},

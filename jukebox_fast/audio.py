@@ -4,6 +4,7 @@ Audio arrays are float, mono, shape [T] (or [T, 1]), in [-1, 1].
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,13 +21,16 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the reason."""
 
 
-def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.95) -> np.ndarray:
-    """Read ``path`` as mono float32 [T] at ``sr`` Hz.
+def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.95, offset: float = 0.0,
+               duration: float | None = None) -> np.ndarray:
+    """Read ``path`` as mono float32 [T] at ``sr`` Hz: all of it, or ``duration`` seconds from
+    ``offset`` seconds (counted in the file's own rate, before resampling).
 
     Channels are averaged, the rate converted with soxr (high quality), and with ``peak`` set the
     result is scaled so its largest magnitude is ``peak`` (silence stays silence).
-    Raises FileNotFoundError, or :class:`AudioError` for a file soundfile cannot decode or one
-    that holds no samples.
+    Raises FileNotFoundError, or :class:`AudioError` for a file soundfile cannot decode, one
+    that holds no samples, or one with NaN or infinite samples (float wav/flac can hold them, and
+    one of them would turn every code of the file to garbage).
     """
     import soundfile
     import soxr
@@ -34,12 +38,23 @@ def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    if not (math.isfinite(offset) and offset >= 0) or (duration is not None and not duration > 0):
+        raise ValueError(f"offset must be >= 0 and duration > 0 seconds, got offset={offset}, duration={duration}")
     try:
-        data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)  # [T, channels]
+        with soundfile.SoundFile(path) as f:
+            file_sr = f.samplerate
+            f.seek(min(int(offset * file_sr), f.frames))
+            frames = -1 if duration is None else int(duration * file_sr)
+            data = f.read(frames, dtype="float32", always_2d=True)  # [T, channels]
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot read audio from {path}: {e} (readable: {', '.join(AUDIO_SUFFIXES)})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path} holds no audio samples")
+    bad = ~np.isfinite(data).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise AudioError(f"{path} holds {int(bad.sum())} non-finite (NaN or inf) sample(s), the first at "
+                         f"{first / file_sr:.3f} s (sample {first}); audio must be finite")
     audio = data.mean(axis=1)
     if file_sr != sr:
         audio = soxr.resample(audio, file_sr, sr, quality="HQ").astype(np.float32)

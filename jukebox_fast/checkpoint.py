@@ -5,13 +5,15 @@ the original stores its hparams with numpy numbers; ``trust_pickle=True`` lifts 
 files you trust. Writing is atomic: a temporary file in the same folder, fsync, rename.
 
 Our own format is a dict ``{"format": "jukebox_fast", "version": 1, "kind": ..., "hparams": ...,
-"model": state_dict, ...}``; the original format is ``{"hps": ..., "model": state_dict, "opt":
-..., "step": ...}``. Both load with :func:`load_vqvae`, as does a bare state dict in either the
+"model": state_dict, "checksum": sha256 of its tensors, ...}``; the original format is ``{"hps":
+..., "model": state_dict, "opt": ..., "step": ...}``. Loading checks the kind, our checksum, and
+that no weight is NaN or inf (the one check an original file allows). Both load with :func:`load_vqvae`, as does a bare state dict in either the
 original's or HF transformers' key names.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -32,6 +34,7 @@ __all__ = [
     "atomic_save",
     "read_checkpoint",
     "load_state_dict_checked",
+    "tensor_checksum",
     "load_vqvae",
     "save_vqvae",
     "load_prior",
@@ -131,6 +134,42 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
+def tensor_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in key order: what our files
+    carry as ``checksum`` and what loading recomputes."""
+    h = hashlib.sha256()
+    for key, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _verify(obj: Any, state_dict: Mapping[str, Any], path: Path, kind: str) -> None:
+    """The checks before any weight is used: the file holds a ``kind`` ("vqvae" or "prior"),
+    its tensors match our checksum (our files) and hold no NaN or inf (every file)."""
+    ours = isinstance(obj, Mapping) and obj.get("format") == FORMAT
+    if ours:
+        found = obj.get("kind")
+    else:  # an original or bare state dict: the key names tell
+        keys = list(state_dict)
+        is_vqvae = any(k.startswith(("encoders.", "decoders.", "bottleneck.")) for k in keys)
+        is_prior = any(k.startswith(("prior.", "y_emb.", "conditioner_blocks.", "x_emb.")) for k in keys)
+        found = "vqvae" if is_vqvae and not is_prior else "prior" if is_prior and not is_vqvae else kind
+    if found != kind:
+        name = {"vqvae": "a VQ-VAE", "prior": "a prior"}
+        raise CheckpointError(f"{path} holds {name.get(found, repr(found))}, not {name[kind]} "
+                              f"(pass it to load_{found} / the matching option)")
+    if ours and obj.get("checksum") and tensor_checksum(state_dict) != obj["checksum"]:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
+                              "(the file was changed or damaged after saving)")
+    for key, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise CheckpointError(f"{path} is corrupt: {key!r} holds {bad} NaN/inf value(s) of {t.numel()}")
+
+
 def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint",
                             *, assign: bool = False, device: torch.device | str | None = None) -> None:
     """``load_state_dict(strict=True)`` after checks whose errors name the offending keys.
@@ -196,6 +235,7 @@ def load_vqvae(path: str | os.PathLike, device: torch.device | str | None = None
     state_dict = _state_dict_of(obj, path)
     if _looks_hf(state_dict):
         state_dict = hf_to_openai(state_dict)
+    _verify(obj, state_dict, path, "vqvae")
     model = make_vqvae(_hparams_from(obj, hparams), device=device)
     load_state_dict_checked(model, state_dict, str(path))
     ema = obj.get("ema") if isinstance(obj, Mapping) and obj.get("format") == FORMAT else None
@@ -218,16 +258,18 @@ def save_vqvae(model: VQVAE, path: str | os.PathLike, **extra: Any) -> Path:
         dict(k_sum=b.k_sum, k_elem=b.k_elem, threshold=b.threshold, init=b.init)
         for b in model.bottleneck.level_blocks
     ]
+    sd = model.state_dict()
     return atomic_save(dict(
         format=FORMAT, version=VERSION, kind="vqvae",
-        hparams=model.hps.to_dict(), model=model.state_dict(), ema=ema,
+        hparams=model.hps.to_dict(), model=sd, checksum=tensor_checksum(sd), ema=ema,
         bandwidth=model.bandwidth.to_dict(), **extra,
     ), path)
 
 
 # -- priors ---------------------------------------------------------------------------------------
 def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | None = None, vqvae=None,
-               device: torch.device | str | None = None, *, trust_pickle: bool = False) -> SimplePrior:
+               device: torch.device | str | None = None, *, layers: int | None = None,
+               trust_pickle: bool = False) -> SimplePrior:
     """A prior from an original ``prior_level_N.pth.tar`` (or one of ours, or a bare state dict).
 
     Args:
@@ -239,6 +281,9 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         device: where the weights go (default CPU). The model is built on the meta device and
             adopts the file's tensors, cast to its dtypes (fp16 Conv1D weights stay fp16 where
             the released model keeps them so).
+        layers: keep only the LM's first ``layers`` blocks; the others are never built or
+            loaded (layer 36 of the 5b prior: half its weights). Such a prior gives hidden
+            states (:meth:`~jukebox_fast.models.prior.SimplePrior.hidden_states`), not logits.
 
     Raises FileNotFoundError, or :class:`CheckpointError` naming the file and the key when the
     file is unreadable, does not fit the architecture, or unties a tied output projection.
@@ -246,16 +291,26 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
     path = Path(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     state_dict = _state_dict_of(obj, path)
-    ours = isinstance(obj, Mapping) and obj.get("format") == FORMAT and obj.get("kind") == "prior"
+    _verify(obj, state_dict, path, "prior")
+    ours = isinstance(obj, Mapping) and obj.get("format") == FORMAT
     if name_or_hparams is None:
         if not ours:
             raise CheckpointError(f"{path} does not say which prior it holds: pass name_or_hparams "
-                                  "(e.g. 'prior_1b_lyrics' or 'upsampler_level_0')")
+                                  "(e.g. 'prior_5b', 'prior_1b_lyrics' or 'upsampler_level_0'; --model on the "
+                                  "command line)")
         name_or_hparams = hparams_mod.from_dict(PriorHparams, obj["hparams"])
         if vqvae is None:
             vqvae = hparams_mod.from_dict(VQVAEHparams, obj["vqvae_hparams"])
     with torch.device("meta"):
         model = make_prior(name_or_hparams, vqvae)
+    if layers is not None:
+        depth = len(model.prior.transformer._attn_mods)
+        if not isinstance(layers, int) or not 1 <= layers <= depth:
+            raise ValueError(f"layers must be an integer in 1..{depth} (this prior's blocks), got {layers!r}")
+        model.prior.transformer.keep_first(layers)
+        dropped = re.compile(r"prior\.transformer\._attn_mods\.(\d+)\.")
+        state_dict = {k: v for k, v in state_dict.items()
+                      if not ((m := dropped.match(k)) and int(m.group(1)) >= layers)}
     load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu")
     lm = model.prior
     if not model.hps.merged_decoder:  # x_out is x_emb in this architecture: keep it one tensor
@@ -268,9 +323,10 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
 
 def save_prior(model: SimplePrior, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``model`` (weights and both hparams) atomically in our format."""
+    sd = model.state_dict()
     return atomic_save(dict(
         format=FORMAT, version=VERSION, kind="prior", hparams=model.hps.to_dict(),
-        vqvae_hparams=model.vqvae_hps.to_dict(), model=model.state_dict(), **extra,
+        vqvae_hparams=model.vqvae_hps.to_dict(), model=sd, checksum=tensor_checksum(sd), **extra,
     ), path)
 
 

@@ -15,11 +15,14 @@ EXAMPLES = """examples:
   jukebox-fast encode song.flac --vqvae vqvae.pth.tar --out song_codes.pt
   jukebox-fast decode song_codes.pt --vqvae vqvae.pth.tar --out decoded/ --level 1
   jukebox-fast sample --checkpoints models/5b --model prior_5b --artist 0 --genre 0 --seconds 20 --out sample/
+  jukebox-fast embed songs/ --checkpoints models/5b --model prior_5b --layers 36 --meanpool --out features/
   jukebox-fast bench decoder -- --seconds 2
   torchrun --nproc_per_node 8 -m jukebox_fast.cli train-prior ...   data-parallel training
+  torchrun --nproc_per_node 8 -m jukebox_fast.cli embed ...         files split across 8 GPUs
 """
 
 UPSAMPLERS = {0: "upsampler_level_0", 1: "upsampler_level_1"}
+BAD_FILE_CHOICES = ("skip", "stop")  # jukebox_fast.train.data's, restated so --help needs no torch
 
 
 def _info(args) -> int:
@@ -36,7 +39,7 @@ def _demo(args) -> int:
     for name in ("vqvae_steps", "prior_steps", "sample_seconds", "seed"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    report = run(args.out, cfg, progress=not args.quiet)
+    report = run(args.out, cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/: samples/*.wav, reconstruction.wav, spectrogram.png, report.md, checkpoints; "
           f"{sum(report['seconds'].values()):.0f} s in all")
@@ -54,8 +57,8 @@ def _train_config(args):
 def _train_vqvae(args) -> int:
     from .train import train_vqvae
 
-    _, summary = train_vqvae(args.data, args.out, args.preset, _train_config(args), args.resume, args.device,
-                             not args.quiet)
+    _, summary = train_vqvae(args.data, args.out, args.preset, _train_config(args), args.resume,
+                             _device(args.device), not args.quiet, args.bad_files, args.overwrite)
     print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; wrote {args.out}/vqvae.pth.tar")
     return 0
 
@@ -64,7 +67,8 @@ def _train_prior(args) -> int:
     from .train import train_prior
 
     model, summary = train_prior(args.data, args.out, args.vqvae, args.preset, _train_config(args), args.resume,
-                                 args.device, args.artist, tuple(args.genre), not args.quiet)
+                                 _device(args.device), args.artist, tuple(args.genre), not args.quiet, args.bad_files,
+                                 args.overwrite)
     print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; "
           f"wrote {args.out}/prior_level_{model.hps.level}.pth.tar")
     return 0
@@ -125,55 +129,172 @@ def _decode(args) -> int:
     return 0
 
 
+def _positive(value: float, what: str, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{what} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _device(name: str | None):
+    """The device for --device, or an error naming what this machine has."""
+    import torch
+
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this PyTorch sees no CUDA device (use --device cpu)")
+    return device
+
+
+def _checkpoint_files(folder: Path) -> tuple[Path | None, dict[int, Path]]:
+    """The VQ-VAE and the priors (by level) in ``folder`` or one folder below it: a folder of
+    original checkpoints, or the demo's output (vqvae/, top_prior/, upsampler/)."""
+    def found(pattern: str) -> list[Path]:
+        return sorted(folder.glob(pattern)) or sorted(folder.glob(f"*/{pattern}"))
+
+    vqvaes = found("vqvae.pth.tar")
+    if len(vqvaes) > 1:
+        raise ValueError(f"{folder} holds several VQ-VAEs ({', '.join(map(str, vqvaes))}): pass --vqvae")
+    priors: dict[int, Path] = {}
+    for path in found("prior_level_*.pth.tar"):
+        level = int(path.name[len("prior_level_"):].split(".")[0])
+        if level in priors:
+            raise ValueError(f"{folder} holds two level-{level} priors ({priors[level]}, {path})")
+        priors[level] = path
+    return (vqvaes[0] if vqvaes else None), priors
+
+
 def _sample(args) -> int:
     import torch
 
-    from . import text
     from .checkpoint import load_prior, load_vqvae
     from .sample import Sampling, Song, generate
 
-    levels = sorted({int(v) for v in args.levels.split(",")}, reverse=True)
+    _positive(args.seconds, "--seconds")
+    _positive(args.temperature, "--temperature", allow_zero=True)
+    _positive(args.prime_seconds, "--prime-seconds")
+    if args.song_seconds is not None:
+        _positive(args.song_seconds, "--song-seconds")
+    if args.n_samples < 1:
+        raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: off), got {args.top_k}")
+    if not 0 <= args.top_p <= 1:
+        raise ValueError(f"--top-p must lie in [0, 1] (0: off), got {args.top_p}")
+    device = _device(args.device)
     ckpt = Path(args.checkpoints) if args.checkpoints else None
-    vqvae_path = args.vqvae or (ckpt / "vqvae.pth.tar" if ckpt else None)
+    found_vqvae, found = _checkpoint_files(ckpt) if ckpt else (None, {})
+    vqvae_path = args.vqvae or found_vqvae
     if vqvae_path is None:
-        raise ValueError("give --vqvae or --checkpoints")
-    vqvae = load_vqvae(vqvae_path, device=args.device)
+        raise ValueError("give --vqvae, or --checkpoints with a vqvae.pth.tar" + (f" (none in {ckpt})" if ckpt else ""))
+    vqvae = load_vqvae(vqvae_path, device=device)
     top = vqvae.hps.levels - 1
+    if args.levels:
+        try:
+            levels = sorted({int(v) for v in args.levels.split(",")}, reverse=True)
+        except ValueError:
+            raise ValueError(f"--levels takes levels separated by commas, e.g. 2,1,0; got {args.levels!r}") from None
+    else:
+        levels = sorted(found, reverse=True)
+        if not levels:
+            raise ValueError(f"no prior_level_<L>.pth.tar under {ckpt or '--checkpoints'}")
     priors: list = [None] * vqvae.hps.levels
     for level in levels:
-        path = ckpt / f"prior_level_{level}.pth.tar" if ckpt else None
-        if path is None or not path.exists():
-            raise FileNotFoundError(f"no prior for level {level}: expected {path or 'prior_level_N.pth.tar under --checkpoints'}")
+        if not 0 <= level <= top:
+            raise ValueError(f"--levels: this VQ-VAE has levels 0..{top}, got {level}")
+        path = found.get(level)
+        if path is None:
+            raise FileNotFoundError(f"no prior for level {level}: expected prior_level_{level}.pth.tar under "
+                                    f"{ckpt or '--checkpoints'}")
         preset = args.model if level == top else UPSAMPLERS.get(level) if args.model else None
-        priors[level] = load_prior(path, preset, vqvae.hps, device=args.device)
+        priors[level] = load_prior(path, preset, vqvae.hps, device=device)
+    artist = int(args.artist) if args.artist.lstrip("-").isdigit() else args.artist
+    names = args.genre or ["unknown" if args.ids else "0"]
+    if all(g.lstrip("-").isdigit() for g in names):
+        genres = [int(g) for g in names]
+    elif len(names) == 1:
+        genres = names[0]
+    else:
+        raise ValueError(f"--genre takes one genre name, or ids; got {names}")
+    for name, value in (("--artist", artist), *(("--genre", g) for g in (genres if isinstance(genres, list) else []))):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"{name} ids are >= 0, got {value}")
+    level_ids = {}
+    for spec in args.level_ids or []:
+        try:
+            level, a, g = spec.split(":")
+            level_ids[int(level)] = (int(a), tuple(int(x) for x in g.split(",")))
+        except ValueError:
+            raise ValueError(f"--level-ids takes LEVEL:ARTIST:GENRE[,GENRE...] ids, got {spec!r}") from None
     top_prior = priors[levels[0]]
-    version = "v3" if top_prior.hps.labels_v3 else "v2"
-    artist, genres = args.artist, args.genre or ["0"]
-    if args.ids:
-        table = lambda kind: text.load_ids(Path(args.ids) / f"{version}_{kind}_ids.txt")  # noqa: E731
-        artist = str(text.artist_id(artist, table("artist"), version)) if not artist.isdigit() else artist
-        genres = [str(g) for name in genres for g in (
-            [int(name)] if name.isdigit() else text.genre_ids(name, table("genre"), version))]
-    if not artist.isdigit() or not all(g.lstrip("-").isdigit() for g in genres):
-        raise ValueError("artist and genre names need --ids DIR (the released v2/v3 id lists); or pass ids")
-    lyrics = tuple(text.tokenize_lyrics(args.lyrics, version)) if args.lyrics else ()
-    if lyrics and not top_prior.n_tokens:
+    if args.lyrics and not top_prior.n_tokens:
         raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
     sr = vqvae.hps.sr
     total = int(args.seconds * sr) // vqvae.hps.hop_lengths[-1] * vqvae.hps.hop_lengths[-1]
     # The timing conditioning's song length: at least the shortest song the prior was trained on.
-    song_total = int(args.song_seconds * sr) if args.song_seconds else max(total, math.ceil(top_prior.hps.min_duration * sr))
-    song = Song(int(artist), tuple(int(g) for g in genres), song_total, lyrics)
+    min_total = math.ceil((top_prior.hps.min_duration or 0) * sr)
+    song_total = int(args.song_seconds * sr) if args.song_seconds else max(total, min_total)
+    song = Song(artist, genres, song_total, args.lyrics or (), ids=args.ids, level_ids=level_ids)
     prime = None
     if args.prime:
         prime = _encode_file(vqvae, args.prime, args.prime_seconds, args.n_samples)
-    gen = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
+    gen = torch.Generator(device=device or "cpu").manual_seed(args.seed)
     sampling = Sampling(temp=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen,
                         progress=not args.quiet)
-    generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
-             sampling=sampling, out_dir=args.out, sr=sr)
+    try:
+        generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
+                 sampling=sampling, out_dir=args.out, sr=sr, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"jukebox-fast sample: interrupted; the codes sampled so far are in {Path(args.out) / 'codes.pt'}: "
+              "run the same command to resume", file=sys.stderr)
+        return 130
     rate = sampling.stats["tokens"] / max(sampling.stats["seconds"], 1e-9)
     print(f"wrote {args.n_samples} sample(s) into {args.out}/ ({sampling.stats['tokens']} tokens, {rate:.0f} tokens/s)")
+    return 0
+
+
+def _embed(args) -> int:
+    import os
+
+    import torch
+
+    from .checkpoint import load_prior, load_vqvae
+    from .embed_files import embed_files
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = _device(args.device)
+    if device is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
+            else torch.device("cpu")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.downsample_rate is not None:
+        _positive(args.downsample_rate, "--downsample-rate")
+    if min(args.layers) < 1:
+        raise ValueError(f"--layers are numbered from 1, got {args.layers}")
+    found_vqvae, priors = _checkpoint_files(Path(args.checkpoints)) if args.checkpoints else (None, {})
+    vqvae_path = args.vqvae or found_vqvae
+    if vqvae_path is None:
+        raise ValueError("give --vqvae and --prior, or --checkpoints with vqvae.pth.tar and prior_level_2.pth.tar")
+    vqvae = load_vqvae(vqvae_path, device=device)
+    prior_path = args.prior or priors.get(vqvae.hps.levels - 1)
+    if prior_path is None:
+        raise ValueError(f"no top prior (prior_level_{vqvae.hps.levels - 1}.pth.tar) under {args.checkpoints}: "
+                         "pass --prior")
+    prior = load_prior(prior_path, args.model, vqvae.hps if args.model else None, device=device,
+                       layers=max(args.layers))
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    result = embed_files(vqvae, prior, args.inputs, args.out, args.layers, args.meanpool,
+                         downsample_target_rate=args.downsample_rate, dtype=dtype, batch_size=args.batch_size,
+                         fp16_out=args.fp16_out, overwrite=args.overwrite, rank=rank, world_size=world,
+                         progress=not args.quiet)
+    for line in result.failed:
+        print(f"jukebox-fast embed: skipped {line}", file=sys.stderr)
+    print(f"embedded {result.done} file(s) into {args.out}/ ({result.skipped} done before, "
+          f"{len(result.failed)} unreadable){f' as rank {rank} of {world}' if world > 1 else ''}")
     return 0
 
 
@@ -214,6 +335,10 @@ def _add_training(p) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="train a new model over the run in OUT")
+    p.add_argument("--bad-files", choices=BAD_FILE_CHOICES, default="skip",
+                   help="files that are unreadable, hold NaN/inf or are shorter than the training window: "
+                        "skip them with a warning, or stop")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -241,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-seconds", type=float, help="override the length sampled")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true", help="finish the run in OUT (each stage from its checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train-vqvae", help="train a VQ-VAE on a folder of audio", formatter_class=defaults)
@@ -274,13 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample music with trained or original checkpoints (resumable)",
                        formatter_class=defaults)
-    p.add_argument("--checkpoints", help="folder with vqvae.pth.tar and prior_level_<L>.pth.tar")
+    p.add_argument("--checkpoints", help="folder with vqvae.pth.tar and prior_level_<L>.pth.tar, there or one "
+                                         "folder down (a demo's output folder works as it is)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: CHECKPOINTS/vqvae.pth.tar)")
     p.add_argument("--model", help="top prior preset of original checkpoints (prior_5b, prior_5b_lyrics, "
                                    "prior_1b_lyrics); ours describe themselves")
-    p.add_argument("--artist", default="0", help="artist id, or name with --ids")
-    p.add_argument("--genre", action="append", help="genre id or name (repeatable)")
+    p.add_argument("--artist", default="0", help="artist id, or name with --ids (each level maps it with its own "
+                                                 "tables; 'unknown' for the unknown artist)")
+    p.add_argument("--genre", action="append", help="genre name (with --ids), or ids (repeatable)")
     p.add_argument("--ids", help="folder with the released v2/v3 artist and genre id lists")
+    p.add_argument("--level-ids", action="append", metavar="LEVEL:ARTIST:GENRE[,GENRE]",
+                   help="ids for one level, in place of the names (repeatable)")
     p.add_argument("--lyrics", help="lyrics text (lyrics models)")
     p.add_argument("--seconds", type=float, default=20.0, help="length to sample")
     p.add_argument("--song-seconds", type=float, help="the song's length for the timing labels "
@@ -291,12 +422,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--prime", help="audio file to continue")
     p.add_argument("--prime-seconds", type=float, default=5.0)
-    p.add_argument("--levels", default="2,1,0", help="levels to sample, comma-separated")
-    p.add_argument("--out", required=True, help="output folder (codes.pt there makes the run resume)")
+    p.add_argument("--levels", help="levels to sample, comma-separated (default: every level with a prior)")
+    p.add_argument("--out", required=True, help="output folder (codes.pt there makes the run resume, if it was "
+                                                "sampled with the same settings)")
+    p.add_argument("--overwrite", action="store_true", help="start over where OUT holds codes of other settings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("embed", help="top-prior representations of audio files (jukemirlib's features), resumable",
+                       formatter_class=defaults)
+    p.add_argument("inputs", nargs="+", help="audio files and folders (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for one .npy per file, settings.json and index-<rank>.jsonl")
+    p.add_argument("--checkpoints", help="folder with vqvae.pth.tar and prior_level_2.pth.tar (there or one down)")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint")
+    p.add_argument("--prior", help="top prior checkpoint")
+    p.add_argument("--model", help="the prior's preset for original files (prior_5b); ours describe themselves")
+    p.add_argument("--layers", type=int, nargs="+", default=[36], help="blocks to read after, numbered from 1")
+    p.add_argument("--meanpool", action="store_true", help="the mean over positions of each file")
+    p.add_argument("--downsample-rate", type=float, help="resample the frames to this rate in Hz (before meanpool)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per forward of the prior")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on a GPU, fp32 on a CPU")
+    p.add_argument("--fp16-out", action="store_true", help="write float16 arrays")
+    p.add_argument("--overwrite", action="store_true", help="make the features anew where OUT holds other settings")
+    p.add_argument("--device", default=None, help="default: this process's GPU (LOCAL_RANK under torchrun), else cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_embed)
 
     p = sub.add_parser("bench", help="run benchmark scripts (source checkout) and print their tables",
                        formatter_class=defaults)

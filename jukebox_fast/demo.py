@@ -110,10 +110,20 @@ def _cached_rate(prior, n_tokens: int, y, gen: torch.Generator) -> float:
     return n_tokens / (time.perf_counter() - t0)
 
 
-def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True) -> dict:
-    """Run every stage into ``out``; returns the report (also in ``report.json`` / ``report.md``)."""
+def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, resume: bool = False,
+        overwrite: bool = False) -> dict:
+    """Run every stage into ``out``; returns the report (also in ``report.json`` / ``report.md``).
+
+    A folder that holds an earlier run is refused (its models took minutes to train) unless
+    ``resume`` (finish it: each stage goes on from its checkpoint, samples from their codes) or
+    ``overwrite`` (start over) is given.
+    """
     cfg = cfg or DemoConfig()
     out = Path(out)
+    held = [p for p in ("report.json", "vqvae", "top_prior", "upsampler", "samples") if (out / p).exists()]
+    if held and not (resume or overwrite):
+        raise FileExistsError(f"{out} already holds a demo run ({', '.join(held)}): pass --resume to finish it, "
+                              "--overwrite to start over, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     sr = hparams.get("tiny_vqvae").sr
@@ -131,7 +141,7 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True) -
 
     t0 = time.perf_counter()
     vqvae, summary = train_vqvae(data, out / "vqvae", "tiny_vqvae", train_cfg(cfg.vqvae_steps, cfg.vqvae_batch_size),
-                                 device="cpu", progress=progress)
+                                 resume, "cpu", progress, overwrite=overwrite)
     report["vqvae_loss"] = [summary["losses"][0], summary["losses"][-1]]
     clip = data.clips[0]
     n = clip.shape[0] // 128 * 128
@@ -144,7 +154,8 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True) -
     for level, preset, stage in ((2, "tiny_top_prior", "top_prior"), (1, "tiny_upsampler", "upsampler")):
         t0 = time.perf_counter()
         priors[level], summary = train_prior(data, out / stage, out / "vqvae" / "vqvae.pth.tar", preset,
-                                             train_cfg(cfg.prior_steps, cfg.batch_size), device="cpu", progress=progress)
+                                             train_cfg(cfg.prior_steps, cfg.batch_size), resume, "cpu",
+                                             progress=progress, overwrite=overwrite)
         report[f"{stage}_loss"] = [summary["losses"][0], summary["losses"][-1]]
         clock[stage] = time.perf_counter() - t0
 
@@ -155,7 +166,7 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True) -
     # The timing conditioning says "a song as long as the training songs", as in training.
     song = Song(artist=0, genres=(0,), total_length=max(total, int(cfg.clip_seconds * sr)))
     audio = generate(vqvae, priors, song, total_length=total, n_samples=cfg.n_samples, levels=(2, 1),
-                     sampling=sampling, out_dir=out / "samples", sr=sr)
+                     sampling=sampling, out_dir=out / "samples", sr=sr, overwrite=overwrite)
     clock["sample"] = time.perf_counter() - t0
     report["sampled_tokens"] = sampling.stats["tokens"]
     report["sampling_tokens_per_s"] = sampling.stats["tokens"] / max(sampling.stats["seconds"], 1e-9)

@@ -76,9 +76,19 @@ class VQVAEHparams:
         n = self.levels
         if n < 1:
             raise ValueError(f"levels must be >= 1, got {n}")
+        for name, low in (("sr", 1), ("emb_width", 1), ("l_bins", 1), ("width", 1), ("depth", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 < self.l_mu <= 1.0:
+            raise ValueError(f"l_mu (the codebook's EMA decay) must be in (0, 1], got {self.l_mu}")
+        if not (math.isfinite(self.commit) and self.commit >= 0.0):
+            raise ValueError(f"commit must be a finite number >= 0, got {self.commit}")
         for name in ("downs_t", "strides_t") + (("hvqvae_multipliers",) if self.hvqvae_multipliers else ()):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} needs one entry per level ({n}), got {getattr(self, name)}")
+        if any(s < 1 for s in self.strides_t) or any(d < 0 for d in self.downs_t):
+            raise ValueError(f"strides_t must be >= 1 and downs_t >= 0 at every level, got strides_t="
+                             f"{self.strides_t}, downs_t={self.downs_t}")
         if self.codebook_mode not in CODEBOOK_MODES:
             raise ValueError(f"codebook_mode must be one of {CODEBOOK_MODES}, got {self.codebook_mode!r}")
         if self.loss_fn not in LOSS_FNS:
@@ -280,9 +290,10 @@ _PRESETS: dict[str, Callable[[], Any]] = {
 }
 
 
-def names() -> list[str]:
-    """The preset names :func:`get` knows."""
-    return sorted(_PRESETS)
+def names(cls: type | None = None) -> list[str]:
+    """The preset names :func:`get` knows; with ``cls`` (``VQVAEHparams`` or ``PriorHparams``),
+    only the presets of that kind."""
+    return sorted(n for n, make in _PRESETS.items() if cls is None or isinstance(make(), cls))
 
 
 def _close(word: str, options) -> str:

@@ -15,15 +15,18 @@ codes as an uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from . import text
 from .checkpoint import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
 from .text import make_labels
@@ -33,24 +36,67 @@ __all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample
 
 @dataclass(frozen=True)
 class Song:
-    """What a sample is conditioned on: artist and genre ids, the song's length in samples at
-    44.1 kHz, its lyrics as tokens (of the prior's vocabulary) and where the sample starts."""
+    """What a sample is conditioned on, as each level's prior reads it.
 
-    artist: int = 0
-    genres: tuple[int, ...] = ()
+    ``artist`` and ``genres`` are names (``"Ella Fitzgerald"``, ``"Soul Jazz"``) or ids; names are
+    mapped by each level with its own tables and version, as the original labels each level with
+    its own labeller (the released upsamplers use the v2 tables, 1b_lyrics' top prior v3), and
+    need ``ids`` (the folder of the released id files, or :class:`~jukebox_fast.text.IdTables`).
+    Ids are used as given by every level; ``level_ids`` gives a level its own ids,
+    ``{level: (artist_id, genre_ids)}``. ``lyrics`` is text (tokenised with each level's
+    vocabulary) or tokens. ``total_length`` is the song's length in samples at 44.1 kHz (0: the
+    prior's window), ``offset`` where the sample starts.
+    """
+
+    artist: str | int = 0
+    genres: str | int | Sequence[int] = ()
     total_length: int = 0
-    lyrics: tuple[int, ...] = ()
+    lyrics: str | Sequence[int] = ()
     offset: int = 0
+    ids: str | os.PathLike | text.IdTables | None = None
+    level_ids: Mapping[int, tuple[int, Sequence[int]]] = field(default_factory=dict)
 
-    def labels(self, prior, start: int, n: int) -> torch.Tensor | None:
-        """y rows [n, ...] for the window of ``prior`` that starts at token ``start``."""
+    def __post_init__(self):
+        if self.ids is not None and not isinstance(self.ids, text.IdTables):
+            object.__setattr__(self, "ids", text.IdTables(self.ids))
+
+    def level_labels(self, prior) -> tuple[int, list[int], list[int]]:
+        """(artist id, genre ids padded with −1, lyric tokens) for ``prior``'s level."""
+        hps = prior.hps
+        version = "v3" if hps.labels_v3 else "v2"
+        slots = hps.max_bow_genre_size
+        if prior.level in self.level_ids:
+            artist, genres = self.level_ids[prior.level]
+            genres = [genres] if isinstance(genres, int) else list(genres)
+        else:
+            artist = self.artist if isinstance(self.artist, int) else text.artist_id(
+                self.artist, self._table(version, "artist"), version)
+            if isinstance(self.genres, str):
+                genres = text.genre_ids(self.genres, self._table(version, "genre"), version, slots)
+            else:
+                genres = [self.genres] if isinstance(self.genres, int) else list(self.genres)
+        if len([g for g in genres if g >= 0]) > slots:
+            raise ValueError(f"the level-{prior.level} prior takes {slots} genre id(s), got {genres}")
+        genres = (genres + [-1] * slots)[:slots]
+        lyrics = text.tokenize_lyrics(self.lyrics, version) if isinstance(self.lyrics, str) else list(self.lyrics)
+        return int(artist), [int(g) for g in genres], lyrics
+
+    def _table(self, version: str, kind: str) -> text.IdTable:
+        if self.ids is None:
+            raise ValueError(f"{kind} names need the released id lists: pass ids= (a folder with "
+                             f"{version}_{kind}_ids.txt), or give {kind} ids")
+        return self.ids.get(version, kind)
+
+    def labels(self, prior, start: int, n: int, *, sampling: bool = True) -> torch.Tensor | None:
+        """y rows [n, ...] for the window of ``prior`` that starts at token ``start``. The lyric
+        window follows the original sampler's float32 rule, or with ``sampling=False`` its
+        training labeller's float64 one (:func:`~jukebox_fast.text.lyric_window`)."""
         if not prior.hps.labels:
             return None
-        slots = prior.hps.max_bow_genre_size
-        genres = (list(self.genres) + [-1] * slots)[:slots]
+        artist, genres, lyrics = self.level_labels(prior)
         total = self.total_length or prior.sample_length
-        return make_labels(prior, self.artist, genres, total, self.offset + start * prior.raw_to_tokens,
-                           list(self.lyrics), n)
+        return make_labels(prior, artist, genres, total, self.offset + start * prior.raw_to_tokens, lyrics, n,
+                           sampling=sampling)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -148,20 +194,22 @@ def sample_window(prior, context: torch.Tensor, sample_tokens: int, z_cond: torc
 
 
 def sample_level(prior, zs: list[torch.Tensor], song: Song, total_tokens: int, *, hop_fraction: float = 0.5,
-                 sampling: Sampling | None = None, checkpoint: str | os.PathLike | None = None) -> list[torch.Tensor]:
+                 sampling: Sampling | None = None, checkpoint: str | os.PathLike | None = None,
+                 settings: dict | None = None) -> list[torch.Tensor]:
     """Sample level ``prior.level`` of ``zs`` (a list of per-level codes [N, t], top level last)
     up to ``total_tokens``, window by window; returns the updated list.
 
     Windows whose tokens are all there already are skipped, so continuing a partial ``zs`` is the
     original's ``continue`` mode. With ``checkpoint``, the codes are saved there (atomically)
-    after every window, and if the file exists the run resumes from it.
+    after every window, with ``settings`` (:func:`run_settings`), and if the file exists the run
+    resumes from it, provided it was saved with the same settings.
     """
     s = sampling or Sampling()
     level, n_ctx = prior.level, prior.hps.n_ctx
     zs = list(zs)
     n = zs[level].shape[0]
     if checkpoint is not None and Path(checkpoint).exists():
-        zs = _resume(checkpoint, zs, s)
+        zs = _resume(checkpoint, zs, s, settings)
     hop = int(hop_fraction * n_ctx)
     cur = zs[level].shape[1]
     if total_tokens >= n_ctx:
@@ -176,7 +224,7 @@ def sample_level(prior, zs: list[torch.Tensor], song: Song, total_tokens: int, *
                 continue
             zs[level] = torch.cat([zs[level], _window(prior, zs, song, start, length, s, bar)], dim=1)
             if checkpoint is not None:
-                atomic_save({"zs": [z.cpu() for z in zs], "level": level,
+                atomic_save({"zs": [z.cpu() for z in zs], "level": level, "settings": settings,
                              "generator": s.generator.get_state() if s.generator is not None else None}, checkpoint)
     return zs
 
@@ -209,8 +257,10 @@ def _window(prior, zs, song: Song, start: int, length: int, s: Sampling, bar) ->
     return new
 
 
-def _resume(path, zs: list[torch.Tensor], s: Sampling) -> list[torch.Tensor]:
+def _resume(path, zs: list[torch.Tensor], s: Sampling, settings: dict | None) -> list[torch.Tensor]:
     saved = read_checkpoint(path)
+    if settings is not None:
+        check_settings(path, saved.get("settings"), settings)
     codes = saved["zs"]
     if len(codes) != len(zs) or any(a.shape[0] != b.shape[0] for a, b in zip(codes, zs)):
         raise ValueError(f"{path} holds codes for {[tuple(c.shape) for c in codes]}, which do not match this run's "
@@ -220,25 +270,85 @@ def _resume(path, zs: list[torch.Tensor], s: Sampling) -> list[torch.Tensor]:
     return [c.to(z.device) for c, z in zip(codes, zs)]
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """A short digest of a model's weights (names, shapes, dtypes and each tensor's float64 sum):
+    another checkpoint in the same place gives another digest."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            total = float(torch.sum(t, dtype=torch.float64)) if t.is_floating_point() else float(t.sum())
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{total!r}".encode())
+    return h.hexdigest()[:16]
+
+
+def _digest(obj) -> str | None:
+    if obj is None:
+        return None
+    if isinstance(obj, torch.Tensor):
+        return hashlib.sha256(obj.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(b"".join(bytes(_digest(o) or "-", "ascii") for o in obj)).hexdigest()[:16]
+
+
+def run_settings(vqvae, priors: Sequence, song: Song, *, total_length: int, n_samples: int, levels: Sequence[int],
+                 prime: list[torch.Tensor] | None, hop_fraction: Sequence[float], sampling: Sampling) -> dict:
+    """Everything that decides the codes a run samples: compared before a run resumes from codes
+    it finds, so that other settings never return the old run's codes as if they were new."""
+    gen = sampling.generator
+    return {
+        "levels": [int(v) for v in levels], "seconds": round(total_length / vqvae.hps.sr, 4),
+        "total_length": int(total_length), "n_samples": int(n_samples),
+        "hop_fraction": [float(h) for h in hop_fraction], "temperature": float(sampling.temp),
+        "top_k": int(sampling.top_k), "top_p": float(sampling.top_p), "max_batch_size": int(sampling.max_batch_size),
+        "dtype": str(sampling.dtype), "seed": _digest(gen.get_state()) if gen is not None else None,
+        "prime": _digest(prime), "vqvae": fingerprint(vqvae),
+        **{f"prior {level}": fingerprint(priors[level]) for level in levels},
+        **{f"labels {level}": _labels_digest(song, priors[level]) for level in levels},
+    }
+
+
+def _labels_digest(song: Song, prior) -> str | None:
+    y = song.labels(prior, 0, 1)
+    return None if y is None else _digest(y)
+
+
+def check_settings(path, saved: dict | None, wanted: dict) -> None:
+    """Raise ValueError naming what differs between the settings ``path`` was sampled with and
+    these."""
+    if saved == wanted:
+        return
+    if saved is None:
+        raise ValueError(f"{path} holds codes whose settings were not recorded, so they cannot be resumed safely; "
+                         "sample into a new folder, or start over with --overwrite")
+    names = {"seed": "the seed", "prime": "the prime audio", "vqvae": "the VQ-VAE"}
+    diff = [f"{names.get(k, k)}: {saved.get(k)!r} -> {wanted.get(k)!r}" if k not in names and not k.startswith(("prior", "labels"))
+            else f"{names.get(k, k)} differs" for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    raise ValueError(f"{path} holds codes sampled with other settings ({'; '.join(diff)}): resuming would return them "
+                     "as if they were this run's. Sample into a new folder, or start over with --overwrite")
+
+
 def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = None, total_length: int | None = None,
              n_samples: int = 1, levels: Sequence[int] | None = None, prime: list[torch.Tensor] | None = None,
              hop_fraction: Sequence[float] = (0.5, 0.5, 0.125), sampling: Sampling | None = None,
-             out_dir: str | os.PathLike | None = None, sr: int = 44100) -> torch.Tensor:
+             out_dir: str | os.PathLike | None = None, sr: int = 44100, overwrite: bool = False) -> torch.Tensor:
     """The whole pipeline: sample the requested levels top-down, then decode the lowest to audio.
 
     Args:
         vqvae: the VQ-VAE whose codes the priors model.
         priors: one prior per level, indexed by level (``priors[2]`` is the top prior); entries
             for levels not sampled may be None.
-        song: conditioning (artist, genres, lyrics, song length, offset).
+        song: conditioning (artist, genres, lyrics, song length, offset); each level labels it
+            with its own tables (:class:`Song`).
         seconds / total_length: how much audio (rounded down to a multiple of the top hop).
         n_samples: samples drawn together.
-        levels: levels to sample, top first (default: all, e.g. (2, 1, 0)).
+        levels: levels to sample, top first (default: all, e.g. (2, 1, 0)). A level below the
+            top needs the level above it sampled in this run or given in ``prime``.
         prime: codes to continue (primed mode: per-level [N, t] from ``vqvae.encode``), or codes
             saved by an earlier run (continue / upsample modes).
         hop_fraction: window hop per level, indexed by level (the original's 0.5, 0.5, 0.125).
         out_dir: where codes (``codes.pt``, resumable) and one wav per sample of the lowest
-            level sampled are written.
+            level sampled are written. A ``codes.pt`` there is resumed only if it was sampled with
+            the same settings, models and labels (:func:`run_settings`); otherwise this raises,
+            naming what differs, unless ``overwrite`` starts over.
 
     Returns:
         audio [N, T, 1] decoded from the lowest level sampled.
@@ -247,26 +357,42 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
     top = vqvae.hps.levels - 1
     hop = vqvae.hps.hop_lengths[top]
     if total_length is None:
-        if seconds is None:
-            raise ValueError("give seconds or total_length")
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
         total_length = int(seconds * sr) // hop * hop
     if total_length <= 0:
-        raise ValueError(f"nothing to sample: total_length={total_length}")
+        raise ValueError(f"nothing to sample: {total_length} samples (at least one top-level code, {hop} samples)")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     levels = sorted(levels if levels is not None else range(vqvae.hps.levels), reverse=True)
+    for level in levels:
+        if not 0 <= level <= top:
+            raise ValueError(f"levels must lie in 0..{top}, got {level}")
+        if level < top and level + 1 not in levels and (prime is None or prime[level + 1].shape[1] == 0):
+            raise ValueError(f"level {level} is conditioned on level {level + 1}'s codes: sample level {level + 1} "
+                             f"too, or continue codes that hold it")
+        if priors[level] is None:
+            raise ValueError(f"level {level} is to be sampled but no prior was given for it")
     device = next(vqvae.parameters()).device
     zs = [torch.zeros(n_samples, 0, dtype=torch.int64, device=device) for _ in range(vqvae.hps.levels)]
     if prime is not None:
         zs = [p.to(device) for p in prime]
     out = Path(out_dir) if out_dir is not None else None
+    settings = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        settings = run_settings(vqvae, priors, song, total_length=total_length, n_samples=n_samples, levels=levels,
+                                prime=prime, hop_fraction=hop_fraction, sampling=s)
+        codes = out / "codes.pt"
+        if codes.exists() and overwrite:
+            codes.unlink()
+        elif codes.exists():
+            check_settings(codes, read_checkpoint(codes).get("settings"), settings)  # before any work
     for level in levels:
         prior = priors[level]
-        if prior is None:
-            raise ValueError(f"level {level} is to be sampled but no prior was given for it")
         total = total_length // prior.raw_to_tokens
         zs = sample_level(prior, zs, song, total, hop_fraction=hop_fraction[level], sampling=s,
-                          checkpoint=out / "codes.pt" if out is not None else None)
+                          checkpoint=out / "codes.pt" if out is not None else None, settings=settings)
     low = levels[-1]
     with torch.no_grad():
         audio = vqvae.decode(zs[low:], start_level=low, bs_chunks=n_samples).clamp(-1, 1)

@@ -146,8 +146,8 @@ def decode_config(d: int) -> dict:
 
 
 def merge_chunk(splits: int, block_d: int) -> int:
-    """Shares :func:`merge` reads at once: at most 4096 partial values."""
-    return min(splits, max(1, 4096 // block_d))
+    """Shares :func:`merge` reads at once: at most 2048 partial values."""
+    return min(splits, max(1, 2048 // block_d))
 
 
 def splits_for(programs: int, span: int, d: int, sms: int = 132) -> int:

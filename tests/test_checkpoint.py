@@ -173,3 +173,44 @@ def test_original_hps_with_none_fields_keep_their_meaning(tmp_path):
     loaded = load_vqvae(tmp_path / "v.pth.tar")
     assert loaded.hps.hvqvae_multipliers is None and loaded.hps.dilation_cycle == 2
     assert _same_weights(loaded, model)
+
+
+def test_flipped_bytes_in_tensor_data_fail_the_checksum(tiny, tmp_path):
+    path = save_vqvae(tiny, tmp_path / "vq.pth.tar")
+    load_vqvae(path)  # intact: loads
+    sd = tiny.state_dict()
+    weight = max(sd.values(), key=lambda t: t.numel())  # the biggest tensor: well over 128 bytes
+    raw, data = weight.numpy().tobytes(), bytearray(path.read_bytes())
+    at = data.find(raw)  # torch.save stores tensor bytes uncompressed
+    assert at > 0
+    data[at + 64 : at + 128] = bytes(b ^ 0x5A for b in data[at + 64 : at + 128])  # 64 bytes flipped
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"vq.pth.tar is corrupt: its tensors do not match the checksum"):
+        load_vqvae(path)
+
+
+def test_non_finite_weights_in_an_original_file_are_refused(tiny, tmp_path):
+    sd = dict(tiny.state_dict())
+    sd["decoders.1.out.bias"] = sd["decoders.1.out.bias"].clone().fill_(float("inf"))
+    torch.save({"model": sd, "hps": tiny.hps.to_dict()}, tmp_path / "orig.pth.tar")
+    with pytest.raises(CheckpointError, match=r"orig.pth.tar is corrupt: 'decoders.1.out.bias' holds 1 NaN/inf"):
+        load_vqvae(tmp_path / "orig.pth.tar")
+
+
+def test_a_prior_where_a_vq_vae_is_expected_and_back(tiny, tmp_path):
+    from jukebox_fast import load_prior, make_prior, save_prior
+
+    prior = make_prior("tiny_upsampler", tiny)
+    save_prior(prior, tmp_path / "prior_level_1.pth.tar")
+    with pytest.raises(CheckpointError, match="prior_level_1.pth.tar holds a prior, not a VQ-VAE"):
+        load_vqvae(tmp_path / "prior_level_1.pth.tar")
+    save_vqvae(tiny, tmp_path / "vqvae.pth.tar")
+    with pytest.raises(CheckpointError, match="vqvae.pth.tar holds a VQ-VAE, not a prior"):
+        load_prior(tmp_path / "vqvae.pth.tar")
+    # Original files say it by their key names.
+    torch.save({"model": prior.state_dict()}, tmp_path / "orig_prior.pth.tar")
+    with pytest.raises(CheckpointError, match="orig_prior.pth.tar holds a prior, not a VQ-VAE"):
+        load_vqvae(tmp_path / "orig_prior.pth.tar")
+    torch.save({"model": tiny.state_dict()}, tmp_path / "orig_vq.pth.tar")
+    with pytest.raises(CheckpointError, match="orig_vq.pth.tar holds a VQ-VAE, not a prior"):
+        load_prior(tmp_path / "orig_vq.pth.tar", "tiny_upsampler", tiny)

@@ -60,22 +60,61 @@ def test_encode_then_decode(demo, tmp_path, capsys):
     assert (tmp_path / "dec" / "level_1.png").exists()
 
 
-def test_sample_from_trained_checkpoints_and_resume(demo, tmp_path, capsys):
-    ckpts = tmp_path / "models"
-    ckpts.mkdir()
-    shutil.copy(demo / "vqvae" / "vqvae.pth.tar", ckpts)
-    shutil.copy(demo / "top_prior" / "prior_level_2.pth.tar", ckpts)
-    shutil.copy(demo / "upsampler" / "prior_level_1.pth.tar", ckpts)
-    args = ["sample", "--checkpoints", str(ckpts), "--levels", "2,1", "--seconds", "0.5", "--n-samples", "2",
+def test_sample_straight_from_the_demo_folder_and_resume(demo, tmp_path, capsys):
+    # The demo's layout (vqvae/, top_prior/, upsampler/) as it is; the levels come from the priors found.
+    args = ["sample", "--checkpoints", str(demo), "--seconds", "0.5", "--n-samples", "2",
             "--out", str(tmp_path / "s"), "--quiet", "--prime", str(demo / "data" / "song_01.wav"),
             "--prime-seconds", "0.2"]
     assert main(args) == 0
-    first = torch.load(tmp_path / "s" / "codes.pt")["zs"]
-    assert [z.shape for z in first[1:]] == [(2, 22016 // 32), (2, 22016 // 128)]
+    saved = torch.load(tmp_path / "s" / "codes.pt")
+    first = saved["zs"]
+    assert [z.shape for z in first[1:]] == [(2, 22016 // 32), (2, 22016 // 128)] and saved["settings"]["levels"] == [2, 1]
     assert main(args) == 0  # everything is sampled already: resumes, changes nothing
     assert all(torch.equal(a, b) for a, b in zip(first, torch.load(tmp_path / "s" / "codes.pt")["zs"]))
     for i in range(2):
         assert soundfile.read(tmp_path / "s" / f"level_1_item_{i}.wav")[0].shape == (22016,)
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--seed", "5"], "the seed differs"), (["--temperature", "0.5"], "temperature: 0.99 -> 0.5"),
+    (["--top-k", "3"], "top_k: 0 -> 3"), (["--top-p", "0.9"], "top_p: 0.0 -> 0.9"),
+    (["--levels", "2"], "levels: [2, 1] -> [2]"), (["--seconds", "0.4"], "total_length: 22016 -> 17536"),
+])
+def test_other_settings_never_return_the_old_codes(demo, tmp_path, capsys, change, named):
+    base = ["sample", "--checkpoints", str(demo), "--seconds", "0.5", "--out", str(tmp_path / "s"), "--quiet"]
+    assert main(base) == 0
+    saved = torch.load(tmp_path / "s" / "codes.pt")
+    old = saved["zs"]
+    capsys.readouterr()
+    assert main(base + change) == 2
+    err = capsys.readouterr().err
+    assert "holds codes sampled with other settings" in err and named in err and "--overwrite" in err, err
+    assert all(torch.equal(a, b) for a, b in zip(old, torch.load(tmp_path / "s" / "codes.pt")["zs"]))
+    assert main(base + change + ["--overwrite"]) == 0
+    new = torch.load(tmp_path / "s" / "codes.pt")  # sampled anew, with the new settings recorded
+    assert new["settings"] != saved["settings"] and main(base + change) == 0  # which now resume
+
+
+def test_ctrl_c_while_sampling_says_where_the_codes_are_and_exits_130(demo, tmp_path, capsys, monkeypatch):
+    import jukebox_fast.sample as sample_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_mod, "generate", interrupted)
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoints", str(demo), "--seconds", "0.5", "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"interrupted; the codes sampled so far are in {out / 'codes.pt'}" in err
+    assert "run the same command to resume" in err
+
+
+def test_rerunning_the_demo_into_its_folder_is_refused(demo, capsys):
+    before = (demo / "vqvae" / "vqvae.pth.tar").stat().st_mtime_ns
+    assert main(["demo", "--small", "--out", str(demo), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{demo} already holds a demo run" in err and "--resume" in err and "--overwrite" in err
+    assert (demo / "vqvae" / "vqvae.pth.tar").stat().st_mtime_ns == before
 
 
 def test_train_subcommands_resume(tmp_path, capsys):
@@ -99,7 +138,7 @@ def test_train_subcommands_resume(tmp_path, capsys):
     (["decode", "{tmp}/bad.wav", "--vqvae", "{vq}", "--out", "{tmp}/o"], "bad.wav"),
     (["encode", "{tmp}/empty.wav", "--vqvae", "{tmp}/nope.pth.tar", "--out", "{tmp}/c.pt"], "nope.pth.tar"),
     (["train-vqvae", "{tmp}/no_songs", "--out", "{tmp}/r", "--quiet"], "training data folder not found"),
-    (["sample", "--checkpoints", "{tmp}", "--vqvae", "{vq}", "--out", "{tmp}/s"], "no prior for level 2"),
+    (["sample", "--checkpoints", "{tmp}", "--vqvae", "{vq}", "--out", "{tmp}/s"], "no prior_level_<L>.pth.tar under"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, demo, tmp_path, capsys):
     (tmp_path / "bad.wav").write_bytes(b"RIFF but not audio")
@@ -110,6 +149,75 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, demo, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith(f"jukebox-fast {argv[0]}: error:") and err.count("\n") == 1, err
     assert message in err
+
+
+SAMPLE = ["sample", "--checkpoints", "{demo}", "--seconds", "0.5", "--out", "{tmp}/s", "--quiet"]
+IDS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ids"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (SAMPLE + ["--levels", "1"], "level 1 is conditioned on level 2's codes"),
+    (SAMPLE + ["--levels", "2,7"], "this VQ-VAE has levels 0..2, got 7"),
+    (SAMPLE + ["--levels", "one"], "--levels takes levels separated by commas"),
+    (SAMPLE + ["--seconds", "inf"], "--seconds must be a finite number > 0, got inf"),
+    (SAMPLE + ["--seconds", "0"], "--seconds must be a finite number > 0, got 0.0"),
+    (SAMPLE + ["--temperature", "-1"], "--temperature must be a finite number >= 0, got -1.0"),
+    (SAMPLE + ["--top-p", "5"], "--top-p must lie in [0, 1] (0: off), got 5.0"),
+    (SAMPLE + ["--top-k", "-4"], "--top-k must be >= 0 (0: off), got -4"),
+    (SAMPLE + ["--n-samples", "0"], "--n-samples must be >= 1, got 0"),
+    (SAMPLE + ["--genre", "-5"], "--genre ids are >= 0, got -5"),
+    (SAMPLE + ["--artist", "-2"], "--artist ids are >= 0, got -2"),
+    (SAMPLE + ["--prime", "{demo}/data/song_00.wav", "--prime-seconds", "-1"],
+     "--prime-seconds must be a finite number > 0, got -1.0"),
+    (SAMPLE + ["--prime", "{tmp}/nan.wav"], "nan.wav holds 1 non-finite (NaN or inf) sample(s)"),
+    (SAMPLE + ["--level-ids", "1:2"], "--level-ids takes LEVEL:ARTIST:GENRE[,GENRE...] ids, got '1:2'"),
+    (SAMPLE + ["--vqvae", "{demo}/top_prior/prior_level_2.pth.tar"], "prior_level_2.pth.tar holds a prior, not a VQ-VAE"),
+    (["encode", "{tmp}/nan.wav", "--vqvae", "{demo}/vqvae/vqvae.pth.tar", "--out", "{tmp}/c.pt"],
+     "nan.wav holds 1 non-finite (NaN or inf) sample(s), the first at 0.010 s (sample 441)"),
+    (["encode", "{demo}/data/song_00.wav", "--vqvae", "{demo}/upsampler/prior_level_1.pth.tar", "--out", "{tmp}/c.pt"],
+     "prior_level_1.pth.tar holds a prior, not a VQ-VAE"),
+    (["decode", "{tmp}/uint8.pt", "--vqvae", "{demo}/vqvae/vqvae.pth.tar", "--out", "{tmp}/o"],
+     "codes of level 0 must be int64 or int32 code indices, got torch.uint8"),
+    (["decode", "{tmp}/empty.pt", "--vqvae", "{demo}/vqvae/vqvae.pth.tar", "--out", "{tmp}/o"],
+     "empty.pt has no codes at level 0"),
+    (["train-vqvae", "{demo}/data", "--out", "{tmp}/r", "--preset", "tiny_top_prior", "--quiet"],
+     "preset 'tiny_top_prior' is a prior, not a VQ-VAE (VQ-VAE presets: tiny_vqvae, vqvae)"),
+    (["train-prior", "{demo}/data", "--vqvae", "{demo}/vqvae/vqvae.pth.tar", "--out", "{tmp}/r", "--preset",
+      "tiny_vqvae", "--quiet"], "preset 'tiny_vqvae' is not a prior"),
+    (["train-vqvae", "{demo}/data", "--out", "{demo}/vqvae", "--quiet"], "vqvae already holds a run"),
+    (["train-vqvae", "{tmp}/nan_songs", "--out", "{tmp}/r", "--bad-files", "stop", "--quiet"],
+     "nan.wav holds 1 non-finite"),
+])
+def test_each_bad_input_is_one_line_naming_it_and_exit_2(argv, message, demo, tmp_path, capsys):
+    audio = synth_set(tmp_path, 1, 0.5)[0]
+    clip = soundfile.read(audio, dtype="float32")[0]
+    clip[441] = float("nan")
+    soundfile.write(tmp_path / "nan.wav", clip, 44100, subtype="FLOAT")
+    (tmp_path / "nan_songs").mkdir()
+    shutil.copy(tmp_path / "nan.wav", tmp_path / "nan_songs")
+    torch.save({"codes": [torch.zeros(1, 64, dtype=torch.uint8)] * 3}, tmp_path / "uint8.pt")
+    torch.save({"codes": [torch.zeros(1, 0, dtype=torch.int64)] * 3}, tmp_path / "empty.pt")
+    argv = [a.format(tmp=tmp_path, demo=demo) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jukebox-fast {argv[0]}: error:") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_one_line(demo, tmp_path, capsys):
+    assert main([a.format(demo=demo, tmp=tmp_path) for a in SAMPLE] + ["--device", "cuda"]) == 2
+    assert "--device cuda: this PyTorch sees no CUDA device (use --device cpu)" in capsys.readouterr().err
+    assert main(["train-vqvae", str(demo / "data"), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
+    assert "this PyTorch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not IDS.is_dir(), reason="the released ids files are not in the workspace")
+def test_a_misspelt_artist_is_an_error_naming_the_closest(demo, tmp_path, capsys):
+    argv = [a.format(demo=demo, tmp=tmp_path) for a in SAMPLE] + ["--ids", str(IDS), "--artist", "Ella Fitzgerlad"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "artist 'Ella Fitzgerlad' is not in" in err and "closest: 'ella_fitzgerald'" in err and err.count("\n") == 1
 
 
 def test_bad_arguments_exit_non_zero_with_a_message(capsys):

@@ -41,7 +41,7 @@ def test_a_failing_step_does_not_stop_the_others(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_evidence
 
-    def plan(out, dry, jobs):
+    def plan(out, dry, jobs, cuda=True):
         return [gpu_evidence.Step("boom", [sys.executable, "-c", "raise SystemExit(3)"], 30, needs_cuda=False),
                 gpu_evidence.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 1, needs_cuda=False),
                 gpu_evidence.Step("fine", [sys.executable, "-c", "print('ok')"], 30, needs_cuda=False)]

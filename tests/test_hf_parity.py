@@ -53,6 +53,19 @@ def test_identical_codes_at_every_level(pair):
         assert torch.equal(a, b), f"level {level}: {(a != b).sum()} codes differ"
 
 
+def test_lengths_off_the_hop_encode_as_the_original(pair):
+    """The original's encoder takes any length: each strided convolution floors, so T samples give
+    T // hop codes, the tail past the last whole code dropped. Ours must give those codes."""
+    ours, hf, x = pair
+    cut = x[:, : x.shape[1] - 77]  # 77 samples short of a multiple of 128
+    with torch.no_grad(), use_backend("torch"):
+        ours_codes = ours.encode(cut)
+    with torch.no_grad():
+        hf_codes = hf.encode(cut)
+    for level, (a, b, hop) in enumerate(zip(ours_codes, hf_codes, (8, 32, 128))):
+        assert a.shape == (2, cut.shape[1] // hop) and torch.equal(a, b), level
+
+
 def test_default_kernels_change_codes_only_at_near_ties(pair):
     """With the fused C++ residual blocks (the CPU default) the encoder's sums round differently.
     The latents move by fp32 rounding only, and a code may change only where its two nearest

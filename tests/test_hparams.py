@@ -72,3 +72,25 @@ def test_from_dict_round_trip_and_lenient_mode():
     assert hparams.from_dict(VQVAEHparams, {"l_bins": 7, "prior_width": 4800}, strict=False).l_bins == 7
     with pytest.raises(ValueError, match="prior_width"):
         hparams.from_dict(VQVAEHparams, {"prior_width": 4800})
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(l_bins=0), "l_bins must be >= 1, got 0"),
+    (dict(emb_width=0), "emb_width must be >= 1, got 0"),
+    (dict(sr=0), "sr must be >= 1, got 0"),
+    (dict(commit=float("nan")), "commit must be a finite number >= 0, got nan"),
+    (dict(commit=-0.1), "commit must be a finite number >= 0, got -0.1"),
+    (dict(l_mu=1.5), r"l_mu \(the codebook's EMA decay\) must be in \(0, 1\], got 1.5"),
+    (dict(strides_t=(0, 2, 2)), r"strides_t must be >= 1 and downs_t >= 0 at every level"),
+    (dict(downs_t=(3, -1, 2)), r"strides_t must be >= 1 and downs_t >= 0 at every level"),
+])
+def test_make_vqvae_refuses_impossible_hparams(override, message):
+    from jukebox_fast import make_vqvae
+
+    with pytest.raises(ValueError, match=message):
+        make_vqvae(hparams.get("tiny_vqvae", **override))
+
+
+def test_presets_listed_by_kind():
+    assert hparams.names(hparams.VQVAEHparams) == ["tiny_vqvae", "vqvae"]
+    assert "tiny_top_prior" in hparams.names(hparams.PriorHparams) and "vqvae" not in hparams.names(hparams.PriorHparams)

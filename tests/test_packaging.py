@@ -22,3 +22,24 @@ def test_import_does_not_pull_triton_matplotlib_or_transformers():
             "print(sorted(m for m in ('triton', 'matplotlib', 'transformers', 'soundfile') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_benchmark_import_is_in_the_bench_extra():
+    """`pip install .[bench]` must run every benchmark script: what they import beyond the
+    package's own requirements comes with the extra (the HF port is the CPU baseline)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / "setup.py").read_text())
+    extras = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  for k in node.keywords if k.arg == "extras_require")
+    bench = {r.split("=")[0].split("[")[0] for r in extras["bench"]}
+    used = set()
+    for script in (root / "benchmarks").glob("bench_*.py"):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                used.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                used.update(a.name.split(".")[0] for a in node.names)
+    assert "transformers" in used and "transformers" in bench

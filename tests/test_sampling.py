@@ -1,11 +1,13 @@
 """Cached incremental decoding and the sampling pipeline (CPU, tiny presets)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import jukebox_fast.sample as sample_mod
-from jukebox_fast import dispatch, extension, make_prior, make_vqvae
+from jukebox_fast import dispatch, extension, make_prior, make_vqvae, text
 from jukebox_fast.dispatch import use_backend
 from jukebox_fast.models.decoding import IncrementalDecoder
 from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
@@ -204,3 +206,30 @@ def test_primed_generation_continues_the_encoded_audio(tmp_path):
     assert audio.shape == (2, total, 1)
     zs = sample_level(top, list(prime), song, 100, hop_fraction=0.125, sampling=Sampling(progress=False))
     assert torch.equal(zs[2][:, :40], prime[2]) and zs[2].shape == (2, 100)  # the prime is kept, then continued
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "reference" / "ids").is_dir(),
+                    reason="the released ids files are not in the workspace")
+def test_each_level_is_labelled_with_its_own_tables():
+    # 1b_lyrics' top prior reads the v3 tables, the released upsamplers the v2 ones (a bag of genre
+    # words). Rows as the original's labeller makes them for Ella Fitzgerald / Soul Jazz: v2 artist
+    # 1042, genre words soul 6 and jazz 9; v3 artist 1595, genre "soul jazz" 424.
+    from jukebox_fast.sample import Song
+
+    ids = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ids"
+    with torch.device("meta"):
+        top, up = make_prior("prior_1b_lyrics"), make_prior("upsampler_level_1")
+    total = 44100 * 120
+    song = Song("Ella Fitzgerald", "Soul Jazz", total, "A-tisket, a-tasket", ids=ids)
+    y_up = song.labels(up, start=4096, n=1)
+    assert y_up[0].tolist() == [total, 4096 * 32, 8192 * 32, 1042, 6, 9, -1, -1, -1]
+    y_top = song.labels(top, start=0, n=2)
+    lyrics = text.tokenize_lyrics("A-tisket, a-tasket", "v3")
+    assert y_top[0, :5].tolist() == [total, 0, 6144 * 128, 1595, 424]
+    assert y_top[0, 5:].tolist() == [0] * (384 - len(lyrics)) + lyrics and y_top.shape == (2, 5 + 384)
+    # Ids given per level are used as given there, names everywhere else.
+    per_level = Song("Ella Fitzgerald", "Soul Jazz", total, ids=ids, level_ids={1: (7, (3,))})
+    assert per_level.labels(up, 0, 1)[0, 3:].tolist() == [7, 3, -1, -1, -1, -1]
+    assert per_level.labels(top, 0, 1)[0, 3:5].tolist() == [1595, 424]
+    with pytest.raises(ValueError, match="artist names need the released id lists"):
+        Song("Ella Fitzgerald", "Soul Jazz", total).labels(up, 0, 1)

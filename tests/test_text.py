@@ -52,7 +52,34 @@ def test_released_artist_and_genre_ids():
     assert text.genre_ids("Country", v2g, "v2") == [11, -1, -1, -1, -1]
     assert text.genre_ids("Country", v3g) == [507]
     assert text.genre_ids("Blues Rock", v2g, "v2") == [2, 8, -1, -1, -1]
-    assert text.artist_id("Nobody Anyone Knows", v3a) == 0  # unknown -> 0
+    assert text.artist_id("unknown", v3a) == 0 and text.genre_ids("Unknown", v2g, "v2")[0] == 0  # on purpose
+
+
+@needs_ids
+def test_a_misspelt_name_is_an_error_that_names_the_closest_entries():
+    # The original takes artist 0 with a printed warning (and raises KeyError for a v2 genre word):
+    # a misspelt name would condition the sample on the unknown artist without a word here.
+    tables = text.IdTables(IDS)
+    with pytest.raises(ValueError, match=r"artist 'Ella Fitzgerlad' is not in .*v3_artist_ids.txt; closest: "
+                                         r"'ella fitzgerald'.*say 'unknown'"):
+        text.artist_id("Ella Fitzgerlad", tables.get("v3", "artist"), "v3")
+    with pytest.raises(ValueError, match=r"genre word 'jaz' is not in .*v2_genre_ids.txt; closest: 'jazz'"):
+        text.genre_ids("Soul Jaz", tables.get("v2", "genre"), "v2")
+    with pytest.raises(ValueError, match="closest: 'soul jazz'"):
+        text.genre_ids("Soul Jaz", tables.get("v3", "genre"), "v3")
+
+
+def test_the_lyric_window_follows_the_samplers_float32_rule_and_the_labellers_float64():
+    # 2722 lyric tokens, a song of 3,629,395 samples, a window of 30,720 at 2,502,016: the middle is
+    # 1887.99992 in float64 (the original's training labeller, Python numbers) and 1888.0 in float32
+    # (its sampler, on the label row's 0-dim int64 tensors): the window moves by one character.
+    full = list(range(1, 2723))
+    _, trained = text.lyric_window(full, 384, 3_629_395, 2_502_016, 30_720)
+    _, sampled = text.lyric_window(full, 384, 3_629_395, 2_502_016, 30_720, sampling=True)
+    assert trained[0] == 1887 - 192 and sampled[0] == 1888 - 192
+    for offset in (0, 1_000_000, 3_000_000):  # elsewhere the two rules agree
+        assert text.lyric_window(full, 384, 3_629_395, offset, 30_720) == \
+            text.lyric_window(full, 384, 3_629_395, offset, 30_720, sampling=True)
 
 
 def test_id_files_are_checked(tmp_path):

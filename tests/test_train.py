@@ -94,7 +94,58 @@ def test_bad_data_paths_fail_clearly(tmp_path):
         AudioFolder(tmp_path)
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
     with pytest.raises(AudioError, match="broken.wav"):
+        AudioFolder(tmp_path, bad_files="stop")
+    with pytest.warns(UserWarning, match="skipping .*broken.wav"), \
+            pytest.raises(AudioError, match="no usable audio file under .*every one was skipped"):
         AudioFolder(tmp_path)
+
+
+def test_files_with_nan_or_inf_are_skipped_with_a_warning_or_stop_the_run(tmp_path):
+    good, bad = synth_clip(1.0, seed=1), synth_clip(1.0, seed=2)
+    bad[1234] = float("nan")
+    write_wav(tmp_path / "a_good.wav", good)
+    soundfile = pytest.importorskip("soundfile")  # a float wav keeps the NaN (PCM could not hold it)
+
+    soundfile.write(tmp_path / "b_nan.wav", bad, 44100, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=r"skipping .*b_nan.wav holds 1 non-finite \(NaN or inf\) sample"):
+        folder = AudioFolder(tmp_path)
+    assert [p.name for p in folder.files] == ["a_good.wav"]
+    with pytest.raises(AudioError, match=r"b_nan.wav holds 1 non-finite .*--bad-files skip"):
+        AudioFolder(tmp_path, bad_files="stop")
+
+
+def test_files_shorter_than_the_window_are_skipped_with_a_warning(tmp_path):
+    write_wav(tmp_path / "long.wav", synth_clip(1.0, seed=1))
+    write_wav(tmp_path / "short.wav", synth_clip(1025 / 44100, seed=2))  # 1,025 samples
+    with pytest.warns(UserWarning, match=r"skipping .*short.wav: 1025 samples .* shorter than one training window"):
+        _, summary = train_vqvae(tmp_path, tmp_path / "run", cfg=TrainConfig(steps=1, batch_size=1), progress=False)
+    assert summary["steps"] == 1
+    with pytest.raises(AudioError, match="short.wav: 1025 samples"):
+        train_vqvae(tmp_path, tmp_path / "run2", cfg=TrainConfig(steps=1, batch_size=1), progress=False,
+                    bad_files="stop")
+
+
+def test_a_finished_run_is_not_trained_over_without_resume_or_overwrite(folder, vqvae_path, tmp_path):
+    cfg = TrainConfig(steps=1, **CFG)
+    with pytest.raises(FileExistsError, match=rf"{vqvae_path.parent} already holds a run \(checkpoint.pt, "
+                                              r"vqvae.pth.tar\): pass --resume .* --overwrite"):
+        train_vqvae(folder, vqvae_path.parent, cfg=cfg, progress=False)
+    before = vqvae_path.stat().st_mtime_ns
+    run = tmp_path / "vq"
+    train_vqvae(folder, run, cfg=cfg, progress=False)
+    train_vqvae(folder, run, cfg=TrainConfig(steps=1, **{**CFG, "seed": 4}), progress=False, overwrite=True)
+    assert vqvae_path.stat().st_mtime_ns == before
+    train_prior(folder, tmp_path / "up", vqvae_path, "tiny_upsampler", cfg, progress=False)
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint.pt, prior_level_1.pth.tar\)"):
+        train_prior(folder, tmp_path / "up", vqvae_path, "tiny_upsampler", cfg, progress=False)
+
+
+def test_a_preset_of_the_other_kind_is_refused(folder, vqvae_path, tmp_path):
+    with pytest.raises(ValueError, match=r"preset 'tiny_top_prior' is a prior, not a VQ-VAE \(VQ-VAE presets: "
+                                         r"tiny_vqvae, vqvae\)"):
+        train_vqvae(folder, tmp_path, "tiny_top_prior")
+    with pytest.raises(ValueError, match=r"preset 'tiny_vqvae' is not a prior \(prior presets: prior_1b_lyrics"):
+        train_prior(folder, tmp_path, vqvae_path, "tiny_vqvae")
 
 
 def test_bad_config_is_rejected():

@@ -140,12 +140,27 @@ def test_a_non_finite_row_reports_index_zero_and_nan_as_the_reference(dev):
     x[4, 2], x[7, 0] = float("nan"), float("inf")
     bad = torch.zeros(10, dtype=torch.bool, device=dev)
     bad[[4, 7]] = True
-    idx, dist = vq_nearest(x, c, backend="triton")
-    ref_idx, ref_dist = vq_nearest(x, c, backend="torch")
+    idx, dist = vq_nearest(x, c, backend="triton", check_finite=False)
+    ref_idx, ref_dist = vq_nearest(x, c, backend="torch", check_finite=False)
     assert torch.equal(idx, ref_idx) and idx[bad].tolist() == [0, 0]
     assert bool(dist[bad].isnan().all()) and bool(ref_dist[bad].isnan().all())
     assert_nearest(x[~bad], c, idx[~bad], dist[~bad])
     assert bool(quantise(x, c).commit.isnan())  # the training loss must see the NaN
+
+
+def test_a_non_finite_codebook_row_is_never_chosen_as_the_reference(dev):
+    x, c = randn(50, 8, device=dev), randn(30, 8, device=dev)
+    c[3, 1], c[17, 0] = float("nan"), float("-inf")
+    good = torch.ones(30, dtype=torch.bool, device=dev)
+    good[[3, 17]] = False
+    for backend in ("triton", "torch"):
+        idx, dist = vq_nearest(x, c, backend=backend, check_finite=False)
+        keep = good.nonzero().flatten()  # [28] the finite rows
+        sub_idx, sub_dist = vq_nearest(x, c[good], backend="torch")
+        assert torch.equal(idx, keep[sub_idx]), backend
+        torch.testing.assert_close(dist, sub_dist)
+    out = quantise(x, c)
+    assert torch.equal(out.codes, keep[sub_idx]) and bool(torch.isfinite(out.quantised).all())
 
 
 def test_mixed_dtypes_and_strided_rows(dev):

@@ -105,6 +105,26 @@ def test_bad_input_is_a_clear_value_error(x, c, match):
         vq_nearest(x, c)
 
 
+def test_non_finite_input_is_refused_unless_the_check_is_skipped():
+    x, c = torch.randn(20, 6), torch.randn(9, 6)
+    x[13, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"x holds NaN or inf in 1 of its 20 rows \(first: row 13\); "
+                                         "pass check_finite=False"):
+        vq_nearest(x, c)
+    idx, dist = vq_nearest(x, c, check_finite=False)  # unchecked: index 0, distance NaN
+    assert idx[13] == 0 and dist[13].isnan() and bool(torch.isfinite(dist[torch.arange(20) != 13]).all())
+    c[4, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"codebook holds NaN or inf in 1 of its 9 rows \(first: row 4\)"):
+        vq_nearest(x[:5], c)
+    # Unchecked, a non-finite codebook row is out of the search: before, one NaN row took every query.
+    c[7] = float("nan")
+    idx, dist = vq_nearest(x[:13], c, check_finite=False)
+    keep = torch.tensor([0, 1, 2, 3, 5, 6, 8])
+    sub_idx, sub_dist = vq_nearest(x[:13], c[keep])
+    assert torch.equal(idx, keep[sub_idx])
+    torch.testing.assert_close(dist, sub_dist)  # the same sums, up to the BLAS's blocking
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(0, 300), k=st.integers(1, 300), d=st.integers(1, 70), seed=st.integers(0, 2**31 - 1),
        dup=st.booleans())

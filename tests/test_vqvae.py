@@ -79,7 +79,7 @@ def test_encode_accepts_any_float_dtype_like_the_original(tiny):
         (torch.zeros(4096), r"shape \[batch, samples, 1\], got shape \(4096,\)"),
         (torch.zeros(1, 4096), r"shape \[batch, samples, 1\], got shape \(1, 4096\)"),
         (torch.zeros(1, 4096, 2), "expected 1 audio channel.*got 2 channels"),
-        (torch.zeros(1, 4000, 1), r"multiple of 128 samples .*got shape \(1, 4000, 1\)"),
+        (torch.zeros(1, 100, 1), r"at least 128 samples \(one code of level 2\), got shape \(1, 100, 1\)"),
         (torch.zeros(1, 4096, 1, dtype=torch.int16), "expected float audio.*torch.int16"),
         (torch.zeros(0, 4096, 1), "non-empty batch"),
         (torch.zeros(1, 4096, 1, device="meta"), "audio is on meta but the model is on cpu"),
@@ -91,11 +91,13 @@ def test_bad_audio_is_a_clear_value_error(tiny, x, match):
         tiny.encode(x)
 
 
-def test_partial_encode_only_needs_its_own_hop(tiny):
-    x = torch.zeros(1, 8 * 101, 1)  # a multiple of 8, not of 32
+def test_any_length_encodes_to_whole_codes_and_partial_encode_only_needs_its_own_hop(tiny):
+    x = 0.3 * torch.randn(1, 8 * 101 + 5, 1)  # not a multiple of 8, 32 or 128
+    assert [z.shape[1] for z in tiny.encode(x)] == [101, 25, 6]
     assert tiny.encode(x, end_level=1)[0].shape == (1, 101)
-    with pytest.raises(ValueError, match="multiple of 32 samples"):
-        tiny.encode(x, end_level=2)
+    with pytest.raises(ValueError, match=r"at least 32 samples \(one code of level 1\)"):
+        tiny.encode(x[:, :20], end_level=2)
+    assert tiny.encode(x[:, :20], end_level=1)[0].shape == (1, 2)
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,10 @@ def test_partial_encode_only_needs_its_own_hop(tiny):
     [
         (lambda: [torch.zeros(1, 8, dtype=torch.long)] * 2, {}, "expected a list of 3 code tensors"),
         (lambda: torch.zeros(1, 8, dtype=torch.long), {}, "got Tensor"),
-        (lambda: [torch.zeros(1, 8)] * 3, {}, "codes of level 0 must be integers, got torch.float32"),
+        (lambda: [torch.zeros(1, 8)] * 3, {}, "codes of level 0 must be int64 or int32 code indices, got torch.float32"),
+        (lambda: [torch.zeros(1, 8, dtype=torch.uint8)] * 3, {}, "must be int64 or int32 code indices, got torch.uint8"),
+        (lambda: [torch.zeros(1, 0, dtype=torch.long)] * 3, {}, r"codes of level 0 are empty \(shape \(1, 0\)\)"),
+        (lambda: [torch.zeros(1, 8, dtype=torch.long)] * 3, dict(bs_chunks=0), "bs_chunks must be an integer >= 1"),
         (lambda: [torch.zeros(8, dtype=torch.long)] * 3, {}, r"must be a \[batch, time\] tensor"),
         (lambda: [torch.full((1, 8), 256)] + [torch.zeros(1, 2, dtype=torch.long)] * 2, {},
          r"must lie in \[0, 256\), got values in \[256, 256\]"),

@@ -163,6 +163,26 @@ class SimplePrior(nn.Module):
         z, *z_conds = zs if isinstance(zs, (list, tuple)) else [zs]
         return self.z_forward(z, z_conds, y, fp16, get_preds)
 
+    def hidden_states(self, z: torch.Tensor, layers, y: torch.Tensor | None = None,
+                      z_conds: list[torch.Tensor] | None = None, dtype: torch.dtype | None = None
+                      ) -> dict[int, torch.Tensor]:
+        """The LM's hidden states after the blocks ``layers`` (numbered from 1, any order) for
+        codes z [N, t], 1 <= t <= n_ctx: {layer: [N, t', width]}, t' = t (plus the lyric tokens
+        for a single encoder-decoder). The input is the training forward's: ``x_emb(z)`` shifted
+        right by one with the label embedding at position 0, plus ``pos_emb[:t]`` and the
+        conditioning. Every layer is causal, so the first t positions are those of any longer
+        sequence that starts with z. ``dtype`` (e.g. bf16) runs the blocks in it, LayerNorm and
+        softmax staying fp32; the states come back in that dtype."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or not 1 <= z.shape[1] <= self.hps.n_ctx:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"codes must be [N, t] with 1 <= t <= {self.hps.n_ctx} (n_ctx), got {got}")
+        self.check_codes(z, z.shape[1], self.bins, f"level-{self.level} codes")
+        tokens, x_cond, y_cond, encoder_kv, _ = self.lm_inputs(z, z_conds, y)
+        h = self.prior.embed(tokens, x_cond, y_cond)  # [N, t', width] fp32
+        if encoder_kv is not None and dtype is not None:
+            encoder_kv = encoder_kv.to(dtype)
+        return self.prior.transformer.states(h if dtype is None else h.to(dtype), layers, encoder_kv)
+
     def get_logits(self, zs, y: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
         """Logits [N, L, bins] of the training forward (L includes the lyrics for 1b_lyrics)."""
         return self.forward(zs, y, fp16, get_preds=True)[1]["preds"]

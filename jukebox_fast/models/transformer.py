@@ -143,11 +143,32 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
         """[N, L, width] -> [N, L, width]; with ``fp16`` the layers run in half precision and the
         result comes back in fp32, as in the original."""
+        if len(self._attn_mods) < len(self.kinds):
+            raise ValueError(f"this transformer holds only its first {len(self._attn_mods)} of {len(self.kinds)} "
+                             "blocks (loaded with layers=...): it gives hidden states (states()), not outputs")
         if fp16:
             x = x.half()
         for layer in self._attn_mods:
             x = layer(x, encoder_kv if layer.attn.pattern.kind == 6 else None)
         return x.float() if fp16 else x
+
+    def states(self, x: torch.Tensor, layers, encoder_kv: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """The hidden state after each block in ``layers`` (numbered from 1; any order, repeats
+        allowed) for input x [N, L, width]: {layer: [N, L, width]}. Only blocks up to the deepest
+        one asked for run."""
+        wanted = sorted({int(n) for n in layers})
+        if not wanted or wanted[0] < 1 or wanted[-1] > len(self._attn_mods):
+            raise ValueError(f"layers are numbered 1..{len(self._attn_mods)} here, got {list(layers)}")
+        out = {}
+        for i, layer in enumerate(self._attn_mods[: wanted[-1]], start=1):
+            x = layer(x, encoder_kv if layer.attn.pattern.kind == 6 else None)
+            if i in wanted:
+                out[i] = x
+        return out
+
+    def keep_first(self, n: int) -> None:
+        """Drop every block after the first ``n`` (a model loaded for hidden states only)."""
+        self._attn_mods = self._attn_mods[:n]
 
 
 class PositionEmbedding(nn.Module):
@@ -194,12 +215,15 @@ class ConditionalAutoregressive2D(nn.Module):
     def embed(self, x: torch.Tensor, x_cond: torch.Tensor | None, y_cond: torch.Tensor | None) -> torch.Tensor:
         """Tokens [N, L] -> transformer input [N, L, width]: shifted right by one, the start
         embedding at position 0, plus positions and conditioning."""
-        n = x.shape[0]
+        n, length = x.shape
         h = self.x_emb(x)  # [N, L, width]
         start = y_cond.view(n, 1, self.width) if self.y_cond else self.start_token.expand(n, 1, self.width)
         h = torch.cat([start.to(h.dtype), h[:, :-1]], dim=1)
         h = F.dropout(h, self.emb_dropout, self.training)
-        h = h + F.dropout(self.pos_emb(), self.emb_dropout, self.training)
+        # L < length: the first L positions (hidden states of a short clip; the layers are causal).
+        h = h + F.dropout(self.pos_emb()[:length], self.emb_dropout, self.training)
+        if x_cond is not None and x_cond.shape[1] > 1:
+            x_cond = x_cond[:, :length]
         return h if x_cond is None else h + x_cond
 
     def forward(self, x: torch.Tensor, x_cond: torch.Tensor | None = None, y_cond: torch.Tensor | None = None,

@@ -76,7 +76,7 @@ class VQVAE(nn.Module):
             )
         return range(start_level, end)
 
-    def _check_audio(self, x, levels: Sequence[int]) -> None:
+    def _check_audio(self, x, levels: Sequence[int], any_length: bool = False) -> None:
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"expected audio as a torch.Tensor [batch, samples, 1], got {type(x).__name__}")
         if x.dim() != 3:
@@ -89,7 +89,11 @@ class VQVAE(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"expected float audio in [-1, 1], got dtype {x.dtype}")
         hop = max(self.hop_lengths[level] for level in levels)
-        if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[1] % hop:
+        if any_length:  # the strided convolutions floor: T // hop codes, as the original's encoder
+            if x.shape[0] == 0 or x.shape[1] < hop:
+                raise ValueError(f"expected a non-empty batch of at least {hop} samples (one code of level "
+                                 f"{max(levels)}), got shape {tuple(x.shape)}")
+        elif x.shape[0] == 0 or x.shape[1] == 0 or x.shape[1] % hop:
             raise ValueError(
                 f"expected a non-empty batch of audio whose length is a multiple of {hop} samples "
                 f"(the hop of level {max(levels)}), got shape {tuple(x.shape)}"
@@ -107,8 +111,10 @@ class VQVAE(nn.Module):
             if not isinstance(z, torch.Tensor) or z.dim() != 2:
                 shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
                 raise ValueError(f"codes of level {level} must be a [batch, time] tensor, got {shape}")
-            if z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
-                raise ValueError(f"codes of level {level} must be integers, got {z.dtype}")
+            if z.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"codes of level {level} must be int64 or int32 code indices, got {z.dtype}")
+            if z.numel() == 0:
+                raise ValueError(f"codes of level {level} are empty (shape {tuple(z.shape)}): nothing to decode")
             if z.device != self._param().device:
                 raise ValueError(f"codes of level {level} are on {z.device} but the model is on {self._param().device}")
         z = zs[0]
@@ -130,14 +136,22 @@ class VQVAE(nn.Module):
         """[N, 1, T] -> [N, T, 1]."""
         return x.permute(0, 2, 1)
 
+    @staticmethod
+    def _check_chunks(bs_chunks: int) -> None:
+        if not isinstance(bs_chunks, int) or isinstance(bs_chunks, bool) or bs_chunks < 1:
+            raise ValueError(f"bs_chunks must be an integer >= 1 (pieces of the batch), got {bs_chunks!r}")
+
     def encode(self, x: torch.Tensor, start_level: int = 0, end_level: int | None = None, bs_chunks: int = 1) -> list[torch.Tensor]:
         """Audio [N, T, 1] -> codes ``[int64 [N, T // hop_l] for l in start_level..end_level-1]``.
 
+        T may be any length of at least one code of the highest level asked for: like the
+        original's encoder, the strided convolutions drop what is left past the last whole code.
         ``bs_chunks`` splits the batch into that many pieces processed one after the other (less
         memory). Only the requested levels' encoders run (the original runs all of them).
         """
         levels = self._levels(start_level, end_level)
-        self._check_audio(x, levels)
+        self._check_chunks(bs_chunks)
+        self._check_audio(x, levels, any_length=True)
         per_chunk = []
         with torch.no_grad():  # codes carry no gradient
             for chunk in torch.chunk(x, bs_chunks, dim=0):
@@ -153,6 +167,7 @@ class VQVAE(nn.Module):
         original; T = codes × hop of that level.
         """
         levels = self._levels(start_level, end_level)
+        self._check_chunks(bs_chunks)
         self._check_codes(zs, levels)
         decoder, block = self.decoders[start_level], self.bottleneck.level_blocks[start_level]
         outs = [self.postprocess(decoder([block.decode(z)], all_levels=False))

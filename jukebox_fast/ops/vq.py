@@ -6,8 +6,13 @@
 
 Distances use the original's expansion ``‖x‖² − 2·x·c + ‖c‖²`` in fp32 whatever the input dtype,
 so a distance may come out slightly negative through rounding, exactly as in the original. Ties
-go to the lowest index, as ``torch.argmin``; identical codebook rows always count as tied. A row
-whose ‖x‖² is NaN or inf gets index 0 and distance NaN (and its NaN reaches the commit sum).
+go to the lowest index, as ``torch.argmin``; identical codebook rows always count as tied.
+
+Non-finite values: ``vq_nearest`` refuses NaN or inf in x or the codebook unless
+``check_finite=False`` (the check is a reduction and a host sync, which hot paths may skip).
+Unchecked, and always in ``vq_quantise``: a row of x whose ‖x‖² is NaN or inf gets index 0 and
+distance NaN (and its NaN reaches the commit sum); a codebook row holding NaN or inf is never
+chosen (if every row does, every index is 0 with distance inf or NaN).
 """
 from __future__ import annotations
 
@@ -60,7 +65,24 @@ def code_norms(codebook: torch.Tensor) -> torch.Tensor:
     order = torch.arange(k, device=c.device)
     first = torch.full((k,), k, dtype=torch.int64, device=c.device)
     first.scatter_reduce_(0, group, order, reduce="amin")  # [K] lowest row of each group
-    return (c * c).sum(dim=1).masked_fill_(first[group] != order, float("inf"))
+    out_of_search = (first[group] != order) | ~torch.isfinite(c).all(dim=1)  # repeats, non-finite rows
+    return (c * c).sum(dim=1).masked_fill_(out_of_search, float("inf"))
+
+
+def searchable(codebook: torch.Tensor) -> torch.Tensor:
+    """The codebook with NaN/inf replaced by 0 for the products x·c: a non-finite row would make
+    every distance NaN; its ‖c‖² of +inf (:func:`code_norms`) keeps it out of the search."""
+    return codebook.nan_to_num(0.0, 0.0, 0.0)
+
+
+def check_finite_inputs(x: torch.Tensor, codebook: torch.Tensor, op: str) -> None:
+    for name, t in (("x", x), ("codebook", codebook)):
+        bad = ~torch.isfinite(t).all(dim=1)  # [rows]
+        if bad.any():
+            rows = bad.nonzero().flatten()
+            raise ValueError(f"{op}: {name} holds NaN or inf in {len(rows)} of its {t.shape[0]} rows (first: row "
+                             f"{int(rows[0])}); pass check_finite=False to skip this check (see the module notes "
+                             "for what unchecked non-finite rows give)")
 
 
 @torch.no_grad()
@@ -69,6 +91,7 @@ def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch
     n, k = x.shape[0], codebook.shape[0]
     c = codebook.float()
     c_sq = code_norms(c)  # [K]
+    c = searchable(c)
     indices = buffers.new_empty((n,), torch.int64, x.device)
     dists = buffers.new_empty((n,), torch.float32, x.device)
     rows = max(1, TILE_ELEMENTS // k)
@@ -87,13 +110,16 @@ def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch
 
 
 def vq_nearest(
-    x: torch.Tensor, codebook: torch.Tensor, *, backend: str | None = None
+    x: torch.Tensor, codebook: torch.Tensor, *, check_finite: bool = True, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest codebook row for each row of ``x``.
 
     Args:
         x: [N, D] float tensor (fp32, fp16, bf16 or fp64). N may be 0.
         codebook: [K, D] float tensor on the same device.
+        check_finite: raise ValueError (naming the first bad row) if x or the codebook holds NaN
+            or inf. False skips the check, a reduction and a host sync, for hot paths; the
+            module notes say what non-finite rows then give.
         backend: implementation to use (see :mod:`jukebox_fast.dispatch`); None for the default.
 
     Returns:
@@ -102,6 +128,8 @@ def vq_nearest(
         training outputs and the straight-through gradient use :func:`vq_quantise`.
     """
     check_inputs(x, codebook, "vq_nearest")
+    if check_finite:
+        check_finite_inputs(x, codebook, "vq_nearest")
     return dispatch.call("vq_nearest", x, codebook, backend=backend)
 
 
@@ -220,7 +248,7 @@ def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Te
     indices = buffers.new_empty((n,), torch.int64, x.device)
     dists = buffers.new_empty((n,), torch.float32, x.device)
     if n:
-        kernels.search(x, codebook, code_norms(codebook), indices, dists)
+        kernels.search(x, searchable(codebook), code_norms(codebook), indices, dists)
     return indices, dists
 
 
@@ -241,7 +269,7 @@ def vq_quantise_triton(
     counts = torch.zeros(k, dtype=torch.int32, device=dev) if atomic else None  # atomics add into these
     sums = torch.zeros(k, d, device=dev) if atomic else None
     if n:
-        kernels.search(x, codebook, code_norms(codebook), codes, dists, quantised, errors, counts, sums,
+        kernels.search(x, searchable(codebook), code_norms(codebook), codes, dists, quantised, errors, counts, sums,
                        block_n=block_n, block_k=block_k)
     if stats and deterministic:
         counts = torch.bincount(codes, minlength=k)  # [K]

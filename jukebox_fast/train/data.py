@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..audio import AUDIO_SUFFIXES, AudioError, read_audio
 
-__all__ = ["AudioFolder"]
+__all__ = ["AudioFolder", "BAD_FILE_CHOICES"]
+
+BAD_FILE_CHOICES = ("skip", "stop")
 
 
 class AudioFolder:
@@ -16,17 +19,55 @@ class AudioFolder:
 
     Windows are drawn uniformly over all positions of all files at least one window long, so a
     long file is sampled in proportion to its length, as the original's dataset does.
+
+    A file that cannot be used (unreadable, NaN or inf samples, or shorter than the training
+    window, see :meth:`drop_shorter`) is skipped with a warning naming it when ``bad_files`` is
+    ``"skip"``; with ``"stop"`` it raises :class:`AudioError` naming it.
     """
 
-    def __init__(self, folder: str | os.PathLike, sr: int = 44100):
+    def __init__(self, folder: str | os.PathLike, sr: int = 44100, bad_files: str = "skip"):
         folder = Path(folder)
+        if bad_files not in BAD_FILE_CHOICES:
+            raise ValueError(f"bad_files must be one of {BAD_FILE_CHOICES}, got {bad_files!r}")
         if not folder.is_dir():
             raise FileNotFoundError(f"training data folder not found: {folder}")
-        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-        if not self.files:
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not found:
             raise AudioError(f"no audio files under {folder} (looked for {', '.join(AUDIO_SUFFIXES)})")
-        self.sr = sr
-        self.clips = [torch.from_numpy(read_audio(f, sr)) for f in self.files]
+        self.folder, self.sr, self.bad_files = folder, sr, bad_files
+        self.files, self.clips = [], []
+        for path in found:
+            try:
+                clip = torch.from_numpy(read_audio(path, sr))
+            except AudioError as e:
+                self._refuse(str(e))
+                continue
+            self.files.append(path)
+            self.clips.append(clip)
+        if not self.files:
+            raise AudioError(f"no usable audio file under {folder}: every one was skipped (see the warnings)")
+
+    def _refuse(self, why: str) -> None:
+        if self.bad_files == "stop":
+            raise AudioError(f"{why} (pass bad_files='skip', or --bad-files skip, to train without it)")
+        warnings.warn(f"skipping {why}", stacklevel=3)
+
+    def drop_shorter(self, length: int) -> None:
+        """Leave out the files shorter than one training window of ``length`` samples (or stop,
+        per ``bad_files``): a window is never padded, so they could not be drawn anyway."""
+        keep = []
+        for i, (path, clip) in enumerate(zip(self.files, self.clips)):
+            if clip.shape[0] >= length:
+                keep.append(i)
+            else:
+                self._refuse(f"{path}: {clip.shape[0]} samples ({clip.shape[0] / self.sr:.3f} s), shorter than one "
+                             f"training window of {length} samples ({length / self.sr:.3f} s)")
+        if not keep:
+            longest = max(c.shape[0] for c in self.clips) / self.sr
+            raise AudioError(f"every file under {self.folder} is shorter than one training window "
+                             f"({length / self.sr:.2f} s; the longest is {longest:.2f} s)")
+        self.files = [self.files[i] for i in keep]
+        self.clips = [self.clips[i] for i in keep]
 
     def windows(self, length: int, batch: int, generator: torch.Generator):
         """``batch`` random windows: (audio [batch, length, 1], offsets [batch], file lengths [batch])

@@ -8,7 +8,7 @@ import torch
 
 from .. import hparams
 from ..checkpoint import load_vqvae, save_prior, save_vqvae
-from ..models.losses import calculate_bandwidth
+from ..models.losses import DEFAULT_STFT, calculate_bandwidth
 from ..models.prior import make_prior
 from ..models.vqvae import make_vqvae
 from ..sample import Song
@@ -27,22 +27,46 @@ def _device(device: str | None) -> torch.device:
     return device
 
 
+def _check_out(out_dir, final: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over a run in ``out_dir`` unless asked to go on with it or start over."""
+    out = Path(out_dir)
+    held = sorted(p.name for p in [out / "checkpoint.pt", *out.glob(final)] if p.exists())
+    if held and not (resume or overwrite):
+        raise FileExistsError(f"{out} already holds a run ({', '.join(held)}): pass --resume to go on with it, "
+                              "--overwrite to train a new one over it, or choose another --out")
+    if overwrite and not resume:
+        for name in held:
+            (out / name).unlink()
+
+
 def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, preset: str = "tiny_vqvae",
                 cfg: TrainConfig | None = None, resume: bool = False, device: str | None = None,
-                progress: bool = True):
+                progress: bool = True, bad_files: str = "skip", overwrite: bool = False):
     """Train a VQ-VAE on random windows (``sample_length`` samples) of the audio under ``data``.
 
     Writes ``out_dir/checkpoint.pt`` (resumable) and, at the end, ``out_dir/vqvae.pth.tar``.
-    Returns (model, summary).
+    A folder holding a run is only trained over with ``resume`` (go on) or ``overwrite``.
+    Files that cannot be used are skipped with a warning, or stop the run (``bad_files``):
+    unreadable ones, NaN or inf samples, and files shorter than the training window (the
+    longest file's length, at most ``sample_length``, and never under the spectral losses'
+    STFT size). Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
-    dev = _device(device)
     hps = hparams.get(preset)
-    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr)
+    if not isinstance(hps, hparams.VQVAEHparams):
+        raise ValueError(f"preset {preset!r} is a {type(hps).__name__[:-7].lower()}, not a VQ-VAE "
+                         f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
+    _check_out(out_dir, "vqvae.pth.tar", resume, overwrite)
+    dev = _device(device)
+    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)
+    hop = hps.hop_lengths[-1]
+    # The STFTs of the losses and the bandwidth pad by n_fft / 2 on each side, reflected.
+    shortest = -(-max(DEFAULT_STFT[0], *hps.multispec_loss_n_fft) // hop) * hop
+    window = max(shortest, min(hps.sample_length, max(c.shape[0] for c in folder.clips) // hop * hop))
+    folder.drop_shorter(window)
     torch.manual_seed(cfg.seed)  # the initial weights too
     model = make_vqvae(hps).to(dev)
     model.bandwidth = calculate_bandwidth(c.numpy() for c in folder.clips)
-    window = min(hps.sample_length, max(c.shape[0] for c in folder.clips) // hps.hop_lengths[-1] * hps.hop_lengths[-1])
 
     def next_batch(gen: torch.Generator) -> torch.Tensor:
         return folder.windows(window, cfg.batch_size, gen)[0].to(dev)
@@ -59,20 +83,27 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
 
 def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, vqvae: str | os.PathLike,
                 preset: str = "tiny_top_prior", cfg: TrainConfig | None = None, resume: bool = False,
-                device: str | None = None, artist: int = 0, genres: tuple[int, ...] = (0,), progress: bool = True):
+                device: str | None = None, artist: int = 0, genres: tuple[int, ...] = (0,), progress: bool = True,
+                bad_files: str = "skip", overwrite: bool = False):
     """Train a prior (top level or upsampler) on the codes the VQ-VAE at ``vqvae`` gives for random
     windows of the audio under ``data``, conditioned on ``artist``/``genres`` and each window's
     timing. Writes ``out_dir/checkpoint.pt`` and, at the end, ``out_dir/prior_level_<L>.pth.tar``.
-    Returns (model, summary).
+    ``resume``, ``overwrite`` and ``bad_files`` as in :func:`train_vqvae` (the window is the
+    prior's ``sample_length``). Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
+    if not isinstance(hparams.get(preset) if isinstance(preset, str) else preset, hparams.PriorHparams):
+        raise ValueError(f"preset {preset!r} is not a prior (prior presets: "
+                         f"{', '.join(hparams.names(hparams.PriorHparams))})")
+    _check_out(out_dir, "prior_level_*.pth.tar", resume, overwrite)
     dev = _device(device)
     vq = load_vqvae(vqvae, device=dev).eval()
     torch.manual_seed(cfg.seed)
     # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
     # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
     prior = make_prior(preset, vq).to(dev).float()
-    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr)
+    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr, bad_files)
+    folder.drop_shorter(prior.sample_length)
     level = prior.hps.level
 
     def next_batch(gen: torch.Generator):
@@ -80,7 +111,8 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
         with torch.no_grad():
             # this level's codes, and an upsampler's conditioning codes from the level above
             zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels))
-        rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1) for o, t in zip(offsets, totals)]
+        rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1, sampling=False)
+                for o, t in zip(offsets, totals)]
         y = torch.cat(rows).to(dev) if rows[0] is not None else None
         return zs, y
 

@@ -1,0 +1,146 @@
+"""``jukebox-fast embed``: representations of whole datasets, resumable, over many GPUs.
+
+Each audio file under the inputs gives ``OUT/<its path under the input folder>.npy``, float32
+(float16 with ``fp16_out``): ``[layers, positions, width]``, or ``[layers, width]`` with meanpool,
+the layers in ascending order. Each is written atomically, so a file is either done or absent.
+``OUT/settings.json`` records what the features are (layers, meanpool, rate, the models'
+fingerprints); a rerun into OUT with other settings is refused unless ``overwrite``. A rerun
+with the same settings skips every file already done. ``OUT/index-<rank>.jsonl`` lists the files
+each process wrote (source, npy, shape), ``OUT/failed-<rank>.log`` those it could not read.
+
+Under ``torchrun`` each process takes every WORLD_SIZE-th file from its RANK and its own GPU
+(LOCAL_RANK); nothing is exchanged between processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import AUDIO_SUFFIXES, AudioError, read_audio
+from .embed import extract
+
+__all__ = ["find_inputs", "embed_files", "EmbedResult"]
+
+
+def find_inputs(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """(audio file, its npy path relative to OUT) for files and folders given, sorted; two
+    inputs that would land on the same npy are an error."""
+    found: dict[Path, Path] = {}
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pairs = [(p, p.relative_to(item)) for p in sorted(item.rglob("*"))
+                     if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+        elif item.is_file():
+            pairs = [(item, Path(item.name))]
+        else:
+            raise FileNotFoundError(f"no such file or folder: {item}")
+        for path, rel in pairs:
+            npy = rel.with_suffix(".npy")
+            if npy in found and found[npy] != path:
+                raise ValueError(f"{found[npy]} and {path} would both be written to {npy}: embed them into "
+                                 "separate --out folders")
+            found[npy] = path
+    if not found:
+        raise FileNotFoundError(f"no audio files in {', '.join(map(str, inputs))} "
+                                f"(looked for {', '.join(AUDIO_SUFFIXES)})")
+    return sorted(((path, npy) for npy, path in found.items()), key=lambda pair: str(pair[1]))
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_settings(out: Path, settings: dict, overwrite: bool, write: bool) -> None:
+    """Refuse features of other settings in ``out`` (unless ``overwrite``); ``write``: record
+    these (one process does)."""
+    path = out / "settings.json"
+    if path.exists() and not overwrite:
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            diff = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
+                    if saved.get(k) != settings.get(k)]
+            raise ValueError(f"{out} holds features made with other settings ({'; '.join(diff)}): use another --out, "
+                             "or --overwrite to make them anew")
+    out.mkdir(parents=True, exist_ok=True)
+    if write:
+        tmp = out / ".settings.json.tmp"
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+@dataclass
+class EmbedResult:
+    done: int  # files written in this run
+    skipped: int  # already there from an earlier run
+    failed: list[str]  # files that could not be read, with the reason
+
+
+def embed_files(vqvae, prior, inputs, out: str | os.PathLike, layers, meanpool: bool = False, *,
+                downsample_target_rate: float | None = None, dtype: torch.dtype | None = None,
+                batch_size: int = 8, fp16_out: bool = False, overwrite: bool = False,
+                rank: int = 0, world_size: int = 1, progress: bool = True) -> EmbedResult:
+    """Embed every audio file in ``inputs`` (files and folders) into ``out``; see the module."""
+    from tqdm.auto import tqdm
+
+    from .sample import fingerprint
+
+    out = Path(out)
+    layers = sorted({int(n) for n in layers})
+    files = find_inputs(inputs)
+    settings = {"layers": layers, "meanpool": bool(meanpool), "downsample_target_rate": downsample_target_rate,
+                "fp16_out": bool(fp16_out), "dtype": str(dtype), "vqvae": fingerprint(vqvae),
+                "prior": fingerprint(prior)}
+    _check_settings(out, settings, overwrite, write=rank == 0)
+    mine = files[rank::world_size]
+    index = out / f"index-{rank}.jsonl"
+    failed_log = out / f"failed-{rank}.log"
+    if overwrite:  # each process clears only what it will write
+        for old in [index, failed_log, *(out / npy for _, npy in mine)]:
+            old.unlink(missing_ok=True)
+    todo = [(path, npy) for path, npy in mine if not (out / npy).exists()]
+    failed: list[str] = []
+    sr = vqvae.hps.sr
+    out_type = np.float16 if fp16_out else np.float32
+    with tqdm(total=len(todo), unit="clip", desc="embed", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            clips, names = [], []
+            for path, npy in todo[start : start + batch_size]:
+                try:
+                    audio = read_audio(path, sr, peak=1.0)
+                    if len(audio) < vqvae.hps.hop_lengths[-1]:
+                        raise AudioError(f"{path} holds {len(audio)} samples, under one top-level code")
+                except (AudioError, OSError, RuntimeError) as e:
+                    failed.append(f"{path}: {e}")
+                    with failed_log.open("a") as f:
+                        f.write(f"{path}\t{e}\n")
+                    bar.update(1)
+                    continue
+                clips.append(audio)
+                names.append((path, npy))
+            if not clips:
+                continue
+            reps = extract(vqvae, prior, clips, layers, meanpool, downsample_target_rate=downsample_target_rate,
+                           dtype=dtype, batch_size=batch_size)
+            for (path, npy), r in zip(names, reps):
+                array = torch.stack([r[n] for n in layers]).cpu().numpy().astype(out_type)  # [layers, (t,) width]
+                _save_npy(array, out / npy)
+                with index.open("a") as f:
+                    f.write(json.dumps({"file": str(path), "npy": str(npy), "shape": list(array.shape)}) + "\n")
+            bar.update(len(names))
+    return EmbedResult(done=len(todo) - len(failed), skipped=len(mine) - len(todo), failed=failed)
