@@ -5,7 +5,8 @@ waiting thread spins through the time slice its partner needs, and a step can ta
 longer than with one thread. This measures one ``tiny_vqvae`` training step (forward, backward,
 optimiser) and one ``tiny_top_prior`` decode step, each in a fresh process, with:
 
-- ``threads``: 1, or every core (``torch.set_num_threads``);
+- ``threads``: 1, every core (``torch.set_num_threads``), or ``auto``: the idle cores at the
+  start (``jukebox_fast.threads.configure_threads``, what the command line does);
 - ``wait``: OpenMP's default wait policy, or ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
 - ``load``: nothing else running, or one busy process per core (pure Python loops: other work).
 
@@ -32,7 +33,11 @@ import torch
 from jukebox_fast import hparams, make_prior, make_vqvae
 from jukebox_fast.sample import Sampling, Song, sample_window
 threads, runs = int(sys.argv[1]), int(sys.argv[2])
-torch.set_num_threads(threads)
+if threads:
+    torch.set_num_threads(threads)
+else:  # what the command line does
+    from jukebox_fast.threads import configure_threads
+    configure_threads()
 torch.manual_seed(0)
 vq = make_vqvae(hparams.get("tiny_vqvae")).train()
 opt = torch.optim.AdamW(vq.parameters(), 1e-4)
@@ -47,7 +52,7 @@ y = Song(0, (0,), 6 * 44100).labels(prior, 0, 1)
 def decode_steps():
     sample_window(prior, torch.zeros(1, 0, dtype=torch.int64), 32, y=y,
                   sampling=Sampling(temp=1.0, progress=False))
-out = {}
+out = {"threads": torch.get_num_threads()}
 for name, fn in (("vqvae train step", train_step), ("top prior, 32 decode steps", decode_steps)):
     fn()
     times = []
@@ -97,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for loaded in (False, True):
         for passive in (False, True):
-            for threads in sorted({1, cores}):
+            for threads in sorted({1, cores}) + ([0] if not passive else []):
                 r = measure(threads, passive, loaded, args.runs, args.timeout)
                 rows.append(((loaded, passive, threads), r))
                 print(rows[-1], flush=True)
     base = next(r for (loaded, passive, t), r in rows if not loaded and not passive and t == cores)
-    names = list(base) if isinstance(base, dict) else []
+    names = [n for n in base if n != "threads"] if isinstance(base, dict) else []
     lines = ["# CPU threads: quiet and loaded cores", "", f"{device_name('cpu')}; {versions()}", "",
              f"{cores} cores; load = {cores} busy Python processes. Median of {args.runs} steps, seconds; "
              "x = time / (quiet, default wait, all cores).", "",
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|" + "---|" * len(names)]
     for (loaded, passive, threads), r in rows:
         cells = [f"{r[n]:.3f} s ({r[n] / base[n]:.1f}x)" for n in names] if isinstance(r, dict) else [r] * len(names)
-        lines.append(f"| {'busy' if loaded else 'quiet'} | {'PASSIVE' if passive else 'default'} | {threads} | "
+        lines.append(f"| {'busy' if loaded else 'quiet'} | {'PASSIVE' if passive else 'default'} | "
+                     f"{threads or 'auto: %s' % (r['threads'] if isinstance(r, dict) else '?')} | "
                      + " | ".join(cells) + " |")
     report("\n".join(lines) + "\n", args.out)
     return 0

@@ -470,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     if args.command == "train-prior" and args.genre is None:
         args.genre = [0]
+    if args.command not in ("info", "bench"):
+        from .threads import configure_threads
+
+        configure_threads()
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # bad input, paths, checkpoints

@@ -41,3 +41,23 @@ def test_empty_file(tmp_path):
     soundfile.write(tmp_path / "e.wav", np.zeros((0, 1), np.float32), 44100)
     with pytest.raises(AudioError, match="e.wav holds no audio samples"):
         read_audio(tmp_path / "e.wav")
+
+
+def test_musicality_separates_notes_from_noise():
+    from jukebox_fast.audio import musicality
+    from jukebox_fast.demo import synth_clip
+
+    sr, rng = 44100, np.random.default_rng(0)
+    t = np.arange(2 * sr) / sr
+    noise = rng.standard_normal(2 * sr)
+    spectrum = np.fft.rfft(noise)
+    spectrum[np.fft.rfftfreq(len(noise), 1 / sr) > 2000] = 0  # the demo's old samples: noise under 2 kHz
+    smear = np.fft.irfft(spectrum, len(noise))
+    tone, white, low, music = (musicality(a, sr) for a in (np.sin(2 * np.pi * 220 * t), noise, smear,
+                                                             synth_clip(4.0, sr)))
+    assert tone["pitched"] == 1.0 and tone["hnr_db"] > 30 and tone["flatness"] < 1e-6
+    assert white["pitched"] == 0.0 and white["hnr_db"] < 0 and 0.5 < white["flatness"] < 0.6
+    assert low["pitched"] < 0.05 and low["hnr_db"] < 0
+    assert music["pitched"] > 0.9 and music["hnr_db"] > 10 and music["notes"] >= 5 and tone["notes"] == 1
+    quiet = musicality(np.zeros(4096), sr)
+    assert quiet["frames"] == 0 and np.isnan(quiet["pitched"])

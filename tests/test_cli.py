@@ -35,7 +35,14 @@ def demo(tmp_path_factory):
 
 def test_demo_writes_listenable_audio_pictures_and_a_report(demo):
     report = json.loads((demo / "report.json").read_text())
-    assert set(report["seconds"]) == {"data", "vqvae", "top_prior", "upsampler", "sample", "cached_vs_recompute"}
+    assert set(report["seconds"]) == {"data", "vqvae", "top_prior", "upsampler", "sample", "cached_vs_recompute",
+                                      "measures"}
+    measured = report["musicality"]
+    assert {"training clip", "training clips (all)", "reconstruction (level 0)", "reconstruction (level 2)",
+            "sample 0", "top prior alone, sample 0 (decoded from level 2)", "upsampler on the true level-2 codes",
+            "white noise"} <= set(measured)
+    assert measured["training clip"]["pitched"] > 0.9 and measured["white noise"]["pitched"] == 0.0
+    assert "| white noise | 0.0% |" in (demo / "report.md").read_text()
     wavs = sorted((demo / "samples").glob("level_1_item_*.wav")) + [demo / "reconstruction.wav"]
     assert len(wavs) == 2
     for path in wavs:
