@@ -8,6 +8,8 @@ Methods, each in its own process (so each peak memory is its own):
   extract     ``load_prior(..., layers=L)`` and ``extract``: only the blocks up to L built and run,
               the top level only encoded, clips batched; fp32 on the CPU, bf16 on a GPU
   extract-fp32  the same in fp32 on a GPU (what ``--dtype fp32`` gives)
+  extract-triton  bf16 with the Triton sparse attention asked for (``auto`` on CUDA takes the
+              PyTorch reference until a committed GPU run shows the kernel ahead)
 
 Weights are random, at the released VQ-VAE's shapes and the 5b top prior's shapes (width 4800, 72
 blocks, n_ctx 8192) on a GPU; on a CPU the prior is reduced (``--width``, ``--depth``, ``--heads``;
@@ -39,14 +41,26 @@ from jukebox_fast import load_prior, load_vqvae
 from jukebox_fast.demo import synth_clip
 from jukebox_fast.dispatch import use_backend
 from jukebox_fast.embed import MARGIN_TOKENS, extract, extract_reference, prepare_audio
-folder, method, device, layer, clips, seconds, batch = sys.argv[1:8]
+folder, method, device, layer, clips, seconds, batch, shapes = sys.argv[1:9]
 layer, clips, seconds, batch = int(layer), int(clips), float(seconds), int(batch)
 dev = torch.device(device)
-vq = load_vqvae(folder + "/vqvae.pth.tar", device=dev)
 full = method == "jukemirlib"
-prior = load_prior(folder + "/prior_level_2.pth.tar", device=dev, layers=None if full else layer)
+if folder == "-":  # built here, on the device, the same seed in every process (no 20 GB file)
+    from jukebox_fast import hparams, make_prior, make_vqvae
+    torch.manual_seed(0)
+    vq = make_vqvae("vqvae", device=dev).eval()
+    vq.init_codebooks(torch.from_numpy(synth_clip(3.0, seed=99)[: 3 * 44100 // 128 * 128]).view(1, -1, 1).to(dev))
+    prior = make_prior(hparams.get("prior_5b", fp16_params=False, **json.loads(shapes)), vq, device=dev).eval()
+    if not full:
+        prior.prior.transformer.keep_first(layer)  # what load_prior(..., layers=L) keeps
+        torch.cuda.empty_cache()
+else:
+    vq = load_vqvae(folder + "/vqvae.pth.tar", device=dev)
+    prior = load_prior(folder + "/prior_level_2.pth.tar", device=dev, layers=None if full else layer)
 audio = [torch.from_numpy(synth_clip(seconds, seed=i)) for i in range(clips + 1)]
-dtype = torch.bfloat16 if method == "extract" and dev.type == "cuda" else torch.float32
+dtype = torch.bfloat16 if method in ("extract", "extract-triton") and dev.type == "cuda" else torch.float32
+import contextlib
+kernels = use_backend(sparse_attention="triton") if method == "extract-triton" else contextlib.nullcontext()
 def sync():
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -54,7 +68,8 @@ def run(batch_of):
     if full:
         with use_backend("torch"):
             return [extract_reference(vq, prior, a, (layer,), all_levels=True) for a in batch_of]
-    return extract(vq, prior, batch_of, (layer,), dtype=dtype, batch_size=batch)
+    with kernels:
+        return extract(vq, prior, batch_of, (layer,), dtype=dtype, batch_size=batch)
 run(audio[:1]); sync()
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
@@ -67,21 +82,25 @@ if full:
         codes = vq.encode(x)[-1][0, :8192].cpu()
 else:
     codes = vq.encode(x, start_level=2)[0][0, :8192].cpu()
-torch.save((first, codes), folder + f"/{method}.pt")
+torch.save((first, codes), sys.argv[9] + f"/{method}.pt")
 print(json.dumps({"wall": wall, "peak": peak, "shape": list(first.shape)}))
 """
 
 
+def shapes(args) -> dict:
+    return {} if args.released else dict(prior_width=args.width, prior_depth=args.depth, heads=args.heads)
+
+
 def build(folder: Path, args) -> None:
-    """Random weights at the shapes asked for, saved as our checkpoints (the prior describes itself)."""
+    """Random weights at the shapes asked for, saved as our checkpoints (the prior describes
+    itself), so each method's process loads them as a user would."""
     from jukebox_fast import hparams, make_prior, make_vqvae, save_prior, save_vqvae
     from jukebox_fast.demo import synth_clip
 
     torch.manual_seed(0)
     vq = make_vqvae("vqvae").eval()
     vq.init_codebooks(torch.from_numpy(synth_clip(3.0, seed=99)[: 3 * 44100 // 128 * 128]).view(1, -1, 1))
-    overrides = {} if args.released else dict(prior_width=args.width, prior_depth=args.depth, heads=args.heads)
-    prior = make_prior(hparams.get("prior_5b", fp16_params=False, **overrides), vq).eval()
+    prior = make_prior(hparams.get("prior_5b", fp16_params=False, **shapes(args)), vq).eval()
     save_vqvae(vq, folder / "vqvae.pth.tar")
     save_prior(prior, folder / "prior_level_2.pth.tar")
 
@@ -102,14 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.released = args.released or gpu
-    methods = args.methods or (["jukemirlib", "extract", "extract-fp32"] if gpu else ["jukemirlib", "extract"])
+    methods = args.methods or (["jukemirlib", "extract", "extract-triton", "extract-fp32"] if gpu
+                               else ["jukemirlib", "extract"])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        build(Path(tmp), args)
+        if not gpu:  # a GPU builds the released shapes in each process instead (20 GB in fp32)
+            build(Path(tmp), args)
         for method in methods:
-            done = subprocess.run([sys.executable, "-c", CHILD, tmp, method, args.device, str(args.layer),
-                                   str(args.clips), str(args.seconds), str(args.batch_size)],
-                                  capture_output=True, text=True)
+            done = subprocess.run([sys.executable, "-c", CHILD, "-" if gpu else tmp, method, args.device,
+                                   str(args.layer), str(args.clips), str(args.seconds), str(args.batch_size),
+                                   json.dumps(shapes(args)), tmp], capture_output=True, text=True)
             if done.returncode:
                 results[method] = f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
             else:

@@ -71,11 +71,14 @@ def steps(out: Path, dry: bool, jobs: int, cuda: bool = True) -> list[Step]:
                 sparse_attention=["--models", "upsampler", "--length", "256", "--runs", "1", "--device", "cpu",
                                   "--methods", "original", "--modes", "fwd"],
                 decoder=["--seconds", "0.05", "--runs", "1", "--device", "cpu", "--cond-length", "64"],
-                sampling=["--dry-run"])
+                sampling=["--dry-run"],
+                embed=["--clips", "1", "--seconds", "1", "--depth", "2", "--layer", "1", "--width", "32",
+                       "--methods", "jukemirlib", "extract"])
     full = dict(vq=["--sizes", "330750", "1323000", "--runs", "10"],
                 sparse_attention=["--methods", "original", "sdpa", "triton", "--modes", "fwd", "bwd", "--runs", "5"],
                 decoder=["--seconds", "30", "--runs", "3"],
-                sampling=["--steps", "100"])
+                sampling=["--steps", "100"],
+                embed=["--device", "cuda", "--clips", "8", "--batch-size", "8"])
     sizes = tiny if dry else full
 
     def bench_step(name: str, timeout: int) -> Step:
@@ -97,7 +100,7 @@ def steps(out: Path, dry: bool, jobs: int, cuda: bool = True) -> list[Step]:
                        *([f"-n={jobs}"] if importlib.util.find_spec("xdist") else []),  # workers compile in parallel
                        f"--junitxml={out / 'tests_h200.xml'}", str(ROOT / "tests")], 210, joins="extension"),
         bench_step("vq", 45), bench_step("sparse_attention", 90), bench_step("decoder", 45),
-        bench_step("sampling", 90),
+        bench_step("sampling", 90), bench_step("embed", 90),
     ]
     if not dry:  # FlexAttention compiles per pattern: one model, last
         plan.append(Step("bench_flex", bench("sparse_attention") + [

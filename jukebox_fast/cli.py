@@ -36,7 +36,7 @@ def _demo(args) -> int:
     from .demo import DemoConfig, run
 
     cfg = DemoConfig.small() if args.small else DemoConfig()
-    for name in ("vqvae_steps", "prior_steps", "sample_seconds", "seed"):
+    for name in ("vqvae_steps", "top_prior_steps", "upsampler_steps", "sample_seconds", "temperature", "seed"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     report = run(args.out, cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
@@ -362,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="jukebox_fast_demo", help="output folder")
     p.add_argument("--small", action="store_true", help="the CI size: a few steps, one short sample")
     p.add_argument("--vqvae-steps", type=int, help="override the VQ-VAE's training steps")
-    p.add_argument("--prior-steps", type=int, help="override each prior's training steps")
+    p.add_argument("--top-prior-steps", type=int, help="override the top prior's training steps")
+    p.add_argument("--upsampler-steps", type=int, help="override the upsampler's training steps")
+    p.add_argument("--temperature", type=float, help="override the sampling temperature")
     p.add_argument("--sample-seconds", type=float, help="override the length sampled")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -21,12 +21,12 @@ def test_the_dry_run_runs_every_step_and_packs_the_results(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     steps = json.loads((out / "steps.json").read_text())
     assert list(steps) == ["extension", "facts", "resources", "tests", "bench_vq", "bench_sparse_attention",
-                           "bench_decoder", "bench_sampling"]
+                           "bench_decoder", "bench_sampling", "bench_embed"]
     assert steps["tests"]["status"] == "skipped: no GPU"
     assert all(v["status"] == "passed" for k, v in steps.items() if k != "tests"), steps
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("passed: extension, facts, resources, bench_vq") and "tests skipped: no GPU" in last
-    for name in ("facts", "kernels", "vq", "sparse_attention", "decoder", "sampling"):
+    for name in ("facts", "kernels", "vq", "sparse_attention", "decoder", "sampling", "embed"):
         md, js = out / f"{name}_cpu_dry.md", out / f"{name}_cpu_dry.json"
         assert md.exists() and js.exists(), name
         if name != "kernels":
