@@ -141,7 +141,9 @@ def merge(part_ptr, nh, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.c
 def decode_config(d: int) -> dict:
     """Compile-time constants and launch options for head width d."""
     block_d = max(16, triton.next_power_of_2(d))
-    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=4 if block_d <= 64 else 8,
+    # 8 warps only at 128 wide: at 256 and 512, Triton 3.6 capped 8-warp programs at 80 registers
+    # and spilled the split merge (1b_lyrics' step, bf16/fp16); 4 warps fit with no stack.
+    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=8 if block_d == 128 else 4,
                 enable_fp_fusion=True)
 
 
