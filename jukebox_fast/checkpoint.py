@@ -32,6 +32,7 @@ from .models.vqvae import VQVAE, make_vqvae
 __all__ = [
     "CheckpointError",
     "atomic_save",
+    "atomic_write",
     "read_checkpoint",
     "load_state_dict_checked",
     "tensor_checksum",
@@ -58,12 +59,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
     """
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """``write(binary file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from .audio import AUDIO_SUFFIXES, AudioError, read_audio
+from .checkpoint import atomic_write
 from .embed import extract
 
 __all__ = ["find_inputs", "embed_files", "EmbedResult"]
@@ -50,20 +50,6 @@ def find_inputs(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
         raise FileNotFoundError(f"no audio files in {', '.join(map(str, inputs))} "
                                 f"(looked for {', '.join(AUDIO_SUFFIXES)})")
     return sorted(((path, npy) for npy, path in found.items()), key=lambda pair: str(pair[1]))
-
-
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_settings(out: Path, settings: dict, overwrite: bool, write: bool) -> None:
@@ -139,7 +125,7 @@ def embed_files(vqvae, prior, inputs, out: str | os.PathLike, layers, meanpool: 
                            dtype=dtype, batch_size=batch_size)
             for (path, npy), r in zip(names, reps):
                 array = torch.stack([r[n] for n in layers]).cpu().numpy().astype(out_type)  # [layers, (t,) width]
-                _save_npy(array, out / npy)
+                atomic_write(out / npy, lambda f, a=array: np.save(f, a))
                 with index.open("a") as f:
                     f.write(json.dumps({"file": str(path), "npy": str(npy), "shape": list(array.shape)}) + "\n")
             bar.update(len(names))
