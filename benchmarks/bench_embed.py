@@ -74,7 +74,10 @@ run(audio[:1]); sync()
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 t0 = time.perf_counter(); out = run(audio[1:]); sync(); wall = time.perf_counter() - t0
-peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if dev.type == "cuda":
+    peak = torch.cuda.max_memory_allocated()
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 first = out[0][layer].float().cpu()
 x = prepare_audio(audio[1], 44100, (8192 + MARGIN_TOKENS) * 128).view(1, -1, 1).to(dev)
 if full:

@@ -196,7 +196,8 @@ def released_rows(args, lines):
     from jukebox_fast.checkpoint import openai_to_hf
 
     prefix, new = args.cpu_prefill, args.cpu_steps
-    for name, overrides in RELEASED_CPU.items():
+    for name in args.released_models:
+        overrides = RELEASED_CPU[name]
         torch.manual_seed(0)
         fp32 = make_prior(hparams.get(name, fp16_params=False, **overrides)).eval()
         half = _with_matrices(fp32, torch.float16)
@@ -266,6 +267,9 @@ def main() -> None:
     parser.add_argument("--released", action="store_true", help="CPU: also the released widths at a long cache")
     parser.add_argument("--cpu-prefill", type=int, default=1984, help="CPU, released widths: the prefix decoded from")
     parser.add_argument("--cpu-steps", type=int, default=33, help="CPU, released widths: tokens sampled after it")
+    parser.add_argument("--released-models", nargs="+", default=list(RELEASED_CPU), choices=list(RELEASED_CPU),
+                        help="CPU: which released widths")
+    parser.add_argument("--no-small", action="store_true", help="CPU: only the released widths (with --released)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     gpu = torch.cuda.is_available() and not args.hf
@@ -286,13 +290,14 @@ def main() -> None:
         gpu_rows(args, lines, device, peak)
     else:
         why = extension.load()
-        lines += [f"fp32, the same random weights in both, one window sampled ancestrally (temp 1) per run, median "
-                  f"of {args.runs} runs after a warm-up; HF uses chunk_size 32. `auto` is the decode step the "
-                  "dispatch picks here (the C++ kernel where the extension builds); `torch` forces the PyTorch "
-                  "reference step. C++ extension: " + (f"not available ({why})" if why else "loaded") + ".", "",
-                  "| preset | batch | tokens | tokens/s auto | tokens/s torch | HF tokens/s | auto vs HF | "
-                  "torch vs HF |", "|---|---|---|---|---|---|---|---|"]
-        hf_rows(args, lines)
+        if not args.no_small:
+            lines += [f"fp32, the same random weights in both, one window sampled ancestrally (temp 1) per run, "
+                      f"median of {args.runs} runs after a warm-up; HF uses chunk_size 32. `auto` is the decode step the "
+                      "dispatch picks here (the C++ kernel where the extension builds); `torch` forces the PyTorch "
+                      "reference step. C++ extension: " + (f"not available ({why})" if why else "loaded") + ".", "",
+                      "| preset | batch | tokens | tokens/s auto | tokens/s torch | HF tokens/s | auto vs HF | "
+                      "torch vs HF |", "|---|---|---|---|---|---|---|---|"]
+            hf_rows(args, lines)
         if args.released:
             lines += ["", f"## Released widths at a long cache", "",
                       f"The released widths with {RELEASED_CPU['prior_5b']['prior_depth']} layers, random weights "

@@ -75,7 +75,8 @@ def measure(threads: int, passive: bool, loaded: bool, runs: int, timeout: float
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     stop = mp.Event()
-    spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 1)] if loaded else []
+    busy = (os.cpu_count() or 1) if loaded else 0
+    spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(busy)]
     for p in spinners:
         p.start()
     try:

@@ -6,9 +6,10 @@ files you trust. Writing is atomic: a temporary file in the same folder, fsync, 
 
 Our own format is a dict ``{"format": "jukebox_fast", "version": 1, "kind": ..., "hparams": ...,
 "model": state_dict, "checksum": sha256 of its tensors, ...}``; the original format is ``{"hps":
-..., "model": state_dict, "opt": ..., "step": ...}``. Loading checks the kind, our checksum, and
-that no weight is NaN or inf (the one check an original file allows). Both load with :func:`load_vqvae`, as does a bare state dict in either the
-original's or HF transformers' key names.
+..., "model": state_dict, "opt": ..., "step": ...}``. Both load with :func:`load_vqvae`, as does a
+bare state dict in either the original's or HF transformers' key names. Loading checks the kind
+of model the file holds, our checksum, and that no weight is NaN or inf (the one check an
+original file allows).
 """
 from __future__ import annotations
 
