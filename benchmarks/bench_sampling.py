@@ -226,7 +226,10 @@ def released_rows(args, lines):
                 prefix + 1 (the same prefill), median of the runs."""
                 long_run = median_time(lambda: fn(prefix + new), args.runs)[0]
                 short_run = median_time(lambda: fn(prefix + 1), args.runs)[0]
-                return n * (new - 1) / max(long_run - short_run, 1e-9)
+                if long_run - short_run < 0.1 * long_run:  # the steps drown in the prefill's noise
+                    raise ValueError(f"the {new - 1} steps took under a tenth of the run ({long_run:.3f} s vs "
+                                     f"{short_run:.3f} s): pass a larger --cpu-steps")
+                return n * (new - 1) / (long_run - short_run)
 
             cpp16 = rate(lambda t: ours(half, "auto", t))
             cpp32 = rate(lambda t: ours(fp32, "auto", t))
