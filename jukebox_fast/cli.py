@@ -287,10 +287,15 @@ def _embed(args) -> int:
     prior = load_prior(prior_path, args.model, vqvae.hps if args.model else None, device=device,
                        layers=max(args.layers))
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    result = embed_files(vqvae, prior, args.inputs, args.out, args.layers, args.meanpool,
-                         downsample_target_rate=args.downsample_rate, dtype=dtype, batch_size=args.batch_size,
-                         fp16_out=args.fp16_out, overwrite=args.overwrite, rank=rank, world_size=world,
-                         progress=not args.quiet)
+    try:
+        result = embed_files(vqvae, prior, args.inputs, args.out, args.layers, args.meanpool,
+                             downsample_target_rate=args.downsample_rate, dtype=dtype, batch_size=args.batch_size,
+                             fp16_out=args.fp16_out, overwrite=args.overwrite, rank=rank, world_size=world,
+                             progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"jukebox-fast embed: interrupted; the files finished so far are in {args.out}/: run the same "
+              "command to go on from there", file=sys.stderr)
+        return 130
     for line in result.failed:
         print(f"jukebox-fast embed: skipped {line}", file=sys.stderr)
     print(f"embedded {result.done} file(s) into {args.out}/ ({result.skipped} done before, "
