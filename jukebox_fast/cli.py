@@ -263,12 +263,10 @@ def _embed(args) -> int:
 
     from .checkpoint import load_prior, load_vqvae
     from .embed_files import embed_files
+    from .train.loop import process_device
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    device = _device(args.device)
-    if device is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
-            else torch.device("cpu")
+    device = process_device(_device(args.device))
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.downsample_rate is not None:

@@ -157,7 +157,8 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
     clip = data.clips[0]
     n = clip.shape[0] // 128 * 128
     with torch.no_grad():
-        recon = vqvae.decode(vqvae.encode(clip[:n].view(1, n, 1))[:1], start_level=0, end_level=1)[0, :, 0]
+        clip_codes = vqvae.encode(clip[:n].view(1, n, 1))  # every level's, for the stage measures too
+        recon = vqvae.decode(clip_codes[:1], start_level=0, end_level=1)[0, :, 0]
     write_wav(out / "reconstruction.wav", recon, sr)
     clock["vqvae"] = time.perf_counter() - t0
 
@@ -195,7 +196,7 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
     clock["cached_vs_recompute"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    clips = _stage_clips(vqvae, priors, clip[:n], recon, audio, upsampled, song, total, cfg)
+    clips = _stage_clips(vqvae, priors, clip[:n], clip_codes, recon, audio, upsampled, song, total, cfg)
     report["musicality"] = {name: musicality(a.numpy(), sr) for name, a in clips.items()}
     report["musicality"]["training clips (all)"] = _mean_measure([musicality(c.numpy(), sr) for c in data.clips])
     clock["measures"] = time.perf_counter() - t0
@@ -209,12 +210,12 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
     return report
 
 
-def _stage_clips(vqvae, priors, clip, recon, audio, upsampled, song, total, cfg) -> dict[str, torch.Tensor]:
+def _stage_clips(vqvae, priors, clip, zs, recon, audio, upsampled, song, total, cfg) -> dict[str, torch.Tensor]:
     """Every clip the report measures, by name: the training clip and its reconstruction from
-    each level, each sample (decoded from level 2) and its upsampled version (level 1), the
-    upsampler on the training clip's true level-2 codes, and white noise of a sample's length."""
+    each level (``zs``: its codes at every level), each sample (decoded from level 2) and its
+    upsampled version (level 1), the upsampler on the clip's true level-2 codes, and white noise
+    of a sample's length."""
     with torch.no_grad():
-        zs = vqvae.encode(clip.view(1, -1, 1))
         out = {"training clip": clip, "reconstruction (level 0)": recon}
         for level in (1, 2):
             out[f"reconstruction (level {level})"] = vqvae.decode(zs[level:], start_level=level)[0, :, 0].clamp(-1, 1)

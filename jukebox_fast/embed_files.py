@@ -24,6 +24,7 @@ import torch
 from .audio import AUDIO_SUFFIXES, AudioError, read_audio
 from .checkpoint import atomic_write
 from .embed import extract
+from .sample import fingerprint, settings_differences
 
 __all__ = ["find_inputs", "embed_files", "EmbedResult"]
 
@@ -59,8 +60,7 @@ def _check_settings(out: Path, settings: dict, overwrite: bool, write: bool) -> 
     if path.exists() and not overwrite:
         saved = json.loads(path.read_text())
         if saved != settings:
-            diff = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
-                    if saved.get(k) != settings.get(k)]
+            diff = settings_differences(saved, settings)
             raise ValueError(f"{out} holds features made with other settings ({'; '.join(diff)}): use another --out, "
                              "or --overwrite to make them anew")
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +83,6 @@ def embed_files(vqvae, prior, inputs, out: str | os.PathLike, layers, meanpool: 
                 rank: int = 0, world_size: int = 1, progress: bool = True) -> EmbedResult:
     """Embed every audio file in ``inputs`` (files and folders) into ``out``; see the module."""
     from tqdm.auto import tqdm
-
-    from .sample import fingerprint
 
     out = Path(out)
     layers = sorted({int(n) for n in layers})

@@ -31,7 +31,8 @@ from .checkpoint import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
 from .text import make_labels
 
-__all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate"]
+__all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate",
+           "settings_differences"]
 
 
 @dataclass(frozen=True)
@@ -319,11 +320,26 @@ def check_settings(path, saved: dict | None, wanted: dict) -> None:
     if saved is None:
         raise ValueError(f"{path} holds codes whose settings were not recorded, so they cannot be resumed safely; "
                          "sample into a new folder, or start over with --overwrite")
-    names = {"seed": "the seed", "prime": "the prime audio", "vqvae": "the VQ-VAE"}
-    diff = [f"{names.get(k, k)}: {saved.get(k)!r} -> {wanted.get(k)!r}" if k not in names and not k.startswith(("prior", "labels"))
-            else f"{names.get(k, k)} differs" for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    diff = settings_differences(saved, wanted, {"seed": "the seed", "prime": "the prime audio",
+                                                "vqvae": "the VQ-VAE"}, opaque=("prior", "labels"))
     raise ValueError(f"{path} holds codes sampled with other settings ({'; '.join(diff)}): resuming would return them "
                      "as if they were this run's. Sample into a new folder, or start over with --overwrite")
+
+
+def settings_differences(saved: dict, wanted: dict, names: Mapping[str, str] | None = None,
+                         opaque: tuple[str, ...] = ()) -> list[str]:
+    """Each setting that differs, as "key: old -> new"; digests (the keys in ``names``, which
+    name them, and those starting with ``opaque``) only as "... differs"."""
+    names = names or {}
+    out = []
+    for k in sorted(set(saved) | set(wanted)):
+        if saved.get(k) == wanted.get(k):
+            continue
+        if k in names or k.startswith(opaque):
+            out.append(f"{names.get(k, k)} differs")
+        else:
+            out.append(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}")
+    return out
 
 
 def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = None, total_length: int | None = None,

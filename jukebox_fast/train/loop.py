@@ -54,6 +54,17 @@ class TrainConfig:
                              f"{self.warmup_steps}, {self.grad_clip}")
 
 
+def process_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or this process's default: its GPU when there is one (under torchrun, the
+    one LOCAL_RANK names: one GPU per process), else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def distributed_setup(device_type: str) -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun describes, if any and not yet joined."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

@@ -13,18 +13,9 @@ from ..models.prior import make_prior
 from ..models.vqvae import make_vqvae
 from ..sample import Song
 from .data import AudioFolder
-from .loop import TrainConfig, distributed_setup, fit
+from .loop import TrainConfig, distributed_setup, fit, process_device
 
 __all__ = ["train_vqvae", "train_prior"]
-
-
-def _device(device: str | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
 
 
 def _check_out(out_dir, final: str, resume: bool, overwrite: bool) -> None:
@@ -57,7 +48,7 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
         raise ValueError(f"preset {preset!r} is a {type(hps).__name__[:-7].lower()}, not a VQ-VAE "
                          f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
     _check_out(out_dir, "vqvae.pth.tar", resume, overwrite)
-    dev = _device(device)
+    dev = process_device(device)
     folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)
     hop = hps.hop_lengths[-1]
     # The STFTs of the losses and the bandwidth pad by n_fft / 2 on each side, reflected.
@@ -96,7 +87,7 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
         raise ValueError(f"preset {preset!r} is not a prior (prior presets: "
                          f"{', '.join(hparams.names(hparams.PriorHparams))})")
     _check_out(out_dir, "prior_level_*.pth.tar", resume, overwrite)
-    dev = _device(device)
+    dev = process_device(device)
     vq = load_vqvae(vqvae, device=dev).eval()
     torch.manual_seed(cfg.seed)
     # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
