@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -214,6 +215,18 @@ def _worker(rank, world, port, out, case, fsdp):
     torch.distributed.destroy_process_group()
 
 
+def _spawn_two(worker, args, deadline_s: float = 300.0) -> None:
+    """Two worker processes, failing (not hanging CI) if they have not ended by the deadline:
+    a gloo rendezvous or teardown has been seen to stall both workers now and then."""
+    ctx = mp.spawn(worker, args=args, nprocs=2, join=False)
+    end = time.monotonic() + deadline_s
+    while not ctx.join(timeout=5):
+        if time.monotonic() > end:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the two worker processes did not end within {deadline_s:.0f} s")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -224,7 +237,7 @@ def _free_port() -> int:
                          ids=["ddp-vqvae", "ddp-prior", "fsdp-prior"])
 def test_two_processes_get_the_gradients_of_one_on_the_whole_batch(case, fsdp, tmp_path):
     out = tmp_path / "grads.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), case, fsdp), nprocs=2, join=True)
+    _spawn_two(_worker, (2, _free_port(), str(out), case, fsdp))
     parallel = torch.load(out)
     # One thread, as each worker: oneDNN's reductions depend on the thread count, and through
     # the VQ-VAE that alone moves some gradients by 1e-3 of their tensor's largest element.
@@ -273,7 +286,7 @@ def _fit_worker(rank, world, port, root, fsdp):
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_process_run_resumes_to_identical_weights(fsdp, tmp_path):
-    mp.spawn(_fit_worker, args=(2, _free_port(), str(tmp_path), fsdp), nprocs=2, join=True)
+    _spawn_two(_fit_worker, (2, _free_port(), str(tmp_path), fsdp))
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     assert straight["step"] == resumed["step"] == 4 and straight["world"] == 2
