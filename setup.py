@@ -69,7 +69,8 @@ setup(
         "unidecode",  # lyrics: the original transliterates to ASCII before tokenising
     ],
     extras_require={
-        "test": ["pytest", "numpy", "hypothesis", "transformers==4.57.6", "scipy"],  # scipy: the resampling oracle
+        # scipy: the resampling oracle; pytest-timeout: no test can hang CI; pytest-xdist: both cores
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "numpy", "hypothesis", "transformers==4.57.6", "scipy"],
         "bench": ["pytest-benchmark", "transformers==4.57.6"],  # the HF port: the CPU comparisons' baseline
     },
     **extension_build(),

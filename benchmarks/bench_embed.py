@@ -19,6 +19,7 @@ peak memory: the process's peak RSS on a CPU, ``max_memory_allocated`` on a GPU.
 
     python benchmarks/bench_embed.py --out benchmarks/results/embed_cpu.md
     python benchmarks/bench_embed.py --device cuda --clips 32 --out benchmarks/results/embed_h200.md
+    python benchmarks/bench_embed.py --smoke      # the tiny VQ-VAE and a 2-block prior: checks the script
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from common import device_name, report, versions
+from common import add_smoke, device_name, report, versions
 
 CHILD = r"""
 import json, resource, sys, time
@@ -43,12 +44,13 @@ from jukebox_fast.dispatch import use_backend
 from jukebox_fast.embed import MARGIN_TOKENS, extract, extract_reference, prepare_audio
 folder, method, device, layer, clips, seconds, batch, shapes = sys.argv[1:9]
 layer, clips, seconds, batch = int(layer), int(clips), float(seconds), int(batch)
+vq_preset = json.loads(shapes).get("vqvae", "vqvae")
 dev = torch.device(device)
 full = method == "jukemirlib"
 if folder == "-":  # built here, on the device, the same seed in every process (no 20 GB file)
     from jukebox_fast import hparams, make_prior, make_vqvae
     torch.manual_seed(0)
-    vq = make_vqvae("vqvae", device=dev).eval()
+    vq = make_vqvae(vq_preset, device=dev).eval()
     vq.init_codebooks(torch.from_numpy(synth_clip(3.0, seed=99)[: 3 * 44100 // 128 * 128]).view(1, -1, 1).to(dev))
     prior = make_prior(hparams.get("prior_5b", fp16_params=False, **json.loads(shapes)), vq, device=dev).eval()
     if not full:
@@ -79,18 +81,21 @@ if dev.type == "cuda":
 else:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 first = out[0][layer].float().cpu()
-x = prepare_audio(audio[1], 44100, (8192 + MARGIN_TOKENS) * 128).view(1, -1, 1).to(dev)
+n_ctx = prior.hps.n_ctx
+x = prepare_audio(audio[1], 44100, (n_ctx + MARGIN_TOKENS) * 128).view(1, -1, 1).to(dev)
 if full:
     with use_backend("torch"):
-        codes = vq.encode(x)[-1][0, :8192].cpu()
+        codes = vq.encode(x)[-1][0, :n_ctx].cpu()
 else:
-    codes = vq.encode(x, start_level=2)[0][0, :8192].cpu()
+    codes = vq.encode(x, start_level=2)[0][0, :n_ctx].cpu()
 torch.save((first, codes), sys.argv[9] + f"/{method}.pt")
 print(json.dumps({"wall": wall, "peak": peak, "shape": list(first.shape)}))
 """
 
 
 def shapes(args) -> dict:
+    if args.smoke:  # the tiny VQ-VAE (the released hops) under a two-block prior of 64 tokens
+        return dict(prior_width=32, prior_depth=2, heads=1, n_ctx=64, blocks=8, vqvae="tiny_vqvae")
     return {} if args.released else dict(prior_width=args.width, prior_depth=args.depth, heads=args.heads)
 
 
@@ -101,7 +106,7 @@ def build(folder: Path, args) -> None:
     from jukebox_fast.demo import synth_clip
 
     torch.manual_seed(0)
-    vq = make_vqvae("vqvae").eval()
+    vq = make_vqvae(shapes(args).get("vqvae", "vqvae")).eval()
     vq.init_codebooks(torch.from_numpy(synth_clip(3.0, seed=99)[: 3 * 44100 // 128 * 128]).view(1, -1, 1))
     prior = make_prior(hparams.get("prior_5b", fp16_params=False, **shapes(args)), vq).eval()
     save_vqvae(vq, folder / "vqvae.pth.tar")
@@ -121,11 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--released", action="store_true", help="the released 5b prior shapes (default on a GPU)")
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--out", type=Path)
+    add_smoke(p)
     args = p.parse_args(argv)
+    if args.smoke:
+        args.clips, args.seconds, args.layer, args.batch_size = 1, 1.0, 1, 1
     gpu = args.device.startswith("cuda")
     args.released = args.released or gpu
+    # A smoke run measures one method: each is a process of its own, and each costs seconds to start.
     methods = args.methods or (["jukemirlib", "extract", "extract-triton", "extract-fp32"] if gpu
-                               else ["jukemirlib", "extract"])
+                               else ["extract"] if args.smoke else ["jukemirlib", "extract"])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not gpu:  # a GPU builds the released shapes in each process instead (20 GB in fp32)
@@ -143,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                   if isinstance(results[method], dict) else results[method], flush=True)
     base = results.get("jukemirlib")
     shape = ("released 5b top prior (width 4800, 72 blocks, 8 heads)" if args.released else
-             f"reduced 5b top prior (width {args.width}, {args.depth} blocks, {args.heads} heads)")
+             "5b top prior at width 32, 2 blocks, n_ctx 64 (a smoke run: the numbers mean nothing)"
+             if args.smoke else f"reduced 5b top prior (width {args.width}, {args.depth} blocks, {args.heads} heads)")
+    shape += "" if args.smoke else ", n_ctx 8192"
     lines = ["# Representations: extract vs jukemirlib's method", "",
              f"{device_name(args.device)}; {versions()}", "",
-             f"Released VQ-VAE, {shape}, n_ctx 8192; layer {args.layer}; {args.clips} clips of {args.seconds:g} s "
+             f"{'Tiny' if args.smoke else 'Released'} VQ-VAE, {shape}; layer {args.layer}; {args.clips} clips of {args.seconds:g} s "
              f"(after one warm-up clip); batch {args.batch_size}. Random weights.", "",
              "Codes: the first clip's top-level codes equal to jukemirlib's (the fused residual blocks round "
              "differently from the original's convolutions, which moves near-tied codes; a moved code changes every "

@@ -5,6 +5,7 @@ process; each time is the median of ``--runs`` steps after a warm-up, the two mo
 turns so that machine noise hits both alike. Also checks that both give the same loss.
 
     python benchmarks/bench_prior_cpu.py --out benchmarks/results/prior_cpu.md
+    python benchmarks/bench_prior_cpu.py --smoke     # one preset, one run: checks the script
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import device_name, git_commit, report  # noqa: E402
+from common import add_smoke, device_name, git_commit, report  # noqa: E402
 from prior_inputs import codes, labels  # noqa: E402
 from test_prior_hf_parity import build_pair  # noqa: E402
 
@@ -28,7 +29,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path)
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.presets, args.batch, args.runs = ["tiny_prior"], 1, 1
     import transformers
 
     lines = [

@@ -14,7 +14,8 @@ rates of our sampler with the step the dispatch picks (the C++ ``decode_layers``
 the PyTorch reference step, HF's rate, and the ratios. Without transformers that comparison says
 so and the rest runs.
 
-``--dry-run``: the GPU table's code at a tiny size on whatever device is here (a CPU check).
+``--smoke`` (or ``--dry-run``): the GPU table's code at a tiny size on whatever device is here (a
+CPU check of the script).
 
     python benchmarks/bench_sampling.py --out benchmarks/results/sampling_h200.md
     python benchmarks/bench_sampling.py --hf --out benchmarks/results/sampling_cpu.md
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from common import device_name, median_time, report, sync, versions
+from common import add_smoke, device_name, median_time, record, report, sync, versions
 from jukebox_fast import extension, hparams, make_prior
 from jukebox_fast.dispatch import use_backend
 from jukebox_fast.models.decoding import IncrementalDecoder
+from jukebox_fast.ops import costs
 from jukebox_fast.sample import Sampling, draw, sample_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -45,18 +47,16 @@ def _conditioning(prior, n: int, device):
     return [z.to(device) for z in zs], y.to(device)
 
 
-def step_bytes(decoder: IncrementalDecoder) -> int:
-    """Bytes one decode step reads at the decoder's position: every transformer weight once
-    (plus x_out), and the cache slots each layer's pattern sees, for the whole batch."""
-    ar = decoder.ar
-    weights = sum(p.numel() * p.element_size() for p in ar.transformer.parameters()) + \
-        ar.x_out.weight.numel() * ar.x_out.weight.element_size()
-    cache = 0
+def step_cost(decoder: IncrementalDecoder) -> costs.Cost:
+    """What one decode step must read at the decoder's position (:func:`costs.decode_step`): every
+    layer's weights as the step holds them (converted to the body's dtype), x_out, and the cache
+    slots each layer's pattern sees, for the whole batch."""
+    weights = [w for c in decoder.caches for w in c.weights] + [decoder.ar.x_out.weight]
+    reads = []
     for c in decoder.caches:
         lo, hi = c.layout.visible(decoder.position.view(()))
-        slots = int(hi - lo)
-        cache += 2 * slots * c.k.shape[0] * c.k.shape[1] * c.k.shape[3] * c.k.element_size()
-    return weights + cache
+        reads.append((c.k.shape[1], c.k.shape[3], int(hi - lo)))
+    return costs.decode_step(weights, reads, decoder.n, decoder.dtype, decoder.ar.width)
 
 
 def copy_gbs(device: str) -> float:
@@ -81,7 +81,7 @@ def kernels_per_step(decoder: IncrementalDecoder, token: torch.Tensor) -> int | 
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def gpu_rows(args, lines, device: str, peak: float) -> None:
+def gpu_rows(args, lines, device: str, peak: float, records: list[dict]) -> None:
     for name in args.models:
         prior = make_prior(hparams.get(name, **TINY) if args.dry_run else name, device=device).eval()
         for n in args.batch:
@@ -89,6 +89,7 @@ def gpu_rows(args, lines, device: str, peak: float) -> None:
             with torch.no_grad():
                 tokens, x_cond, y_cond, enc, _ = prior.lm_inputs(zs[0], zs[1:], y)
             prefill = min(args.prefill, tokens.shape[1] - 1)
+            times = {}
             for step_impl in ("torch", "triton"):
                 for graph in (False, True) if device == "cuda" else (False,):
                     row = f"| {name} | {n} | {step_impl} | {'graph' if graph else 'eager'} |"
@@ -99,7 +100,8 @@ def gpu_rows(args, lines, device: str, peak: float) -> None:
                         lines.append(f"{row} not run: {str(e).splitlines()[0][:160]} | – | – | – | – | – |")
                         continue
                     decoder.prefill(tokens[:, :prefill])
-                    bytes_read = step_bytes(decoder)
+                    cost = step_cost(decoder)
+                    bytes_read = cost.bytes
                     token = tokens[:, prefill - 1]
                     kernels = kernels_per_step(decoder, token)
                     if graph:
@@ -112,10 +114,16 @@ def gpu_rows(args, lines, device: str, peak: float) -> None:
                         token = draw(decoder.step(token), 0.99)
                     sync(device)
                     step = (time.perf_counter() - t0) / args.steps
+                    times[step_impl, graph] = step
                     gbs = bytes_read / step / 1e9
                     lines.append(f"{row} {step * 1e3:.3f} | {n / step:.0f} | {kernels} | {bytes_read / 1e9:.3f} | "
                                  f"{gbs:.0f} | {gbs / peak:.0%} |")
                     print(lines[-1], file=sys.stderr, flush=True)
+            for graph in (False, True):
+                if ("triton", graph) in times and ("torch", graph) in times:
+                    records.append(record("decode_layers", "triton", "torch", decoder.dtype, prior.prior.width, n,
+                                          f"{name}, position {prefill}, {'CUDA graph' if graph else 'eager'}",
+                                          times["triton", graph], times["torch", graph], cost, device))
         del prior
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -274,10 +282,13 @@ def main() -> None:
                         help="CPU: which released widths")
     parser.add_argument("--no-small", action="store_true", help="CPU: only the released widths (with --released)")
     parser.add_argument("--out", type=Path)
+    add_smoke(parser)
     args = parser.parse_args()
+    args.dry_run = args.dry_run or args.smoke
     gpu = torch.cuda.is_available() and not args.hf
     device = "cuda" if gpu else "cpu"
     lines = ["# Sampling speed", "", f"Device: {device_name(device)}; {versions()}.", ""]
+    records: list[dict] = []
     if gpu or args.dry_run:
         args.dtype = torch.bfloat16 if device == "cuda" else None
         args.batch = args.batch or ([2] if args.dry_run else [1, 16])
@@ -290,7 +301,7 @@ def main() -> None:
                   f"copy bandwidth measured here: {peak:.0f} GB/s. Kernels: CUDA kernels per eager step.", "",
                   "| model | batch | step | mode | step (ms) | tokens/s | kernels | GB read per step | GB/s | "
                   "of copy bandwidth |", "|---|---|---|---|---|---|---|---|---|---|"]
-        gpu_rows(args, lines, device, peak)
+        gpu_rows(args, lines, device, peak, records)
     else:
         why = extension.load()
         if not args.no_small:
@@ -312,7 +323,7 @@ def main() -> None:
                       "| preset | batch | prefix | C++ fp16 weights | C++ fp32 weights | torch step | HF | "
                       "fp16 vs HF | fp32 vs HF | fp16 vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
             released_rows(args, lines)
-    report("\n".join(lines) + "\n", args.out)
+    report("\n".join(lines) + "\n", args.out, records)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Methods, all on the same inputs in one process:
             attention on the pieces (fp32 softmax, hidden logits set to −1e9)
   sdpa      the same re-blocking, with torch's scaled_dot_product_attention on the pieces
   flex      FlexAttention (torch.compile'd) on the whole sequence with the pattern's block mask
+  reference jukebox_fast's PyTorch reference (backend "torch"), what ``auto`` runs until a GPU
+            run shows the kernels ahead: the baseline of the dispatch rule
   triton    jukebox_fast's kernels on the un-permuted sequence (backend "triton")
 
 Shapes are the released priors' (one attention layer, batch ``--batch``): the 5b top level
@@ -21,6 +23,7 @@ recomputed). Methods that cannot run a case say why.
 
     python benchmarks/bench_sparse_attention.py --out benchmarks/results/sparse_attention_h200.md
     python benchmarks/bench_sparse_attention.py --length 512 --dtype fp32 --runs 3   # a CPU look
+    python benchmarks/bench_sparse_attention.py --smoke                               # checks the script
 """
 from __future__ import annotations
 
@@ -33,13 +36,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from common import device_name, median_time, report, versions
+from common import add_smoke, device_name, median_time, record, report, versions
 from jukebox_fast import dispatch
-from jukebox_fast.ops import AttentionPattern, prime_window, sparse_attention
+from jukebox_fast.ops import AttentionPattern, costs, prime_window, sparse_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "bwd", "fwd+bwd")
-METHODS = ("original", "sdpa", "flex", "triton")
+METHODS = ("original", "sdpa", "flex", "reference", "triton")
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,16 @@ def flex(q, k, v, pattern, heads, scale):
 
 
 def triton(q, k, v, pattern, heads, scale):
-    return sparse_attention(_split(q, heads), _split(k, heads), _split(v, heads), pattern, scale=scale,
-                            backend="triton")
+    return _merge(sparse_attention(_split(q, heads), _split(k, heads), _split(v, heads), pattern, scale=scale,
+                                   backend="triton"))
 
 
-IMPLS = {"original": original, "sdpa": sdpa, "flex": flex, "triton": triton}
+def reference(q, k, v, pattern, heads, scale):
+    return _merge(sparse_attention(_split(q, heads), _split(k, heads), _split(v, heads), pattern, scale=scale,
+                                   backend="torch"))
+
+
+IMPLS = {"original": original, "sdpa": sdpa, "flex": flex, "reference": reference, "triton": triton}
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -154,11 +162,6 @@ def patterns(case: Case, length: int) -> list[tuple[AttentionPattern, int]]:
     prime = prime_window(case.prime_len * length // case.length, case.blocks) if case.prime_len else 0
     enc = max(1, case.enc_len * length // case.length)
     return [(AttentionPattern(kind, bc, prime), enc if kind == 6 else length) for kind in case.kinds]
-
-
-def visible_pairs(pattern: AttentionPattern, lq: int, lk: int, device) -> int:
-    """How many (query, key) pairs the pattern lets through: the work that counts."""
-    return int(pattern.mask(lq, lk, device).sum())
 
 
 def why_not(method: str, q, pattern, heads) -> str | None:
@@ -199,7 +202,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per cell (default 10 GPU, 3 CPU)")
     parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:  # one head of 480 over 128 positions, 2 per block; flex would compile
+        args.models, args.length, args.runs, args.dtype = ["upsampler"], 256, 1, "fp32"
+        args.methods = [m for m in args.methods if m != "flex"]
     cuda = args.device.startswith("cuda")
     runs = args.runs or (10 if cuda else 3)
     dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
@@ -216,6 +223,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     g = torch.Generator(device="cpu").manual_seed(0)
+    records = []
     for case in (c for c in CASES if c.model in args.models):
         length = args.length or case.length
         width = case.heads * case.d
@@ -223,12 +231,13 @@ def main() -> None:
             q = torch.randn(args.batch, length, width, generator=g).to(args.device, dtype)  # [N, T, H·d]
             k, v = (torch.randn(args.batch, lk, width, generator=g).to(args.device, dtype) for _ in range(2))
             scale = case.d**-0.5
-            pairs = visible_pairs(pattern, length, lk, args.device) * args.batch * case.heads
+            pairs = costs.visible_pairs(pattern, length, lk)  # per (sample, head)
             with torch.no_grad():
                 expected = original(q, k, v, pattern, case.heads, scale).float()
             label = pattern.name + (f" P={pattern.prime_len}" if pattern.kind == 7 else "") + (
                 f" bc={pattern.block_ctx}" if pattern.kind in (1, 2, 3) else "")
             base: dict[str, float] = {}
+            times: dict[tuple[str, str], float] = {}
             for method in args.methods:
                 reason = why_not(method, q, pattern, case.heads)
                 try:
@@ -247,15 +256,23 @@ def main() -> None:
                     except Exception as e:  # noqa: BLE001
                         lines.append(f"{row} – | – | – | not run: {_first_line(e)} |")
                         continue
+                    times[method, mode] = seconds
                     if method == "original":
                         base[mode] = seconds
-                    flops = pairs * case.d * {"fwd": 4, "bwd": 10, "fwd+bwd": 14}[mode]
+                    cost = costs.sparse_attention(pattern, length, lk, case.heads, case.d, dtype, args.batch, mode, pairs)
+                    flops = cost.flops
                     speedup = f"{base[mode] / seconds:.2f}x" if mode in base else "–"
                     lines.append(f"{row} {seconds * 1e3:.3f} | {speedup} | {flops / seconds / 1e12:.2f} | {err:.2e} |")
                     print(lines[-1], file=sys.stderr, flush=True)
                 if cuda:
                     torch.cuda.empty_cache()
-    report("\n".join(lines) + "\n", args.out)
+            for mode in args.modes:
+                if ("triton", mode) in times and ("reference", mode) in times:
+                    cost = costs.sparse_attention(pattern, length, lk, case.heads, case.d, dtype, args.batch, mode, pairs)
+                    records.append(record("sparse_attention", "triton", "torch", dtype, case.d, args.batch,
+                                          f"{case.model} {label} T={length} {mode}", times["triton", mode],
+                                          times["reference", mode], cost, args.device))
+    report("\n".join(lines) + "\n", args.out, records)
 
 
 if __name__ == "__main__":

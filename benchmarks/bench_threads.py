@@ -14,6 +14,7 @@ Each row is the median over ``--runs`` steps after a warm-up; ratios are against
 default-policy, all-cores row of the same run.
 
     python benchmarks/bench_threads.py --out benchmarks/results/threads_cpu.md
+    python benchmarks/bench_threads.py --smoke    # the quiet, all-cores row only: checks the script
 """
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import device_name, report, versions
+from common import add_smoke, device_name, report, versions
 
 CHILD = r"""
 import json, statistics, sys, time
 import torch
 from jukebox_fast import hparams, make_prior, make_vqvae
 from jukebox_fast.sample import Sampling, Song, sample_window
-threads, runs = int(sys.argv[1]), int(sys.argv[2])
+threads, runs, length, steps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if threads:
     torch.set_num_threads(threads)
 else:  # what the command line does
@@ -41,7 +42,7 @@ else:  # what the command line does
 torch.manual_seed(0)
 vq = make_vqvae(hparams.get("tiny_vqvae")).train()
 opt = torch.optim.AdamW(vq.parameters(), 1e-4)
-x = 0.3 * torch.randn(2, 32768, 1)
+x = 0.3 * torch.randn(2, length, 1)
 def train_step():
     _, loss, _ = vq(x)
     opt.zero_grad()
@@ -50,10 +51,10 @@ def train_step():
 prior = make_prior("tiny_top_prior", vq).eval()
 y = Song(0, (0,), 6 * 44100).labels(prior, 0, 1)
 def decode_steps():
-    sample_window(prior, torch.zeros(1, 0, dtype=torch.int64), 32, y=y,
+    sample_window(prior, torch.zeros(1, 0, dtype=torch.int64), steps, y=y,
                   sampling=Sampling(temp=1.0, progress=False))
 out = {"threads": torch.get_num_threads()}
-for name, fn in (("vqvae train step", train_step), ("top prior, 32 decode steps", decode_steps)):
+for name, fn in (("vqvae train step", train_step), ("top prior, %d decode steps" % steps, decode_steps)):
     fn()
     times = []
     for _ in range(runs):
@@ -69,7 +70,7 @@ def _spin(stop) -> None:
         n += 1
 
 
-def measure(threads: int, passive: bool, loaded: bool, runs: int, timeout: float) -> dict | str:
+def measure(threads: int, passive: bool, loaded: bool, runs: int, timeout: float, smoke: bool = False) -> dict | str:
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     if passive:
@@ -80,7 +81,8 @@ def measure(threads: int, passive: bool, loaded: bool, runs: int, timeout: float
     for p in spinners:
         p.start()
     try:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(runs)], env=env, capture_output=True,
+        sizes = ["4096", "4"] if smoke else ["32768", "32"]  # samples per training clip, decode steps
+        done = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(runs), *sizes], env=env, capture_output=True,
                               text=True, timeout=timeout)
         if done.returncode:
             return f"failed: {done.stderr.strip().splitlines()[-1]}"
@@ -98,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per configuration")
     p.add_argument("--out", type=Path)
+    add_smoke(p)
     args = p.parse_args(argv)
+    if args.smoke:
+        args.runs, args.timeout = 1, 60.0
     cores = os.cpu_count() or 1
     rows = []
-    for loaded in (False, True):
-        for passive in (False, True):
-            for threads in sorted({1, cores}) + ([0] if not passive else []):
-                r = measure(threads, passive, loaded, args.runs, args.timeout)
+    for loaded in (False,) if args.smoke else (False, True):
+        for passive in (False,) if args.smoke else (False, True):
+            for threads in [cores] if args.smoke else sorted({1, cores}) + ([0] if not passive else []):
+                r = measure(threads, passive, loaded, args.runs, args.timeout, args.smoke)
                 rows.append(((loaded, passive, threads), r))
                 print(rows[-1], flush=True)
     base = next(r for (loaded, passive, t), r in rows if not loaded and not passive and t == cores)

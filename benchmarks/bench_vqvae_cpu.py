@@ -5,6 +5,7 @@ Same random weights (copied through the key mapping), same audio, same process, 
 two give the same codes and audio, so a speed-up never hides a wrong answer.
 
     python benchmarks/bench_vqvae_cpu.py --seconds 8 --runs 5 --out benchmarks/results/vqvae_cpu.md
+    python benchmarks/bench_vqvae_cpu.py --smoke     # the tiny VQ-VAE, one run: checks the script
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 import jukebox_fast
-from common import git_commit, median_time, report
+from common import add_smoke, git_commit, median_time, report
 from jukebox_fast.checkpoint import openai_to_hf
 from jukebox_fast.demo import synth_clip
 
@@ -25,7 +26,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.runs = 0.1, 1
 
     from transformers.models.deprecated.jukebox import JukeboxVQVAE, JukeboxVQVAEConfig
 

@@ -1,6 +1,7 @@
 """What every benchmark script shares: timing and a description of the run."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import shutil
@@ -11,6 +12,36 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+
+SMOKE_HELP = ("tiny sizes, one run, fp32: checks that the script runs and writes its table and JSON, in "
+              "seconds on any CPU (what the tests run); the numbers mean nothing")
+
+
+def add_smoke(parser: argparse.ArgumentParser) -> None:
+    """The ``--smoke`` switch every benchmark script has."""
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+
+
+def cpu_dtypes(names: list[str], device: str | torch.device, asked: bool,
+               dtypes: dict[str, torch.dtype]) -> tuple[list[str], list[str]]:
+    """The dtype names to run on ``device`` and a note per name skipped.
+
+    On a CPU without native bf16 (or fp16) arithmetic, PyTorch and oneDNN emulate it, and a
+    released-size 16-bit row can take half an hour; such rows are skipped, saying so, unless the
+    user named the dtypes (``asked``)."""
+    from jukebox_fast.cpu_features import no_native_16bit_reason
+
+    if asked or str(device).startswith("cuda"):
+        return names, []
+    kept, notes = [], []
+    for name in names:
+        why = no_native_16bit_reason(dtypes[name])
+        if why:
+            notes.append(f"{name} rows skipped: {why} (pass --dtypes {name} to run them anyway)")
+        else:
+            kept.append(name)
+    return kept, notes
 
 
 def sync(device: str | torch.device) -> None:
@@ -52,14 +83,30 @@ def device_name(device: str | torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def report(text: str, out: Path | None) -> None:
+def record(op: str, impl: str, baseline: str, dtype: torch.dtype | str, width: int, batch: int, shape: str,
+           seconds: float, baseline_seconds: float, cost, device: str | torch.device) -> dict:
+    """One kernel-against-baseline measurement, as the GPU evidence summary reads it: ``op`` and
+    ``impl`` as the dispatch names them (``baseline`` the implementation it would replace), the
+    call's dtype, width and batch as :mod:`jukebox_fast.measured` rules read them, a label of the
+    shape, both times from this process, and the op's unique bytes and FLOPs
+    (:mod:`jukebox_fast.ops.costs`)."""
+    name = str(dtype).removeprefix("torch.")
+    name = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+    return {"op": op, "impl": impl, "baseline": baseline, "dtype": name, "width": int(width), "batch": int(batch),
+            "shape": shape, "seconds": seconds, "baseline_seconds": baseline_seconds, "bytes": int(cost.bytes),
+            "flops": int(cost.flops), "device": "cuda" if str(device).startswith("cuda") else "cpu"}
+
+
+def report(text: str, out: Path | None, records: list[dict] | None = None, **extra) -> None:
     """Print the results, and with ``out`` write them there (markdown) and beside it as JSON
-    (``out`` with .json: the run's metadata and every markdown table as a list of rows)."""
+    (``out`` with .json: the run's metadata, every markdown table as a list of rows, the
+    kernel-against-baseline ``records`` and any ``extra`` keys)."""
     print(text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"meta": metadata(), "tables": tables(text)}, indent=1) + "\n")
+        data = {"meta": metadata(), "tables": tables(text), "records": records or [], **extra}
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
 
 
 def tables(text: str) -> list[list[dict[str, str]]]:

@@ -5,7 +5,7 @@ a device-to-device copy of a buffer several times the L2 (bytes read plus bytes 
 the median time), and an 8192³ bf16 matrix product on random data (2·n³ over the median time).
 
     python benchmarks/device_facts.py --out benchmarks/results/facts_h200.md
-    python benchmarks/device_facts.py --dry-run      # tiny sizes, on any machine
+    python benchmarks/device_facts.py --smoke        # tiny sizes, on any machine (also --dry-run)
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from common import device_name, median_time, report, versions
+from common import SMOKE_HELP, device_name, median_time, report, versions
 
 
 def nvidia_smi() -> dict[str, str]:
@@ -47,7 +47,7 @@ def matmul_tflops(device: str, n: int, dtype: torch.dtype, runs: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dry-run", action="store_true", help="tiny sizes (a CPU check of this script)")
+    p.add_argument("--smoke", "--dry-run", dest="dry_run", action="store_true", help=SMOKE_HELP)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     dev = args.device
@@ -60,13 +60,19 @@ def main() -> None:
         facts.update({"multiprocessors": props.multi_processor_count, "memory GiB": round(props.total_memory / 2**30, 1),
                       "compute capability": f"{props.major}.{props.minor}",
                       "L2 MiB": round(getattr(props, "L2_cache_size", 0) / 2**20, 1)})
-    facts["copy GB/s (read + write)"] = round(copy_gbs(dev, size, runs))
-    matmul_dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    facts[f"{str(matmul_dtype).removeprefix('torch.')} matmul TFLOP/s ({n}³)"] = float(
-        f"{matmul_tflops(dev, n, matmul_dtype, runs):.3g}")
+    ceilings = {"bytes_per_s": copy_gbs(dev, size, runs) * 1e9, "flops_per_s": {}}
+    facts["copy GB/s (read + write)"] = round(ceilings["bytes_per_s"] / 1e9)
+    # The matmul rate per dtype: the compute ceiling of a kernel in that dtype (fp32 without TF32).
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+        if dev != "cuda" and dtype != torch.float32:
+            continue  # a CPU's 16-bit rate is not a ceiling any kernel here aims at
+        torch.backends.cuda.matmul.allow_tf32 = False
+        rate = matmul_tflops(dev, n, dtype, runs)
+        ceilings["flops_per_s"][name] = rate * 1e12
+        facts[f"{str(dtype).removeprefix('torch.')} matmul TFLOP/s ({n}³)"] = float(f"{rate:.3g}")
     lines = ["# Device facts and measured ceilings", "", f"{versions()}.", "", "| fact | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts.items()]
-    report("\n".join(lines) + "\n", args.out)
+    report("\n".join(lines) + "\n", args.out, ceilings=ceilings)
 
 
 if __name__ == "__main__":

@@ -148,9 +148,19 @@ class Op:
     order: tuple[str, ...]
     doc: str = ""
     impls: dict[str, Impl] = field(default_factory=dict)
+    width_dim: int = -1  # the first tensor's dimension that measured rules call its width
 
     def ranked(self) -> list[Impl]:
         return [self.impls[n] for n in self.order if n in self.impls]
+
+    def shape_of(self, args: tuple) -> tuple[torch.dtype, int | None, int | None] | None:
+        """(dtype, width, batch) of a call, from its first tensor, for the measured rules."""
+        first = args[0] if args else None
+        if not isinstance(first, torch.Tensor):
+            return None
+        if first.dim() == 0:
+            return first.dtype, None, None
+        return first.dtype, int(first.shape[self.width_dim]), int(first.shape[0])
 
 
 # Context frames, innermost last. Each frame maps an op name (or "*" for every op) to a choice.
@@ -207,10 +217,10 @@ class Registry:
         self._logged: set[tuple[str, str, str]] = set()
 
     # -- building -------------------------------------------------------------------------------
-    def define_op(self, name: str, order: Sequence[str], doc: str = "") -> Op:
+    def define_op(self, name: str, order: Sequence[str], doc: str = "", width_dim: int = -1) -> Op:
         if name in self._ops:
             raise ValueError(f"op {name!r} is already defined")
-        op = Op(name, tuple(order), doc)
+        op = Op(name, tuple(order), doc, width_dim=width_dim)
         self._ops[name] = op
         return op
 
@@ -313,15 +323,16 @@ def _unmeasured(op: Op, impl: Impl, args: tuple) -> list[str]:
     """Why ``auto`` passes over a fast implementation on CUDA: no recorded GPU benchmark shows it
     ahead of the reference (``jukebox_fast.measured``). The last implementation (the reference)
     is never passed over."""
-    from .measured import CUDA_WINS
+    from .measured import rule_for
 
     first = args[0] if args else None
     if not (isinstance(first, torch.Tensor) and first.is_cuda) or impl is op.ranked()[-1]:
         return []
-    if (op.name, impl.name) in CUDA_WINS:
+    if rule_for(op.name, impl.name, *op.shape_of(args)):
         return []
-    return [f"on CUDA no benchmark has measured it ahead of the reference yet (jukebox_fast/measured.py); "
-            f"ask for it with backend={impl.name!r}"]
+    dtype, width, batch = op.shape_of(args)
+    return [f"on CUDA no benchmark has measured it ahead of the reference at {str(dtype).removeprefix('torch.')}, "
+            f"width {width}, batch {batch} (jukebox_fast/measured.py); ask for it with backend={impl.name!r}"]
 
 
 REGISTRY = Registry()

@@ -15,6 +15,7 @@ implementations (see ``python -m jukebox_fast.info``).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.resources
 import importlib.util
@@ -83,6 +84,15 @@ def _jit_build() -> Path:
     if lib.exists():
         return lib
     cache.mkdir(parents=True, exist_ok=True)
+    # One build per cache: other processes (test workers, torchrun ranks) wait for it and load it.
+    with open(cache / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if lib.exists():
+            return lib
+        return _build_into(cpp_extension, compiled, cache, final, lib, with_cuda)
+
+
+def _build_into(cpp_extension, compiled: list[Path], cache: Path, final: Path, lib: Path, with_cuda: bool) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=cache))
     _log.warning("building the jukebox_fast C++ extension%s (once; cached in %s)",
                  " with CUDA" if with_cuda else "", cache)

@@ -54,9 +54,10 @@ def report() -> str:
     env = {k: v for k, v in os.environ.items() if k.startswith(dispatch.ENV_GLOBAL)}
     lines.append("")
     lines.append("backend environment: " + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "none set"))
-    from .measured import CUDA_WINS
+    from .measured import CUDA_RULES
 
-    wins = ", ".join(f"{op}/{impl} ({where})" for (op, impl), where in sorted(CUDA_WINS.items()))
+    wins = ", ".join(f"{r.op}/{r.impl} at {'/'.join(r.dtypes) or 'any dtype'}, widths {r.widths or 'any'}, "
+                     f"batch {r.batches or 'any'} ({r.speedup:.2f}x, {r.evidence})" for r in CUDA_RULES)
     lines.append("on CUDA, auto takes a kernel only where a GPU benchmark measured it ahead of the reference: "
                  + (wins or "none measured yet, so the references run unless a kernel is asked for"))
     return "\n".join(lines)

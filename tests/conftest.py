@@ -11,6 +11,14 @@ import torch
 DATA = Path(__file__).parent / "data"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes one intra-op thread: two workers on two cores with
+    two spinning OpenMP threads each run several times slower than one thread each (see
+    ``benchmarks/results/threads_cpu.md``)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

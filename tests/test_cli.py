@@ -239,7 +239,7 @@ def test_bad_arguments_exit_non_zero_with_a_message(capsys):
 def test_bench_runs_a_script_and_rejects_unknown_names(tmp_path, capsys):
     assert main(["bench", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
-    assert main(["bench", "decoder", "--out", str(tmp_path), "--", "--seconds", "0.3", "--runs", "1"]) == 0
+    assert main(["bench", "decoder", "--out", str(tmp_path), "--", "--smoke"]) == 0
     table = (tmp_path / "decoder.md").read_text()
     assert "| vqvae decode, fp32 |" in table and "speed-up" in table
 
@@ -247,7 +247,7 @@ def test_bench_runs_a_script_and_rejects_unknown_names(tmp_path, capsys):
 def test_bench_writes_into_a_relative_out_folder_and_runs_on_past_a_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # vq rejects --seconds and fails; decoder still runs, and its table lands under ./results here.
-    code = main(["bench", "vq", "decoder", "--out", "results", "--", "--seconds", "0.3", "--runs", "1"])
+    code = main(["bench", "vq", "decoder", "--out", "results", "--", "--smoke", "--seconds", "0.3"])
     err = capsys.readouterr().err
     assert code == 2 and "benchmark(s) failed: vq" in err
     assert (tmp_path / "results" / "decoder.md").exists() and (tmp_path / "results" / "decoder.json").exists()

@@ -58,16 +58,39 @@ def test_on_cuda_auto_takes_a_kernel_only_where_a_benchmark_measured_it_ahead(re
     resolved = reg.resolve("toy", x)
     assert resolved.name == "torch"  # cuda and triton: no recorded GPU win
     assert reg.call("toy", x, backend="triton") == "triton"  # a request still gets the kernel
-    monkeypatch.setitem(measured.CUDA_WINS, ("toy", "triton"), "benchmarks/results/toy_h200.md")
+    monkeypatch.setattr(measured, "CUDA_RULES", [measured.Rule("toy", "triton", "benchmarks/results/toy_h200.md")])
     assert reg.call("toy", x) == "triton"
     assert reg.call("toy", torch.zeros(2)) == "cuda"  # CPU inputs: the rule does not apply
     with pytest.raises(BackendUnavailableError, match="no benchmark has measured it ahead"):
-        monkeypatch.delitem(measured.CUDA_WINS, ("toy", "triton"))
+        monkeypatch.setattr(measured, "CUDA_RULES", [])
         bare = Registry()
         bare.define_op("toy", order=("triton", "torch"))
         bare.register("toy", "triton", lambda x: "triton")
         bare.register("toy", "torch", lambda x: "torch", supports=lambda x: ["no"])
         bare.call("toy", x)
+
+
+def test_a_measured_rule_covers_only_its_dtypes_widths_and_batches(reg, monkeypatch):
+    from jukebox_fast import measured
+
+    rule = measured.Rule("toy", "triton", "benchmarks/results/toy_h200.md", dtypes=("bf16",), widths=(64, 480),
+                         batches=(1, 16), speedup=1.8)
+    monkeypatch.setattr(measured, "CUDA_RULES", [rule])
+
+    def on_cuda(*shape, dtype=torch.bfloat16):
+        return torch.zeros(*shape, dtype=dtype).as_subclass(_OnCuda)
+
+    assert reg.resolve("toy", on_cuda(16, 480)).name == "triton"  # batch 16, width 480: both ends covered
+    assert reg.resolve("toy", on_cuda(1, 64)).name == "triton"
+    assert reg.resolve("toy", on_cuda(17, 480)).name == "torch"  # batch outside
+    assert reg.resolve("toy", on_cuda(4, 512)).name == "torch"  # width outside
+    assert reg.resolve("toy", on_cuda(4, 128, dtype=torch.float32)).name == "torch"  # dtype outside
+    with pytest.raises(BackendUnavailableError, match="at float32, width 128, batch 4"):
+        bare = Registry()
+        bare.define_op("toy", order=("triton", "torch"))
+        bare.register("toy", "triton", lambda x: "triton")
+        bare.register("toy", "torch", lambda x: "torch", supports=lambda x: ["no"])
+        bare.call("toy", on_cuda(4, 128, dtype=torch.float32))
 
 
 def test_precedence_argument_context_env_op_env_global(reg, monkeypatch):

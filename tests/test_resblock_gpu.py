@@ -50,11 +50,11 @@ def test_low_precision(dtype, shape, poisoned):
 
 def test_auto_keeps_cudnn_until_a_benchmark_shows_the_kernel_ahead():
     from jukebox_fast import dispatch
-    from jukebox_fast.measured import CUDA_WINS
+    from jukebox_fast.measured import rule_for
 
     tensors = inputs(1, 32, 32, 100, device="cuda")
     with torch.no_grad():
-        expected = "cuda" if ("dilated_resblock", "cuda") in CUDA_WINS else "torch"
+        expected = "cuda" if rule_for("dilated_resblock", "cuda", torch.float32, 32, 1) else "torch"
         assert dispatch.resolve("dilated_resblock", *tensors, 3, 1.0).name == expected
         assert dispatch.resolve("dilated_resblock", *tensors, 3, 1.0, backend="cuda").name == "cuda"
 

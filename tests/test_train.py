@@ -2,9 +2,9 @@
 gives the gradients of one process on the whole batch, and bad data paths fail clearly."""
 from __future__ import annotations
 
+import datetime
 import gc
 import os
-import socket
 import time
 
 import pytest
@@ -195,8 +195,17 @@ def _full_grads(model):
     return out
 
 
-def _worker(rank, world, port, out, case, fsdp):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+def _join(rank: int, world: int, store: str) -> None:
+    """Join the two-process group through a file in the test's own folder (no port that another
+    test or run could take between choosing it and binding it), with a deadline on every
+    collective, so a rank left waiting fails in a minute instead of gloo's default 30."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(seconds=60))
+
+
+def _worker(rank, world, store, out, case, fsdp):
+    _join(rank, world, store)
     torch.set_num_threads(1)
     from jukebox_fast.train.loop import _wrap, distributed_setup
 
@@ -215,9 +224,9 @@ def _worker(rank, world, port, out, case, fsdp):
     torch.distributed.destroy_process_group()
 
 
-def _spawn_two(worker, args, deadline_s: float = 300.0) -> None:
-    """Two worker processes, failing (not hanging CI) if they have not ended by the deadline:
-    a gloo rendezvous or teardown has been seen to stall both workers now and then."""
+def _spawn_two(worker, args, deadline_s: float = 90.0) -> None:
+    """Two worker processes; past the deadline (below the per-test limit) they are killed and the
+    test fails, though with :func:`_join` nothing should ever wait that long."""
     ctx = mp.spawn(worker, args=args, nprocs=2, join=False)
     end = time.monotonic() + deadline_s
     while not ctx.join(timeout=5):
@@ -227,17 +236,11 @@ def _spawn_two(worker, args, deadline_s: float = 300.0) -> None:
             pytest.fail(f"the two worker processes did not end within {deadline_s:.0f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("case, fsdp", [("vqvae", False), ("prior", False), ("prior", True)],
                          ids=["ddp-vqvae", "ddp-prior", "fsdp-prior"])
 def test_two_processes_get_the_gradients_of_one_on_the_whole_batch(case, fsdp, tmp_path):
     out = tmp_path / "grads.pt"
-    _spawn_two(_worker, (2, _free_port(), str(out), case, fsdp))
+    _spawn_two(_worker, (2, str(tmp_path / "store"), str(out), case, fsdp))
     parallel = torch.load(out)
     # One thread, as each worker: oneDNN's reductions depend on the thread count, and through
     # the VQ-VAE that alone moves some gradients by 1e-3 of their tensor's largest element.
@@ -255,9 +258,9 @@ def test_two_processes_get_the_gradients_of_one_on_the_whole_batch(case, fsdp, t
                                    msg=lambda m: f"{name}: {m}")
 
 
-def _fit_worker(rank, world, port, root, fsdp):
+def _fit_worker(rank, world, store, root, fsdp):
     """Under two processes: 4 steps straight, and 2 steps then a resumed run to 4."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    _join(rank, world, store)
     torch.set_num_threads(1)
     from pathlib import Path
 
@@ -284,9 +287,43 @@ def _fit_worker(rank, world, port, root, fsdp):
     torch.distributed.destroy_process_group()
 
 
+def _split_view_worker(rank, world, store, root):
+    """Rank 0 sees a checkpoint to resume from, rank 1 (another folder) does not."""
+    _join(rank, world, store)
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from jukebox_fast.train.loop import fit
+
+    root = Path(root)
+    _, batch, loss_of = _prior_case()
+    try:
+        fit(_prior_case()[0], lambda m, b: (loss_of(m, *b), {}), lambda gen: batch,
+            TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2),
+            root / ("seen" if rank == 0 else f"unseen{rank}"), resume=True, progress=False)
+    except RuntimeError as e:
+        (root / f"error{rank}.txt").write_text(str(e))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_that_disagree_about_resuming_fail_instead_of_waiting_forever(tmp_path):
+    # The stall once seen in the two-process tests: rank 1 started its resumed run before rank 0
+    # had renamed the checkpoint into place, so one rank resumed (a collective scatter of the
+    # optimiser state) and the other started afresh (FSDP's all-gather), each waiting on the other.
+    # Now rank 0's save ends in a barrier, and ranks that still see different folders say so.
+    one = tmp_path / "one"
+    _spawn_two(_fit_worker, (2, str(tmp_path / "store0"), str(one), False))
+    (tmp_path / "seen").mkdir()
+    os.replace(one / "resumed" / "checkpoint.pt", tmp_path / "seen" / "checkpoint.pt")
+    _spawn_two(_split_view_worker, (2, str(tmp_path / "store1"), str(tmp_path)))
+    for rank in (0, 1):
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "visible to rank(s) [0] but not to rank(s) [1]" in message, message
+
+
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_process_run_resumes_to_identical_weights(fsdp, tmp_path):
-    _spawn_two(_fit_worker, (2, _free_port(), str(tmp_path), fsdp))
+    _spawn_two(_fit_worker, (2, str(tmp_path / "store"), str(tmp_path), fsdp))
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     assert straight["step"] == resumed["step"] == 4 and straight["world"] == 2

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dispatch, extension
+from ..cpu_features import native_16bit
 from . import buffers
 
 __all__ = ["dilated_resblock", "dilated_resblock_reference", "CPP_BF16_MAX_WIDTH", "CUDA_MAX_HIDDEN"]
@@ -34,7 +35,8 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # is wide. Measured ratio reference/kernel at 4M elements per block, d=9, 2 threads: bf16 2.55x at
 # width 64, 1.44x at 128, 0.70x at 192, 0.92x at 256, 0.71x at 512, 0.52x at 1024; fp32 won at
 # every width (4.45x at 64 ... 1.19x at 1024) and so did fp16, which the reference runs without a
-# fast path (36x-445x). Above this width auto keeps the reference for bf16.
+# fast path (36x-445x). Above this width auto keeps the reference for bf16, on a CPU with bf16
+# instructions only: elsewhere oneDNN emulates bf16 and the fused kernel (fp32 inside) always wins.
 CPP_BF16_MAX_WIDTH = 128
 # The CUDA kernel keeps the hidden channels of a tile in at most 128 KiB of shared memory.
 CUDA_MAX_HIDDEN = 2048
@@ -110,7 +112,7 @@ def _cpp_reasons(x, w1, b1, w2, b2, dilation, res_scale=1.0) -> list[str]:
 
 def _cpp_declines(x, w1, b1, w2, b2, dilation, res_scale=1.0) -> list[str]:
     width = max(x.shape[1], w1.shape[0])
-    if x.dtype == torch.bfloat16 and width > CPP_BF16_MAX_WIDTH:
+    if x.dtype == torch.bfloat16 and width > CPP_BF16_MAX_WIDTH and native_16bit(torch.bfloat16):
         return [f"bfloat16 at width {width} > {CPP_BF16_MAX_WIDTH}: the reference's oneDNN convolutions "
                 "measured faster there"]
     return []
@@ -126,7 +128,7 @@ def dilated_resblock(x, w1, b1, w2, b2, dilation: int, res_scale: float = 1.0, *
     return dispatch.call("dilated_resblock", x, w1, b1, w2, b2, dilation, res_scale, backend=backend)
 
 
-dispatch.define_op("dilated_resblock", ("cuda", "cpp", "torch"), doc=__doc__)
+dispatch.define_op("dilated_resblock", ("cuda", "cpp", "torch"), doc=__doc__, width_dim=1)  # x [N, C, L]
 dispatch.register("dilated_resblock", "cuda", _extension_call, available=extension.cuda_unavailable_reason,
                   supports=_cuda_reasons, note="csrc/dilated_resblock_cuda.cu, inference only")
 dispatch.register("dilated_resblock", "cpp", _extension_call, available=extension.load,

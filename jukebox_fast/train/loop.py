@@ -153,7 +153,14 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
     step, losses, resumed_from = 0, [], None
     path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
 
-    if resume and path is not None and path.exists():
+    # Every rank must take the same branch: one that resumes runs collectives (the state scatter)
+    # that one starting afresh never joins, and both wait forever. So the ranks agree first.
+    found = _gather(bool(resume and path is not None and path.exists()), world)
+    if any(found) and not all(found):
+        missing = [r for r, seen in enumerate(found) if not seen]
+        raise RuntimeError(f"{path} is visible to rank(s) {[r for r, seen in enumerate(found) if seen]} but not to "
+                           f"rank(s) {missing}: every process of a resumed run must read the same folder")
+    if found[0]:
         saved = read_checkpoint(path)
         if saved.get("world") != world:
             raise ValueError(f"{path} was written by {saved.get('world')} processes; this run has {world}")
@@ -176,6 +183,8 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
             atomic_save(dict(model=model_sd, optimizer=opt_sd, train_state=_train_states(model), scheduler=sched.state_dict(),
                              scaler=scaler.state_dict(), step=step, losses=losses, rng=rngs, world=world,
                              config=dataclasses.asdict(cfg)), path)
+        if world > 1:  # no rank goes on (or returns, and resumes) before the checkpoint is in place
+            dist.barrier()
 
     dtype = _PRECISIONS[cfg.precision]
     wrapped.train()

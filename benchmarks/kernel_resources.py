@@ -17,14 +17,15 @@ atomics' memory ordering and the widest global load. A configuration passes when
 memory fits a block's limit (227 KiB on sm_90), it uses no stack or local memory (nothing
 spills) and at least one block fits on an SM.
 
-    python -m jukebox_fast.kernel_resources --out benchmarks/results/kernels_sm90.md --json res.json
-    python -m jukebox_fast.kernel_resources --device   # on a GPU machine, for its architecture
+    python benchmarks/kernel_resources.py --out benchmarks/results/kernels_sm90.md --json res.json
+    python benchmarks/kernel_resources.py --device   # on a GPU machine, for its architecture
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -122,7 +123,7 @@ def _attention_inputs(kind: int, d: int, dtype: torch.dtype):
 
 
 def _attention_case(kind: int, d: int, dtype: torch.dtype, phase: str) -> Case:
-    from .ops.attention import _heads_inner, triton_backward, triton_forward
+    from jukebox_fast.ops.attention import _heads_inner, triton_backward, triton_forward
 
     scale = 1.0 / math.sqrt(d)
 
@@ -142,7 +143,7 @@ def _attention_case(kind: int, d: int, dtype: torch.dtype, phase: str) -> Case:
 
 
 def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
-    from .kernels import vq as kernels
+    from jukebox_fast.kernels import vq as kernels
 
     d, k = 64, 2048
 
@@ -164,8 +165,8 @@ def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
 
 
 def _decode_case(kind: int, d: int, dtype: torch.dtype, length: int) -> Case:
-    from .ops.decode import CacheLayout, decode_attention_triton
-    from .ops.patterns import AttentionPattern
+    from jukebox_fast.ops.decode import CacheLayout, decode_attention_triton
+    from jukebox_fast.ops.patterns import AttentionPattern
 
     layout = CacheLayout(AttentionPattern(kind, BLOCK_CTX, PRIME), length, ENCODER)
 
@@ -191,9 +192,9 @@ STEP_MODELS = {
 def _decode_step_case(model: str, dtype: torch.dtype, n: int) -> Case:
     """One Triton decode step (``ops.decode_layers``' triton implementation) through one layer of
     each kind the model has, on meta tensors as ``IncrementalDecoder`` lays them out."""
-    from .ops.decode import CacheLayout
-    from .ops.decode_layers import DecodeLayer, DecodeStack, _triton_call
-    from .ops.patterns import AttentionPattern
+    from jukebox_fast.ops.decode import CacheLayout
+    from jukebox_fast.ops.decode_layers import DecodeLayer, DecodeStack, _triton_call
+    from jukebox_fast.ops.patterns import AttentionPattern
 
     width, heads, d, hidden, length, bc, kinds = STEP_MODELS[model]
     n_state = heads * d
@@ -215,8 +216,26 @@ def _decode_step_case(model: str, dtype: torch.dtype, n: int) -> Case:
     return Case("decode_layers", f"{model}, batch {n}, {_name(dtype)}", launches)
 
 
-def cases(quick: bool = False) -> list[Case]:
-    """Every configuration; ``quick`` keeps one dtype and two widths (for a dry run)."""
+def sample_cases() -> list[Case]:
+    """One configuration of each kernel and code path (VQ search and fused statistics, attention
+    forward and both backward variants at a 16-bit and an fp32 width, decode attention with and
+    without a split cache, the fused decode step): what the tests compile on every run, in well
+    under a minute, to check the committed table against this Triton."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    return [_vq_case(fp32, 6890, "search"), _vq_case(bf16, 6890, "fused statistics, atomics"),
+            _attention_case(1, 150, bf16, "forward"), _attention_case(1, 150, bf16, "backward, atomic dQ"),
+            _attention_case(6, 80, fp32, "forward"), _attention_case(2, 256, bf16, "backward, deterministic dQ"),
+            _decode_case(0, 256, bf16, LENGTH), _decode_case(1, 150, bf16, LENGTH),
+            _decode_step_case("upsampler", bf16, 1)]
+
+
+def cases(quick: bool = False, level: str | None = None) -> list[Case]:
+    """Every configuration; ``quick`` keeps two dtypes, two widths and two kinds; ``level``
+    "sample" is :func:`sample_cases`, "smoke" one case (the dry run of the GPU evidence)."""
+    if level == "sample":
+        return sample_cases()
+    if level == "smoke":
+        return [_vq_case(torch.float32, 6890, "search")]
     dtypes = DTYPES[:2] if quick else DTYPES
     widths = (150, 480) if quick else WIDTHS
     kinds = (1, 6) if quick else KINDS
@@ -333,7 +352,7 @@ def run_case(case: Case, arch: int = 90, limits: Limits = SM90) -> list[Row]:
     """Compile one case's launches for ``arch`` and read their resources."""
     from triton.runtime import driver
 
-    from .kernels.common import compile_only
+    from jukebox_fast.kernels.common import compile_only
 
     driver.set_active(_StandInDriver(arch))
     try:
@@ -352,23 +371,23 @@ def run_case(case: Case, arch: int = 90, limits: Limits = SM90) -> list[Row]:
 
 
 def _run_index(args) -> list[Row]:
-    index, quick, arch = args
-    return run_case(cases(quick)[index], arch)
+    index, quick, level, arch = args
+    return run_case(cases(quick, level)[index], arch)
 
 
-def check(quick: bool = False, arch: int = 90, jobs: int | None = None) -> list[Row]:
-    """Every case's rows, compiled for ``arch`` in ``jobs`` processes."""
+def check(quick: bool = False, arch: int = 90, jobs: int | None = None, level: str | None = None) -> list[Row]:
+    """Every case's rows (of ``cases(quick, level)``), compiled for ``arch`` in ``jobs`` processes."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("unset TRITON_INTERPRET: the check compiles the kernels for the GPU")
-    work = [(i, quick, arch) for i in range(len(cases(quick)))]
+    work = [(i, quick, level, arch) for i in range(len(cases(quick, level)))]
     jobs = jobs or min(os.cpu_count() or 1, 16)
     if jobs == 1:
         results = [_run_index(w) for w in work]
     else:  # spawned workers: no CUDA state crosses a fork
         import multiprocessing
 
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_run_index, work, chunksize=4))
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(work)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_index, work, chunksize=1 if level else 4))
     return [row for rows in results for row in rows]
 
 
@@ -411,22 +430,53 @@ def report(rows: list[Row], info: dict[str, str]) -> dict:
     return {"versions": info, "rows": [dataclasses.asdict(r) for r in rows]}
 
 
-def _report_with(folder: Path, quick: bool, jobs: int | None) -> dict:
+def _report_with(folder: Path, quick: bool, jobs: int | None, level: str | None = None) -> dict:
     """The check run by the Triton in ``folder`` (a subprocess with it first on the path)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, "-m", "jukebox_fast.kernel_resources", "--json", str(out)]
-        cmd += ["--quick"] * quick + ([f"--jobs={jobs}"] if jobs else [])
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--json", str(out)]
+        cmd += ["--quick"] * quick + [f"--{level}"] * bool(level) + ([f"--jobs={jobs}"] if jobs else [])
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if not out.exists():
             raise RuntimeError(f"the check under {folder} failed (exit {done.returncode}): {done.stderr[-2000:]}")
         return json.loads(out.read_text())["reports"][0]
 
 
+KERNEL_SOURCES = Path(__file__).resolve().parents[1] / "kernels"
+
+
+def sources_digest(folder: Path = KERNEL_SOURCES) -> str:
+    """sha256 over the Triton sources (``kernels/*.py``, names and bytes): the table says which
+    kernels it describes, and the tests refuse a table older than the kernels."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def read_markdown(text: str) -> tuple[str | None, dict[str, list[dict]]]:
+    """The sources digest and the rows per Triton version of a table :func:`markdown` wrote."""
+    digest = re.search(r"kernel sources digest `([0-9a-f]+)`", text, re.IGNORECASE)
+    tables, version, header = {}, None, None
+    for line in text.splitlines():
+        m = re.match(r"## Triton (\S+)", line)
+        if m:
+            version, header = m.group(1), None
+            tables[version] = []
+        elif version and line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set("".join(cells)) <= set("-: "):
+                tables[version].append(dict(zip(header, cells)))
+    return (digest.group(1) if digest else None), tables
+
+
 def markdown(reports: list[dict]) -> str:
     lines = ["# Triton kernels on sm_90: resources of every configuration", "",
-             "Written by `python -m jukebox_fast.kernel_resources`. Every configuration the dispatch can choose at "
+             f"Kernel sources digest `{sources_digest()}` (sha256 of `kernels/*.py`). "
+             "Written by `python benchmarks/kernel_resources.py`. Every configuration the dispatch can choose at "
              "the released shapes, compiled as a launch compiles it. Limits per block: "
              f"{SM90.shared_per_block} B of shared memory, no stack or local memory (no spills), at least one block "
              "per SM. Shared = the dynamic shared memory the launch requests; registers, stack and local are per "
@@ -451,17 +501,20 @@ def markdown(reports: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jukebox_fast.kernel_resources", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="write the markdown tables here")
     p.add_argument("--json", help="write the reports (rows and versions) as JSON here")
     p.add_argument("--device", action="store_true", help="compile for this machine's GPU (its architecture)")
     p.add_argument("--also-triton", nargs="*", default=[], metavar="VERSION",
                    help="run the check with these Triton versions too (installed into a cache folder)")
-    p.add_argument("--quick", action="store_true", help="a few configurations only (dry runs)")
+    p.add_argument("--quick", action="store_true", help="two dtypes, two widths, two kinds")
+    p.add_argument("--sample", action="store_true", help="one configuration per kernel and code path (the tests)")
+    p.add_argument("--smoke", action="store_true", help="one configuration (a dry run of the GPU evidence)")
     p.add_argument("--jobs", type=int, default=None, help="compiler processes (default: the cores, up to 16)")
     args = p.parse_args(argv)
-    reports = [report(check(args.quick, device_arch() if args.device else 90, args.jobs), versions(args.device))]
-    reports += [_report_with(triton_folder(v), args.quick, args.jobs) for v in args.also_triton]
+    level = "smoke" if args.smoke else "sample" if args.sample else None
+    reports = [report(check(args.quick, device_arch() if args.device else 90, args.jobs, level), versions(args.device))]
+    reports += [_report_with(triton_folder(v), args.quick, args.jobs, level) for v in args.also_triton]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(markdown(reports))
