@@ -404,7 +404,7 @@ def _width_chunk(d: int) -> int:
 # (2 bytes, on the tensor cores) by width class (_width_class), for fp32 (4, on the CUDA cores) one
 # for every width. Each is the first of a list of candidates, largest first, that fit an H200 block (shared memory,
 # registers, no spills) for every pattern with both Triton 3.6 and 3.9 in the resource check
-# (jukebox_fast.kernel_resources, which compiles every configuration chosen here). Not yet timed on
+# (benchmarks/kernel_resources.py, which compiles every configuration chosen here). Not yet timed on
 # a GPU. block_dk 0: _width_chunk(d); block_dv 0: the head's own width (up to 256). The program tile
 # of bwd_kv is block_n keys, of bwd_q block_m queries. fp32's products are unrolled FMA chains
 # whose operands sit in registers for the whole contraction, so fp32 tiles contract over 16.

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 import jukebox_fast.kernels.attention as kernels  # noqa: E402
 from conftest import kernel_device
-from jukebox_fast import dispatch, make_prior
+from jukebox_fast import dispatch, hparams, make_prior
 from jukebox_fast.models.transformer import FactoredAttention
 from jukebox_fast.ops import AttentionPattern, buffers, prime_window, sparse_attention
 from prior_inputs import codes, labels
@@ -157,17 +157,26 @@ def test_auto_takes_the_kernel_and_says_why_not(dev):
         sparse_attention(q, k.half(), v, AttentionPattern(0), backend="triton")
 
 
-def _prior_step(name: str, dev: str):
+def _prior_step(name: str, dev: str, **overrides):
     torch.manual_seed(0)
-    prior = make_prior(name, device=dev).train()
+    prior = make_prior(hparams.get(name, **overrides), device=dev).train()
     return prior, codes(prior, 2), labels(prior, 2)
 
 
-@pytest.mark.parametrize("name", ["tiny_prior", "tiny_prior_5b_lyrics"])
-def test_a_prior_training_step_runs_through_the_kernel(name, dev, monkeypatch):
-    # tiny_prior has block, column, previous-block, prime and dense layers; tiny_prior_5b_lyrics
-    # a separate lyric encoder and cross-attention.
-    prior, zs, y = _prior_step(name, dev)
+# tiny_prior's first 16 layers hold block, column, previous-block and prime layers (its one dense
+# layer is its 48th: order 9 gives one in 4 layers); tiny_prior_5b_lyrics a separate lyric encoder
+# and cross-attention. Every layer costs seconds in the interpreter, so no more layers than that.
+PRIORS = {"1b_lyrics-like": ("tiny_prior", dict(prior_depth=16)),
+          "dense": ("tiny_prior", dict(prior_depth=4, attn_order=9)),
+          "5b_lyrics-like": ("tiny_prior_5b_lyrics", {})}
+
+
+@pytest.mark.parametrize("case", list(PRIORS))
+def test_a_prior_training_step_runs_through_the_kernel(case, dev, monkeypatch):
+    name, overrides = PRIORS[case]
+    prior, zs, y = _prior_step(name, dev, **overrides)
+    kinds = {layer.attn.pattern.kind for layer in prior.prior.transformer._attn_mods}
+    assert kinds == {"1b_lyrics-like": {1, 2, 3, 7}, "dense": {0, 1, 2, 3}, "5b_lyrics-like": {1, 2, 3, 6}}[case]
     results = {}
     for backend in ("torch", "triton"):
         monkeypatch.setenv("JUKEBOX_FAST_BACKEND", backend)

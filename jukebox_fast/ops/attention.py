@@ -179,7 +179,7 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
 def triton_forward(q, k, v, kind: int, block_ctx: int, prime_len: int, scale: float):
     """The forward kernel on q, k, v as the model passes them: (out [N, H, Lq, d] stored as
     [N, Lq, H, d], log2-sum-exp fp32 [N, H, Lq]). The body of the custom op below, and what the
-    resource check compiles (``jukebox_fast.kernel_resources``)."""
+    resource check compiles (``benchmarks/kernel_resources.py``)."""
     from ..kernels import attention as kernels
 
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
