@@ -203,7 +203,8 @@ class Evidence:
                          if r else f"| {step.name} | not reached yet | | | {step.cap:.0f} |")
         lines += ["", *advice(self.work, self.dry)]
         for md in sorted(self.work.glob("*.md")):
-            lines += ["", f"<!-- {md.name} -->", md.read_text()]
+            if md.name != "summary.md":  # its own copy in the working folder
+                lines += ["", f"<!-- {md.name} -->", md.read_text()]
         return "\n".join(lines) + "\n"
 
     def publish(self) -> None:

@@ -66,6 +66,7 @@ def test_the_dry_run_runs_every_step_and_never_holds_more_than_three_files_in_ou
             "evidence/bench_decoder.log"} <= names
     summary = (out / "summary.md").read_text()
     assert "| resources | passed |" in summary and "## What the numbers say" in summary
+    assert summary.count("# GPU evidence") == 1  # the last summary is not folded into the next
 
 
 def test_a_killed_run_leaves_the_evidence_of_every_step_that_ended(tmp_path):
