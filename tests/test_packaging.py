@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,18 @@ def test_every_benchmark_import_is_in_the_bench_extra():
             elif isinstance(node, ast.Import):
                 used.update(a.name.split(".")[0] for a in node.names)
     assert "transformers" in used and "transformers" in bench
+
+
+def test_a_hanging_test_fails_with_its_stack_inside_the_limit(tmp_path):
+    # The project's settings (pyproject.toml: 120 s, --durations) with the limit shortened to 2 s.
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "test_hangs.py").write_text("import time\n\ndef test_hangs():\n    time.sleep(60)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(root / "pyproject.toml"), "--rootdir",
+                           str(tmp_path), "-o", "timeout=2", "-p", "no:cacheprovider", str(tmp_path / "test_hangs.py")],
+                          capture_output=True, text=True, timeout=50)
+    assert time.monotonic() - started < 40
+    assert done.returncode == 1 and "Timeout" in done.stdout and "time.sleep(60)" in done.stdout, done.stdout[-2000:]
+    assert "slowest" in done.stdout  # --durations comes with the settings
+    settings = (root / "pyproject.toml").read_text()
+    assert "timeout = 120" in settings and "--durations=15" in settings
