@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from common import add_smoke, device_name, median_time, record, report, versions
 from jukebox_fast import dispatch
-from jukebox_fast.ops import AttentionPattern, costs, prime_window, sparse_attention
+from jukebox_fast.ops import AttentionPattern, Kind, costs, prime_window, sparse_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -58,9 +58,10 @@ class Case:
 
 
 CASES = [
-    Case("5b", 8, 150, 8192, 128, (1, 2, 3, 6), enc_len=512),
-    Case("1b_lyrics", 2, 256, 6144 + 384, 64, (1, 2, 3, 7, 0), prime_len=384),
-    Case("upsampler", 1, 480, 8192, 128, (1, 2, 3)),
+    Case("5b", 8, 150, 8192, 128, (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK, Kind.CROSS), enc_len=512),
+    Case("1b_lyrics", 2, 256, 6144 + 384, 64, (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK, Kind.PRIME, Kind.DENSE),
+         prime_len=384),
+    Case("upsampler", 1, 480, 8192, 128, (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK)),
 ]
 
 
@@ -95,17 +96,17 @@ def permuted(q, k, v, pattern: AttentionPattern, heads: int, scale: float, dense
     """One pattern the original's way: re-block [N, T, H·d], attend densely, undo the re-blocking."""
     n, t, w = q.shape
     bc = pattern.block_ctx
-    if pattern.kind in (0, 6):
-        return dense(q, k, v, heads, scale, causal_mask(t, t) if pattern.kind == 0 else None)
-    if pattern.kind == 7:  # keys cut to the prime window, masked causally
+    if pattern.kind in (Kind.DENSE, Kind.CROSS):
+        return dense(q, k, v, heads, scale, causal_mask(t, t) if pattern.kind == Kind.DENSE else None)
+    if pattern.kind == Kind.PRIME:  # keys cut to the prime window, masked causally
         p = pattern.prime_len
         mask = pattern.mask(t, t, q.device)[:, :p]
         return dense(q, k[:, :p], v[:, :p], heads, scale, mask)
     nb = t // bc
-    if pattern.kind == 1:
+    if pattern.kind == Kind.BLOCK:
         q, k, v = (x.reshape(n * nb, bc, w) for x in (q, k, v))  # [N·blocks, bc, H·d]
         return dense(q, k, v, heads, scale, causal_mask(bc, bc)).view(n, t, w)
-    if pattern.kind == 2:
+    if pattern.kind == Kind.COLUMN:
         q, k, v = (x.view(n, nb, bc, w).transpose(1, 2).contiguous().view(n * bc, nb, w) for x in (q, k, v))
         out = dense(q, k, v, heads, scale, causal_mask(nb, nb))  # [N·bc, blocks, H·d]
         return out.view(n, bc, nb, w).transpose(1, 2).contiguous().view(n, t, w)
@@ -161,7 +162,7 @@ def patterns(case: Case, length: int) -> list[tuple[AttentionPattern, int]]:
     bc = length // case.blocks
     prime = prime_window(case.prime_len * length // case.length, case.blocks) if case.prime_len else 0
     enc = max(1, case.enc_len * length // case.length)
-    return [(AttentionPattern(kind, bc, prime), enc if kind == 6 else length) for kind in case.kinds]
+    return [(AttentionPattern(kind, bc, prime), enc if kind == Kind.CROSS else length) for kind in case.kinds]
 
 
 def why_not(method: str, q, pattern, heads) -> str | None:
@@ -234,8 +235,8 @@ def main() -> None:
             pairs = costs.visible_pairs(pattern, length, lk)  # per (sample, head)
             with torch.no_grad():
                 expected = original(q, k, v, pattern, case.heads, scale).float()
-            label = pattern.name + (f" P={pattern.prime_len}" if pattern.kind == 7 else "") + (
-                f" bc={pattern.block_ctx}" if pattern.kind in (1, 2, 3) else "")
+            label = pattern.name + (f" P={pattern.prime_len}" if pattern.kind == Kind.PRIME else "") + (
+                f" bc={pattern.block_ctx}" if pattern.kind in (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK) else "")
             base: dict[str, float] = {}
             times: dict[tuple[str, str], float] = {}
             for method in args.methods:

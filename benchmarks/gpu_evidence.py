@@ -56,6 +56,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dispatch_advice import advice  # noqa: E402
 
+from jukebox_fast.files import atomic_text, atomic_write  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 480.0
 RESERVE_S = 8.0  # kept back from the deadline for the last rewrite of the three files
@@ -180,17 +182,6 @@ class Evidence:
         print(f"[{step.name}] {status} ({seconds:.0f} s)", flush=True)
         self.publish()
 
-    def _atomic(self, name: str, write) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.out)
-        os.close(fd)
-        try:
-            write(Path(tmp))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.out / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
     def summary(self) -> str:
         elapsed = time.time() - self.started
         lines = ["# GPU evidence", "",
@@ -213,15 +204,15 @@ class Evidence:
         steps_json = json.dumps({"budget_s": round(self.deadline - self.started), "results": self.results}, indent=1)
         (self.work / "summary.md").write_text(summary)
         (self.work / "steps.json").write_text(steps_json)
-        self._atomic("summary.md", lambda p: p.write_text(summary))
-        self._atomic("steps.json", lambda p: p.write_text(steps_json))
+        atomic_text(self.out / "summary.md", summary)
+        atomic_text(self.out / "steps.json", steps_json)
 
-        def pack(path: Path) -> None:
-            with tarfile.open(path, "w:gz") as tar:
-                for f in sorted(self.work.iterdir()):
-                    if f.is_file():
-                        tar.add(f, arcname=f"evidence/{f.name}")
-        self._atomic("evidence.tar.gz", pack)
+        def pack(f) -> None:
+            with tarfile.open(fileobj=f, mode="w:gz") as tar:
+                for path in sorted(self.work.iterdir()):
+                    if path.is_file():
+                        tar.add(path, arcname=f"evidence/{path.name}")
+        atomic_write(self.out / "evidence.tar.gz", pack)
 
 
 def plan_json(plan: list[Step], budget: float, started: float, out: Path, work: Path) -> str:

@@ -40,6 +40,9 @@ from typing import Callable
 
 import torch
 
+from common import git_commit
+from jukebox_fast.ops.patterns import AttentionPattern, CacheLayout, Kind
+
 __all__ = ["SM90", "Case", "Row", "cases", "run_case", "check", "triton_folder", "markdown", "main"]
 
 
@@ -60,7 +63,7 @@ class Limits:
 SM90 = Limits()
 WIDTHS = (64, 80, 150, 256, 480)  # head widths: 80, 150, 256, 480 are the released models'
 HEADS = {64: 2, 80: 4, 150: 8, 256: 2, 480: 1}  # heads of the model with that width (64: any)
-KINDS = (0, 1, 2, 3, 6, 7)  # every pattern kind with a code path of its own
+KINDS = tuple(Kind)  # every pattern kind has a code path of its own
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 LENGTH, BLOCK_CTX, PRIME, ENCODER = 8192, 64, 448, 512  # n_ctx, block_ctx, P (1b_lyrics), lyric tokens
 
@@ -114,7 +117,7 @@ def _attention_inputs(kind: int, d: int, dtype: torch.dtype):
     (q | k | v thirds of c_attn's [N, L, 3·H·d]; for cross-attention q from c_attn and k | v from
     c_enc_kv over the lyric states)."""
     h, n = HEADS[d], 1
-    if kind == 6:
+    if kind == Kind.CROSS:
         q = _heads(_meta(n, LENGTH, h * d, dtype=dtype), h)
         k, v = (_heads(t, h) for t in _meta(n, ENCODER, 2 * h * d, dtype=dtype).chunk(2, dim=2))
     else:
@@ -130,16 +133,16 @@ def _attention_case(kind: int, d: int, dtype: torch.dtype, phase: str) -> Case:
     def launches() -> None:
         q, k, v = _attention_inputs(kind, d, dtype)
         if phase == "forward":
-            triton_forward(q, k, v, kind, BLOCK_CTX, PRIME, scale)
+            triton_forward(q, k, v, *AttentionPattern(kind, BLOCK_CTX, PRIME).kernel_args(), scale)
             return
         # The forward's outputs as it lays them out; the gradient of [N, L, H·d] arrives contiguous
         # and is viewed back per head.
         out, lse = _heads_inner(q, q.shape[2], v.dtype), _meta(*q.shape[:3])
         grad = _meta(*out.transpose(1, 2).shape, dtype=dtype).transpose(1, 2)
-        triton_backward(grad, q, k, v, out, lse, kind, BLOCK_CTX, PRIME, scale,
+        triton_backward(grad, q, k, v, out, lse, *AttentionPattern(kind, BLOCK_CTX, PRIME).kernel_args(), scale,
                         deterministic=phase == "backward, deterministic dQ")
 
-    return Case("sparse_attention", f"{phase}, kind {kind}, d={d}, {_name(dtype)}", launches)
+    return Case("sparse_attention", f"{phase}, kind {int(kind)}, d={d}, {_name(dtype)}", launches)
 
 
 def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
@@ -165,43 +168,40 @@ def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
 
 
 def _decode_case(kind: int, d: int, dtype: torch.dtype, length: int) -> Case:
-    from jukebox_fast.ops.decode import CacheLayout, decode_attention_triton
-    from jukebox_fast.ops.patterns import AttentionPattern
+    from jukebox_fast.ops.decode import decode_attention_triton
 
     layout = CacheLayout(AttentionPattern(kind, BLOCK_CTX, PRIME), length, ENCODER)
 
     def launches() -> None:
         h, n = HEADS[d], 1
         # The step's q is the first third of c_attn's output row, viewed per head.
-        q = _meta(n, (1 if kind == 6 else 3) * h * d, dtype=dtype)[:, : h * d].reshape(n, h, d)
+        q = _meta(n, (1 if kind == Kind.CROSS else 3) * h * d, dtype=dtype)[:, : h * d].reshape(n, h, d)
         k, v = _meta(n, h, layout.size, d, dtype=dtype), _meta(n, h, layout.size, d, dtype=dtype)
         decode_attention_triton(q, k, v, layout, _meta(1, dtype=torch.int64), 1.0 / math.sqrt(d))
 
-    return Case("decode_attention", f"kind {kind}, d={d}, cache {length}, {_name(dtype)}", launches)
+    return Case("decode_attention", f"kind {int(kind)}, d={d}, cache {length}, {_name(dtype)}", launches)
 
 
 # The decode step's shapes per released model: (width, heads, head width, MLP width, context,
 # block_ctx, pattern kinds). 5b_lyrics has the 5b's layers and its cross-attention.
 STEP_MODELS = {
-    "5b_lyrics": (4800, 8, 150, 4800, 8192, 64, (1, 2, 3, 6)),
-    "1b_lyrics": (2048, 2, 256, 2048, 6528, 102, (0, 1, 2, 3, 7)),
-    "upsampler": (1920, 1, 480, 1920, 8192, 64, (1, 2, 3)),
+    "5b_lyrics": (4800, 8, 150, 4800, 8192, 64, (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK, Kind.CROSS)),
+    "1b_lyrics": (2048, 2, 256, 2048, 6528, 102, (Kind.DENSE, Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK, Kind.PRIME)),
+    "upsampler": (1920, 1, 480, 1920, 8192, 64, (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK)),
 }
 
 
 def _decode_step_case(model: str, dtype: torch.dtype, n: int) -> Case:
     """One Triton decode step (``ops.decode_layers``' triton implementation) through one layer of
     each kind the model has, on meta tensors as ``IncrementalDecoder`` lays them out."""
-    from jukebox_fast.ops.decode import CacheLayout
     from jukebox_fast.ops.decode_layers import DecodeLayer, DecodeStack, _triton_call
-    from jukebox_fast.ops.patterns import AttentionPattern
 
     width, heads, d, hidden, length, bc, kinds = STEP_MODELS[model]
     n_state = heads * d
 
     def layer(kind: int) -> DecodeLayer:
         layout = CacheLayout(AttentionPattern(kind, bc, PRIME), length, ENCODER)
-        qkv = n_state if kind == 6 else 3 * n_state
+        qkv = n_state if kind == Kind.CROSS else 3 * n_state
         norm = _meta(width)
         weights = (norm, norm, _meta(width, qkv, dtype=dtype), _meta(qkv, dtype=dtype), _meta(n_state, width, dtype=dtype),
                    _meta(width, dtype=dtype), norm, norm, _meta(width, hidden, dtype=dtype), _meta(hidden, dtype=dtype),
@@ -223,9 +223,10 @@ def sample_cases() -> list[Case]:
     under a minute, to check the committed table against this Triton."""
     bf16, fp32 = torch.bfloat16, torch.float32
     return [_vq_case(fp32, 6890, "search"), _vq_case(bf16, 6890, "fused statistics, atomics"),
-            _attention_case(1, 150, bf16, "forward"), _attention_case(1, 150, bf16, "backward, atomic dQ"),
-            _attention_case(6, 80, fp32, "forward"), _attention_case(2, 256, bf16, "backward, deterministic dQ"),
-            _decode_case(0, 256, bf16, LENGTH), _decode_case(1, 150, bf16, LENGTH),
+            _attention_case(Kind.BLOCK, 150, bf16, "forward"), _attention_case(Kind.BLOCK, 150, bf16, "backward, atomic dQ"),
+            _attention_case(Kind.CROSS, 80, fp32, "forward"),
+            _attention_case(Kind.COLUMN, 256, bf16, "backward, deterministic dQ"),
+            _decode_case(Kind.DENSE, 256, bf16, LENGTH), _decode_case(Kind.BLOCK, 150, bf16, LENGTH),
             _decode_step_case("upsampler", bf16, 1)]
 
 
@@ -238,7 +239,7 @@ def cases(quick: bool = False, level: str | None = None) -> list[Case]:
         return [_vq_case(torch.float32, 6890, "search")]
     dtypes = DTYPES[:2] if quick else DTYPES
     widths = (150, 480) if quick else WIDTHS
-    kinds = (1, 6) if quick else KINDS
+    kinds = (Kind.BLOCK, Kind.CROSS) if quick else KINDS
     out = [_vq_case(t, n, v) for t in dtypes for n in (330_736, 6890)
            for v in ("search", "fused statistics, atomics", "fused, deterministic statistics")]
     for d in widths:
@@ -377,7 +378,9 @@ def _run_index(args) -> list[Row]:
 
 def check(quick: bool = False, arch: int = 90, jobs: int | None = None, level: str | None = None) -> list[Row]:
     """Every case's rows (of ``cases(quick, level)``), compiled for ``arch`` in ``jobs`` processes."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from jukebox_fast.kernels import interpreter_on
+
+    if interpreter_on():
         raise RuntimeError("unset TRITON_INTERPRET: the check compiles the kernels for the GPU")
     work = [(i, quick, level, arch) for i in range(len(cases(quick, level)))]
     jobs = jobs or min(os.cpu_count() or 1, 16)
@@ -397,33 +400,27 @@ def versions(device: bool = False) -> dict[str, str]:
     out = {"triton": triton.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
     out["target"] = (f"{torch.cuda.get_device_name()} (sm_{device_arch()}, compiled on that machine)" if device
                      else "sm_90 (compiled without a GPU)")
-    try:
-        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        out["commit"] = ""
+    out["commit"] = git_commit()
     return out
 
 
 def triton_folder(version: str) -> Path:
     """A folder holding Triton ``version`` alone (pip --target), for ``PYTHONPATH``: installed once
     into ``$JUKEBOX_FAST_TRITON_CACHE`` (default ~/.cache/jukebox_fast/triton-<version>)."""
+    from jukebox_fast.files import atomic_dir
+
     base = Path(os.environ.get("JUKEBOX_FAST_TRITON_CACHE") or Path.home() / ".cache" / "jukebox_fast")
     folder = base / f"triton-{version}"
     if (folder / "triton" / "__init__.py").exists():
         return folder
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=base))
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp),
-                           f"triton=={version}"], capture_output=True, text=True)
-    if done.returncode:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"pip could not install triton=={version} into {base}: {done.stderr.strip()[-500:]}")
-    try:
-        os.rename(tmp, folder)  # atomic; another process may have got there first, which is as good
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    def install(tmp: Path) -> None:
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp),
+                               f"triton=={version}"], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pip could not install triton=={version} into {base}: {done.stderr.strip()[-500:]}")
+
+    return atomic_dir(folder, install)
 
 
 def report(rows: list[Row], info: dict[str, str]) -> dict:

@@ -1,8 +1,8 @@
-"""Checkpoints: the original OpenAI ``.pth.tar`` files, our own files, and HF transformers' names.
+"""Checkpoints: the original OpenAI ``.pth.tar`` files and our own, as models.
 
-Reading is ``weights_only`` (no arbitrary code runs) with numpy scalars and arrays allowed, since
-the original stores its hparams with numpy numbers; ``trust_pickle=True`` lifts that limit for
-files you trust. Writing is atomic: a temporary file in the same folder, fsync, rename.
+Reading and writing the files themselves (safe loading, atomic writes) is :mod:`jukebox_fast.files`;
+HF transformers' key names are :mod:`jukebox_fast.hf_keys`. Both are imported here too, where
+they were first defined.
 
 Our own format is a dict ``{"format": "jukebox_fast", "version": 1, "kind": ..., "hparams": ...,
 "model": state_dict, "checksum": sha256 of its tensors, ...}``; the original format is ``{"hps":
@@ -13,19 +13,18 @@ original file allows).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import pickle
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from . import hparams as hparams_mod
+from .files import CheckpointError, atomic_save, atomic_write, read_checkpoint
+from .hf_keys import hf_to_openai, looks_hf, openai_to_hf, openai_to_hf_key
 from .hparams import PriorHparams, VQVAEHparams
 from .models.prior import SimplePrior, make_prior
 from .models.vqvae import VQVAE, make_vqvae
@@ -48,82 +47,6 @@ __all__ = [
 
 FORMAT = "jukebox_fast"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read or does not fit the model; the message says why."""
-
-
-# -- files --------------------------------------------------------------------------------------
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
-    """
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """``write(binary file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _numpy_globals() -> list:
-    core = np._core if hasattr(np, "_core") else np.core
-    scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
-    # Files written with numpy 1 name these under numpy.core; numpy 2 under numpy._core.
-    allowed = [np.dtype, np.ndarray, scalar, reconstruct,
-               (scalar, "numpy.core.multiarray.scalar"), (reconstruct, "numpy.core.multiarray._reconstruct")]
-    allowed += [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
-    return allowed
-
-
-def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Any:
-    """Load a checkpoint file onto the CPU, with errors that name the file and the problem."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file; expected a checkpoint such as vqvae.pth.tar")
-    try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
-            unsafe = []  # not even a readable pickle
-        if unsafe:
-            raise CheckpointError(
-                f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "
-                "if you trust the file, pass trust_pickle=True"
-            ) from None
-        raise _unreadable(path) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
-        # (the unpickler meets arbitrary bytes with whatever its stack machine trips on)
-        raise _unreadable(path, e) from None
-
-
-def _unreadable(path: Path, cause: Exception | None = None) -> CheckpointError:
-    detail = f": {cause}" if cause is not None else ""
-    return CheckpointError(
-        f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or not written by torch.save){detail}"
-    )
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -240,7 +163,7 @@ def load_vqvae(path: str | os.PathLike, device: torch.device | str | None = None
     path = Path(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     state_dict = _state_dict_of(obj, path)
-    if _looks_hf(state_dict):
+    if looks_hf(state_dict):
         state_dict = hf_to_openai(state_dict)
     _verify(obj, state_dict, path, "vqvae")
     model = make_vqvae(_hparams_from(obj, hparams), device=device)
@@ -335,110 +258,3 @@ def save_prior(model: SimplePrior, path: str | os.PathLike, **extra: Any) -> Pat
         format=FORMAT, version=VERSION, kind="prior", hparams=model.hps.to_dict(),
         vqvae_hparams=model.vqvae_hps.to_dict(), model=sd, checksum=tensor_checksum(sd), **extra,
     ), path)
-
-
-# -- HF transformers names -------------------------------------------------------------------------
-# openai/jukebox -> HF transformers (JukeboxVQVAE), restated from the conversion rules:
-# an encoder block's step I is model.I.{0: strided conv, 1: Resnet1D} and its last conv model.K;
-# HF flattens the steps into downsample_block.(2I, 2I+1) and calls the last conv proj_out. A
-# decoder block's model.0 is HF's proj_in and its step I (from 1) becomes upsample_block.(2I-2,
-# 2I-1). Residual convs model.{1,3} are conv1d_{1,2}; the codebook k is codebook.
-_ENC = r"(?P<p>(?:vqvae\.)?encoders\.\d+\.level_blocks\.\d+)"
-# The upsampler conditioner's stack is a decoder block too (renamed afterwards, see _PRIOR_RENAMES).
-_DEC = r"(?P<p>(?:vqvae\.)?decoders\.\d+\.level_blocks\.\d+|conditioner_blocks\.0\.cond)"
-_P = r"(?P<s>weight|bias)"
-_CONV = {"1": "1", "3": "2"}
-_CONV_BACK = {"1": "1", "2": "3"}
-
-_TO_HF: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [
-    (re.compile(rf"^{_ENC}\.model\.(?P<i>\d+)\.0\.{_P}$"),
-     lambda m: f"{m['p']}.downsample_block.{2 * int(m['i'])}.{m['s']}"),
-    (re.compile(rf"^{_ENC}\.model\.(?P<i>\d+)\.1\.model\.(?P<b>\d+)\.model\.(?P<c>[13])\.{_P}$"),
-     lambda m: f"{m['p']}.downsample_block.{2 * int(m['i']) + 1}.resnet_block.{m['b']}.conv1d_{_CONV[m['c']]}.{m['s']}"),
-    (re.compile(rf"^{_ENC}\.model\.\d+\.{_P}$"), lambda m: f"{m['p']}.proj_out.{m['s']}"),
-    (re.compile(rf"^{_DEC}\.model\.0\.{_P}$"), lambda m: f"{m['p']}.proj_in.{m['s']}"),
-    (re.compile(rf"^{_DEC}\.model\.(?P<i>\d+)\.0\.(?:model|blocks)\.(?P<b>\d+)\.model\.(?P<c>[13])\.{_P}$"),
-     lambda m: f"{m['p']}.upsample_block.{2 * int(m['i']) - 2}.resnet_block.{m['b']}.conv1d_{_CONV[m['c']]}.{m['s']}"),
-    (re.compile(rf"^{_DEC}\.model\.(?P<i>\d+)\.1\.{_P}$"),
-     lambda m: f"{m['p']}.upsample_block.{2 * int(m['i']) - 1}.{m['s']}"),
-    (re.compile(r"^(?P<p>(?:vqvae\.)?bottleneck\.level_blocks\.\d+)\.k$"), lambda m: f"{m['p']}.codebook"),
-]
-
-_FROM_HF: list[tuple[re.Pattern, Callable[[re.Match, dict[str, int]], str]]] = [
-    (re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.resnet_block\.(?P<b>\d+)\.conv1d_(?P<c>[12])\.{_P}$"),
-     lambda m, _: f"{m['p']}.model.{int(m['n']) // 2}.1.model.{m['b']}.model.{_CONV_BACK[m['c']]}.{m['s']}"),
-    (re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.{_P}$"),
-     lambda m, _: f"{m['p']}.model.{int(m['n']) // 2}.0.{m['s']}"),
-    (re.compile(rf"^{_ENC}\.proj_out\.{_P}$"), lambda m, steps: f"{m['p']}.model.{steps[m['p']]}.{m['s']}"),
-    (re.compile(rf"^{_DEC}\.proj_in\.{_P}$"), lambda m, _: f"{m['p']}.model.0.{m['s']}"),
-    (re.compile(rf"^{_DEC}\.upsample_block\.(?P<n>\d+)\.resnet_block\.(?P<b>\d+)\.conv1d_(?P<c>[12])\.{_P}$"),
-     lambda m, _: f"{m['p']}.model.{int(m['n']) // 2 + 1}.0.model.{m['b']}.model.{_CONV_BACK[m['c']]}.{m['s']}"),
-    (re.compile(rf"^{_DEC}\.upsample_block\.(?P<n>\d+)\.{_P}$"),
-     lambda m, _: f"{m['p']}.model.{(int(m['n']) + 1) // 2}.1.{m['s']}"),
-    (re.compile(r"^(?P<p>(?:vqvae\.)?bottleneck\.level_blocks\.\d+)\.codebook$"), lambda m, _: f"{m['p']}.k"),
-]
-_DOWN_STEP = re.compile(rf"^{_ENC}\.downsample_block\.(?P<n>\d+)\.")
-
-
-# Prior keys, applied in order after the block rules above: HF's names for the conditioners, the
-# lyric encoder, layer norms, embeddings and Conv1D parameters (w, b -> weight, bias).
-_PRIOR_RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(a), b) for a, b in [
-    (r"^conditioner_blocks\.0\.cond\.", "conditioner_blocks.upsampler."),
-    (r"^conditioner_blocks\.0\.ln\.", "conditioner_blocks.layer_norm."),
-    (r"^conditioner_blocks\.0\.", "conditioner_blocks."),
-    (r"^y_emb\.(artist_emb|bow_genre_emb)\.emb\.", r"metadata_embedding.\1."),
-    (r"^y_emb\.", "metadata_embedding."),
-    (r"^prime_state_proj\.", "encoder.proj_in."),
-    (r"^prime_state_ln\.", "encoder.final_layer_norm."),
-    (r"^prime_x_out\.", "encoder.lm_head."),
-    (r"^prime_prior\.", "encoder."),
-    (r"(^|\.)x_emb\.", r"\1embed_tokens."),
-    (r"^prior\.x_out\.", "prior.fc_proj_out."),
-    (r"\.ln_([01])\.", r".layer_norm_\1."),
-    (r"\.(c_attn|c_enc_kv|c_proj|c_fc|proj_in)\.w$", r".\1.weight"),
-    (r"\.(c_attn|c_enc_kv|c_proj|c_fc|proj_in)\.b$", r".\1.bias"),
-]]
-
-
-def openai_to_hf_key(key: str) -> str:
-    """One original key (VQ-VAE or prior) -> HF transformers' name, without HF's model prefix."""
-    for pattern, rename in _TO_HF:
-        m = pattern.match(key)
-        if m:
-            key = rename(m)
-            break
-    if key.startswith(("vqvae.", "encoders.", "decoders.", "bottleneck.")):
-        return key
-    for pattern, replacement in _PRIOR_RENAMES:
-        key = pattern.sub(replacement, key)
-    return key
-
-
-def openai_to_hf(state_dict: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A state dict with the original's names -> HF's. ``prefix`` places it in a JukeboxModel:
-    ``"vqvae."``, or ``"priors.0."`` (top prior), ``"priors.1."``, ``"priors.2."`` (level-0 upsampler)."""
-    return {prefix + openai_to_hf_key(k): v for k, v in state_dict.items()}
-
-
-def hf_to_openai(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """A state dict with HF's names -> the original's (a leading ``vqvae.`` is dropped)."""
-    sd = {(k[6:] if k.startswith("vqvae.") else k): v for k, v in state_dict.items()}
-    # HF's proj_out does not say after how many down steps it comes; count them per block.
-    steps: dict[str, int] = {}
-    for key in sd:
-        m = _DOWN_STEP.match(key)
-        if m:
-            steps[m["p"]] = max(steps.get(m["p"], 0), int(m["n"]) // 2 + 1)
-    out = {}
-    for key, value in sd.items():
-        for pattern, rename in _FROM_HF:
-            m = pattern.match(key)
-            if m:
-                key = rename(m, steps)
-                break
-        out[key] = value
-    return out
-
-
-def _looks_hf(state_dict: Mapping[str, Any]) -> bool:
-    return any(k.endswith(".codebook") or ".downsample_block." in k for k in state_dict)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import validate
+
 EXAMPLES = """examples:
   jukebox-fast demo --out demo_out               train tiny models on synthetic music, sample, write wav + PNG
   jukebox-fast info                              what runs on this machine, op by op
@@ -93,7 +95,8 @@ def _encode_file(vqvae, path, seconds: float | None = None, copies: int = 1):
 
 
 def _encode(args) -> int:
-    from .checkpoint import atomic_save, load_vqvae
+    from .checkpoint import load_vqvae
+    from .files import atomic_save
 
     vqvae = load_vqvae(args.vqvae, device=args.device)
     codes = [z.cpu() for z in _encode_file(vqvae, args.audio)]
@@ -107,7 +110,8 @@ def _decode(args) -> int:
     import torch
 
     from .audio import save_spectrogram, write_wav
-    from .checkpoint import CheckpointError, load_vqvae, read_checkpoint
+    from .checkpoint import load_vqvae
+    from .files import CheckpointError, read_checkpoint
 
     vqvae = load_vqvae(args.vqvae, device=args.device)
     saved = read_checkpoint(args.codes)
@@ -129,9 +133,27 @@ def _decode(args) -> int:
     return 0
 
 
-def _positive(value: float, what: str, allow_zero: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{what} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
+def _checked(convert, rule, flag: str, *args):
+    """An argparse ``type=``: the text converted, then held to the API's own rule
+    (:mod:`jukebox_fast.validate`). A value the rule refuses is reported by ``main`` on one line
+    naming the option (exit 2); text that is not a number is argparse's to report."""
+    def parse(text: str):
+        value = convert(text)  # ValueError: argparse's "invalid float value"
+        try:
+            return rule(value, flag, *args)
+        except ValueError as e:
+            raise _UsageError(str(e)) from None
+
+    parse.__name__ = convert.__name__  # what argparse calls the type in its own messages
+    return parse
+
+
+def _non_negative(value: float, flag: str) -> float:
+    return validate.finite(value, flag, allow_zero=True)
+
+
+class _UsageError(Exception):
+    """An option value the API's rules refuse (raised while argparse converts it)."""
 
 
 def _device(name: str | None):
@@ -171,19 +193,8 @@ def _sample(args) -> int:
     import torch
 
     from .checkpoint import load_prior, load_vqvae
-    from .sample import Sampling, Song, generate
+    from .sample import Sampling, Song, check_levels, generate, total_length_of
 
-    _positive(args.seconds, "--seconds")
-    _positive(args.temperature, "--temperature", allow_zero=True)
-    _positive(args.prime_seconds, "--prime-seconds")
-    if args.song_seconds is not None:
-        _positive(args.song_seconds, "--song-seconds")
-    if args.n_samples < 1:
-        raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
-    if args.top_k < 0:
-        raise ValueError(f"--top-k must be >= 0 (0: off), got {args.top_k}")
-    if not 0 <= args.top_p <= 1:
-        raise ValueError(f"--top-p must lie in [0, 1] (0: off), got {args.top_p}")
     device = _device(args.device)
     ckpt = Path(args.checkpoints) if args.checkpoints else None
     found_vqvae, found = _checkpoint_files(ckpt) if ckpt else (None, {})
@@ -194,17 +205,16 @@ def _sample(args) -> int:
     top = vqvae.hps.levels - 1
     if args.levels:
         try:
-            levels = sorted({int(v) for v in args.levels.split(",")}, reverse=True)
+            levels = [int(v) for v in args.levels.split(",")]
         except ValueError:
             raise ValueError(f"--levels takes levels separated by commas, e.g. 2,1,0; got {args.levels!r}") from None
     else:
         levels = sorted(found, reverse=True)
         if not levels:
             raise ValueError(f"no prior_level_<L>.pth.tar under {ckpt or '--checkpoints'}")
+    levels = check_levels(levels, top)  # before any prior loads
     priors: list = [None] * vqvae.hps.levels
     for level in levels:
-        if not 0 <= level <= top:
-            raise ValueError(f"--levels: this VQ-VAE has levels 0..{top}, got {level}")
         path = found.get(level)
         if path is None:
             raise FileNotFoundError(f"no prior for level {level}: expected prior_level_{level}.pth.tar under "
@@ -230,10 +240,8 @@ def _sample(args) -> int:
         except ValueError:
             raise ValueError(f"--level-ids takes LEVEL:ARTIST:GENRE[,GENRE...] ids, got {spec!r}") from None
     top_prior = priors[levels[0]]
-    if args.lyrics and not top_prior.n_tokens:
-        raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
     sr = vqvae.hps.sr
-    total = int(args.seconds * sr) // vqvae.hps.hop_lengths[-1] * vqvae.hps.hop_lengths[-1]
+    total = total_length_of(args.seconds, vqvae, sr)
     # The timing conditioning's song length: at least the shortest song the prior was trained on.
     min_total = math.ceil((top_prior.hps.min_duration or 0) * sr)
     song_total = int(args.song_seconds * sr) if args.song_seconds else max(total, min_total)
@@ -263,14 +271,10 @@ def _embed(args) -> int:
 
     from .checkpoint import load_prior, load_vqvae
     from .embed_files import embed_files
-    from .train.loop import process_device
+    from .devices import process_device
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = process_device(_device(args.device))
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.downsample_rate is not None:
-        _positive(args.downsample_rate, "--downsample-rate")
     if min(args.layers) < 1:
         raise ValueError(f"--layers are numbered from 1, got {args.layers}")
     found_vqvae, priors = _checkpoint_files(Path(args.checkpoints)) if args.checkpoints else (None, {})
@@ -418,15 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level-ids", action="append", metavar="LEVEL:ARTIST:GENRE[,GENRE]",
                    help="ids for one level, in place of the names (repeatable)")
     p.add_argument("--lyrics", help="lyrics text (lyrics models)")
-    p.add_argument("--seconds", type=float, default=20.0, help="length to sample")
-    p.add_argument("--song-seconds", type=float, help="the song's length for the timing labels "
+    p.add_argument("--seconds", type=_checked(float, validate.finite, "--seconds"), default=20.0, help="length to sample")
+    p.add_argument("--song-seconds", type=_checked(float, validate.finite, "--song-seconds"),
+                   help="the song's length for the timing labels "
                                                       "(default: --seconds, at least the prior's min_duration)")
-    p.add_argument("--n-samples", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.99)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.0)
+    p.add_argument("--n-samples", type=_checked(int, validate.at_least, "--n-samples", 1), default=1)
+    p.add_argument("--temperature", type=_checked(float, _non_negative, "--temperature"), default=0.99)
+    p.add_argument("--top-k", type=_checked(int, validate.at_least, "--top-k", 0, " (0: off)"), default=0)
+    p.add_argument("--top-p", type=_checked(float, validate.unit_interval, "--top-p", " (0: off)"), default=0.0)
     p.add_argument("--prime", help="audio file to continue")
-    p.add_argument("--prime-seconds", type=float, default=5.0)
+    p.add_argument("--prime-seconds", type=_checked(float, validate.finite, "--prime-seconds"), default=5.0)
     p.add_argument("--levels", help="levels to sample, comma-separated (default: every level with a prior)")
     p.add_argument("--out", required=True, help="output folder (codes.pt there makes the run resume, if it was "
                                                 "sampled with the same settings)")
@@ -446,8 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the prior's preset for original files (prior_5b); ours describe themselves")
     p.add_argument("--layers", type=int, nargs="+", default=[36], help="blocks to read after, numbered from 1")
     p.add_argument("--meanpool", action="store_true", help="the mean over positions of each file")
-    p.add_argument("--downsample-rate", type=float, help="resample the frames to this rate in Hz (before meanpool)")
-    p.add_argument("--batch-size", type=int, default=8, help="files per forward of the prior")
+    p.add_argument("--downsample-rate", type=_checked(float, validate.finite, "--downsample-rate"),
+                   help="resample the frames to this rate in Hz (before meanpool)")
+    p.add_argument("--batch-size", type=_checked(int, validate.at_least, "--batch-size", 1), default=8,
+                   help="files per forward of the prior")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on a GPU, fp32 on a CPU")
     p.add_argument("--fp16-out", action="store_true", help="write float16 arrays")
     p.add_argument("--overwrite", action="store_true", help="make the features anew where OUT holds other settings")
@@ -471,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"] and "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(f"jukebox-fast {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     args.extra = extra
     if args.command == "train-prior" and args.genre is None:
         args.genre = [0]

@@ -27,6 +27,7 @@ Output folder: ``data/*.wav``, ``vqvae/``, ``top_prior/``, ``upsampler/`` (check
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import torch
 
 from . import hparams
 from .audio import musicality, save_spectrogram, write_wav
+from .files import atomic_text
+from .runs import claim_output
 from .sample import Sampling, Song, draw, generate, sample_window
 from .train import AudioFolder, TrainConfig, train_prior, train_vqvae
 
@@ -131,11 +134,9 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
     """
     cfg = cfg or DemoConfig()
     out = Path(out)
-    held = [p for p in ("report.json", "vqvae", "top_prior", "upsampler", "samples") if (out / p).exists()]
-    if held and not (resume or overwrite):
-        raise FileExistsError(f"{out} already holds a demo run ({', '.join(held)}): pass --resume to finish it, "
-                              "--overwrite to start over, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, dataclasses.asdict(cfg), resume=resume, overwrite=overwrite,
+                 made=("report.json", "report.md", "vqvae", "top_prior", "upsampler", "samples", "*.png"),
+                 run="a demo run", what="a demo run made")
     torch.manual_seed(cfg.seed)
     sr = hparams.get("tiny_vqvae").sr
     report: dict = {"config": cfg.__dict__.copy(), "seconds": {}}
@@ -205,8 +206,8 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
     save_spectrogram(out / "spectrogram.png", [clips[k] for k in shown],
                      [f"{k}: {_label(report['musicality'][k])}" for k in shown], sr)
     report["outputs"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.wav") if "data" not in p.parts)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(report))
+    atomic_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_text(out / "report.md", _markdown(report))
     return report
 
 

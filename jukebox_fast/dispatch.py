@@ -34,6 +34,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .kernels import interpreter_on
+
 __all__ = [
     "AUTO",
     "BackendUnavailableError",
@@ -47,6 +49,7 @@ __all__ = [
     "ops",
     "resolve",
     "call",
+    "bind",
     "use_backend",
     "triton_reasons",
     "interpreter_on",
@@ -64,11 +67,6 @@ class BackendUnavailableError(NotImplementedError):
 def env_var(op_name: str) -> str:
     """Name of the environment variable that picks the implementation of one op."""
     return f"{ENV_GLOBAL}_{op_name.upper()}"
-
-
-def interpreter_on() -> bool:
-    """True when Triton kernels run through the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # Looked up once: find_spec walks sys.path, and the check runs on every op call.
@@ -113,7 +111,9 @@ class Impl:
     ``supports(*args, **kwargs)`` lists why it cannot run these particular inputs (device, dtype,
     shape limits); an empty list means it can. ``declines(*args, **kwargs)`` lists why ``auto``
     should pass over inputs it can run (a measured rule: another implementation is faster there);
-    an explicit request still gets it.
+    an explicit request still gets it. ``prepare(*args, **kwargs)``, where given, readies state the
+    implementation keeps with its inputs (weights in its own form, buffers) before the first call
+    that :meth:`Registry.bind` hands out, so the caller never learns which implementation runs.
     """
 
     name: str
@@ -122,6 +122,7 @@ class Impl:
     supports: Callable[..., Sequence[str]] = _no_reasons
     note: str = ""
     declines: Callable[..., Sequence[str]] = _no_reasons
+    prepare: Callable[..., None] | None = None
     _unavailable: str | None = field(default=None, init=False, repr=False)
     _checked: bool = field(default=False, init=False, repr=False)
 
@@ -234,13 +235,14 @@ class Registry:
         supports: Callable[..., Sequence[str]] = _no_reasons,
         note: str = "",
         declines: Callable[..., Sequence[str]] = _no_reasons,
+        prepare: Callable[..., None] | None = None,
     ) -> Impl:
         op = self.get_op(op_name)
         if impl_name not in op.order:
             raise ValueError(f"op {op_name!r} orders {op.order}; {impl_name!r} is not among them")
         if impl_name in op.impls:
             raise ValueError(f"op {op_name!r} already has an implementation {impl_name!r}")
-        impl = Impl(impl_name, fn, available, supports, note, declines)
+        impl = Impl(impl_name, fn, available, supports, note, declines, prepare)
         op.impls[impl_name] = impl
         return impl
 
@@ -310,6 +312,15 @@ class Registry:
     def call(self, op_name: str, *args, backend: str | None = None, **kwargs):
         return self.resolve(op_name, *args, backend=backend, **kwargs).fn(*args, **kwargs)
 
+    def bind(self, op_name: str, *args, backend: str | None = None, **kwargs) -> Callable:
+        """The implementation that will run ``op(*args, **kwargs)``, resolved once and prepared
+        for these inputs: for a loop that calls the op on inputs of fixed shapes and dtypes (a
+        decode step), with no resolution in the loop. Returns the implementation's function."""
+        impl = self.resolve(op_name, *args, backend=backend, **kwargs)
+        if impl.prepare is not None:
+            impl.prepare(*args, **kwargs)
+        return impl.fn
+
     def _log_skip(self, op_name: str, impl_name: str, reasons: list[str]) -> None:
         if torch.compiler.is_compiling():
             return
@@ -342,3 +353,4 @@ get_op = REGISTRY.get_op
 ops = REGISTRY.ops
 resolve = REGISTRY.resolve
 call = REGISTRY.call
+bind = REGISTRY.bind

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .audio import AUDIO_SUFFIXES, AudioError, read_audio
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .embed import extract
-from .sample import fingerprint, settings_differences
+from .runs import claim_output, fingerprint
 
 __all__ = ["find_inputs", "embed_files", "EmbedResult"]
 
@@ -53,23 +53,6 @@ def find_inputs(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
     return sorted(((path, npy) for npy, path in found.items()), key=lambda pair: str(pair[1]))
 
 
-def _check_settings(out: Path, settings: dict, overwrite: bool, write: bool) -> None:
-    """Refuse features of other settings in ``out`` (unless ``overwrite``); ``write``: record
-    these (one process does)."""
-    path = out / "settings.json"
-    if path.exists() and not overwrite:
-        saved = json.loads(path.read_text())
-        if saved != settings:
-            diff = settings_differences(saved, settings)
-            raise ValueError(f"{out} holds features made with other settings ({'; '.join(diff)}): use another --out, "
-                             "or --overwrite to make them anew")
-    out.mkdir(parents=True, exist_ok=True)
-    if write:
-        tmp = out / ".settings.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
-
-
 @dataclass
 class EmbedResult:
     done: int  # files written in this run
@@ -90,7 +73,9 @@ def embed_files(vqvae, prior, inputs, out: str | os.PathLike, layers, meanpool: 
     settings = {"layers": layers, "meanpool": bool(meanpool), "downsample_target_rate": downsample_target_rate,
                 "fp16_out": bool(fp16_out), "dtype": str(dtype), "vqvae": fingerprint(vqvae),
                 "prior": fingerprint(prior)}
-    _check_settings(out, settings, overwrite, write=rank == 0)
+    # Each process clears only the files it will write (below), so none removes another's work.
+    claim_output(out, settings, resume=None, overwrite=overwrite, what="features made",
+                 advice="use another --out, or --overwrite to make them anew", record=rank == 0)
     mine = files[rank::world_size]
     index = out / f"index-{rank}.jsonl"
     failed_log = out / f"failed-{rank}.log"

@@ -23,10 +23,11 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic_dir
 
 __all__ = ["NAMESPACE", "load", "cuda_unavailable_reason", "has_kernel", "sources", "cache_dir"]
 
@@ -93,24 +94,22 @@ def _jit_build() -> Path:
 
 
 def _build_into(cpp_extension, compiled: list[Path], cache: Path, final: Path, lib: Path, with_cuda: bool) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=cache))
     _log.warning("building the jukebox_fast C++ extension%s (once; cached in %s)",
                  " with CUDA" if with_cuda else "", cache)
-    try:
-        cpp_extension.load(
-            name=NAMESPACE, sources=[str(f) for f in compiled], build_directory=str(tmp), with_cuda=with_cuda,
-            extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-            extra_cuda_cflags=["-O3", "--use_fast_math"] if with_cuda else None,
-            is_python_module=False, verbose=os.environ.get("JUKEBOX_FAST_EXT_VERBOSE", "0") != "0",
-        )
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"building the C++ extension failed ({type(e).__name__}: {str(e)[-400:]}); "
-                           "set JUKEBOX_FAST_EXT_VERBOSE=1 to see the compiler's output") from e
-    try:
-        os.rename(tmp, final)  # atomic; fails if another process got there first, which is fine
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(folder: Path) -> None:
+        try:
+            cpp_extension.load(
+                name=NAMESPACE, sources=[str(f) for f in compiled], build_directory=str(folder), with_cuda=with_cuda,
+                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                extra_cuda_cflags=["-O3", "--use_fast_math"] if with_cuda else None,
+                is_python_module=False, verbose=os.environ.get("JUKEBOX_FAST_EXT_VERBOSE", "0") != "0",
+            )
+        except Exception as e:
+            raise RuntimeError(f"building the C++ extension failed ({type(e).__name__}: {str(e)[-400:]}); "
+                               "set JUKEBOX_FAST_EXT_VERBOSE=1 to see the compiler's output") from e
+
+    atomic_dir(final, build)
     return lib
 
 

@@ -124,6 +124,10 @@ class VQVAEHparams:
         return dataclasses.asdict(self)
 
 
+# PriorHparams fields that nothing reads, kept so that recorded hyper-parameters still load.
+COMPAT_ONLY = ("spread", "pos_init", "c_res", "prime_spread", "prime_c_res")
+
+
 @dataclass(frozen=True)
 class PriorHparams:
     """Hyper-parameters of one level's prior (top-level prior or upsampler), original names.
@@ -150,6 +154,10 @@ class PriorHparams:
     emb_dropout: float = 0.0
     zero_out: bool = False
     res_scale: bool = False
+    # spread, pos_init, c_res, prime_spread and prime_c_res are kept because the original's
+    # checkpoints (and ours) record them: nothing reads them. The c_res fields only chose where
+    # the original recomputed activations to save memory; the others must keep their released
+    # values, which __post_init__ checks (see COMPAT_ONLY).
     pos_init: bool = False
     c_res: int = 0
     # Labels: artist and genre start embedding, and (top level only) the timing embedding.
@@ -202,6 +210,10 @@ class PriorHparams:
         layer_kinds(self.attn_order, self.prior_depth)  # an unknown attn_order fails here, early
         if self.attn_dropout:
             raise ValueError("attn_dropout is not supported (every released prior uses 0)")
+        for name, released in (("spread", None), ("pos_init", False), ("prime_spread", None)):
+            if getattr(self, name) != released:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported: every released prior uses "
+                                 f"{released!r}, and the field is kept only to read checkpoints that record it")
         if self.prior_width % self.heads or int(self.m_attn * self.prior_width) % self.heads:
             raise ValueError(
                 f"prior_width {self.prior_width} (and m_attn·width) must divide into heads={self.heads}")

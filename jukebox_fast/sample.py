@@ -15,89 +15,23 @@ codes as an uninterrupted one.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from . import text
-from .checkpoint import atomic_save, read_checkpoint
+from . import validate
+from .conditioning import Song
+from .files import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
-from .text import make_labels
+from .runs import claim_output, digest, fingerprint, refuse_other_settings, settings_differences
 
 __all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate",
-           "settings_differences"]
-
-
-@dataclass(frozen=True)
-class Song:
-    """What a sample is conditioned on, as each level's prior reads it.
-
-    ``artist`` and ``genres`` are names (``"Ella Fitzgerald"``, ``"Soul Jazz"``) or ids; names are
-    mapped by each level with its own tables and version, as the original labels each level with
-    its own labeller (the released upsamplers use the v2 tables, 1b_lyrics' top prior v3), and
-    need ``ids`` (the folder of the released id files, or :class:`~jukebox_fast.text.IdTables`).
-    Ids are used as given by every level; ``level_ids`` gives a level its own ids,
-    ``{level: (artist_id, genre_ids)}``. ``lyrics`` is text (tokenised with each level's
-    vocabulary) or tokens. ``total_length`` is the song's length in samples at 44.1 kHz (0: the
-    prior's window), ``offset`` where the sample starts.
-    """
-
-    artist: str | int = 0
-    genres: str | int | Sequence[int] = ()
-    total_length: int = 0
-    lyrics: str | Sequence[int] = ()
-    offset: int = 0
-    ids: str | os.PathLike | text.IdTables | None = None
-    level_ids: Mapping[int, tuple[int, Sequence[int]]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.ids is not None and not isinstance(self.ids, text.IdTables):
-            object.__setattr__(self, "ids", text.IdTables(self.ids))
-
-    def level_labels(self, prior) -> tuple[int, list[int], list[int]]:
-        """(artist id, genre ids padded with −1, lyric tokens) for ``prior``'s level."""
-        hps = prior.hps
-        version = "v3" if hps.labels_v3 else "v2"
-        slots = hps.max_bow_genre_size
-        if prior.level in self.level_ids:
-            artist, genres = self.level_ids[prior.level]
-            genres = [genres] if isinstance(genres, int) else list(genres)
-        else:
-            artist = self.artist if isinstance(self.artist, int) else text.artist_id(
-                self.artist, self._table(version, "artist"), version)
-            if isinstance(self.genres, str):
-                genres = text.genre_ids(self.genres, self._table(version, "genre"), version, slots)
-            else:
-                genres = [self.genres] if isinstance(self.genres, int) else list(self.genres)
-        if len([g for g in genres if g >= 0]) > slots:
-            raise ValueError(f"the level-{prior.level} prior takes {slots} genre id(s), got {genres}")
-        genres = (genres + [-1] * slots)[:slots]
-        lyrics = text.tokenize_lyrics(self.lyrics, version) if isinstance(self.lyrics, str) else list(self.lyrics)
-        return int(artist), [int(g) for g in genres], lyrics
-
-    def _table(self, version: str, kind: str) -> text.IdTable:
-        if self.ids is None:
-            raise ValueError(f"{kind} names need the released id lists: pass ids= (a folder with "
-                             f"{version}_{kind}_ids.txt), or give {kind} ids")
-        return self.ids.get(version, kind)
-
-    def labels(self, prior, start: int, n: int, *, sampling: bool = True) -> torch.Tensor | None:
-        """y rows [n, ...] for the window of ``prior`` that starts at token ``start``. The lyric
-        window follows the original sampler's float32 rule, or with ``sampling=False`` its
-        training labeller's float64 one (:func:`~jukebox_fast.text.lyric_window`)."""
-        if not prior.hps.labels:
-            return None
-        artist, genres, lyrics = self.level_labels(prior)
-        total = self.total_length or prior.sample_length
-        return make_labels(prior, artist, genres, total, self.offset + start * prior.raw_to_tokens, lyrics, n,
-                           sampling=sampling)
+           "run_settings", "fingerprint", "settings_differences"]  # Song and the last two live in conditioning / runs
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -162,6 +96,26 @@ class Sampling:
     generator: torch.Generator | None = None
     progress: bool = True
     stats: dict = field(default_factory=lambda: {"tokens": 0, "seconds": 0.0})
+
+    def __post_init__(self) -> None:
+        validate.finite(self.temp, "temperature", allow_zero=True)
+        validate.at_least(self.top_k, "top_k", 0, " (0: off)")
+        validate.unit_interval(self.top_p, "top_p", " (0: off)")
+        validate.at_least(self.max_batch_size, "max_batch_size", 1)
+
+
+def total_length_of(seconds: float, vqvae, sr: int = 44100) -> int:
+    """Samples of audio for ``seconds``, rounded down to whole top-level codes."""
+    hop = vqvae.hps.hop_lengths[-1]
+    return int(validate.finite(seconds, "seconds") * sr) // hop * hop
+
+
+def check_levels(levels: Sequence[int], top: int) -> list[int]:
+    """The levels to sample, top first; each must be one of the VQ-VAE's 0..top."""
+    for level in levels:
+        if not 0 <= level <= top:
+            raise ValueError(f"this VQ-VAE has levels 0..{top}, got {level}")
+    return sorted(set(levels), reverse=True)
 
 
 @torch.no_grad()
@@ -261,7 +215,7 @@ def _window(prior, zs, song: Song, start: int, length: int, s: Sampling, bar) ->
 def _resume(path, zs: list[torch.Tensor], s: Sampling, settings: dict | None) -> list[torch.Tensor]:
     saved = read_checkpoint(path)
     if settings is not None:
-        check_settings(path, saved.get("settings"), settings)
+        refuse_other_settings(path, saved.get("settings"), settings, **_SAME)
     codes = saved["zs"]
     if len(codes) != len(zs) or any(a.shape[0] != b.shape[0] for a, b in zip(codes, zs)):
         raise ValueError(f"{path} holds codes for {[tuple(c.shape) for c in codes]}, which do not match this run's "
@@ -269,25 +223,6 @@ def _resume(path, zs: list[torch.Tensor], s: Sampling, settings: dict | None) ->
     if s.generator is not None and saved.get("generator") is not None:
         s.generator.set_state(saved["generator"])
     return [c.to(z.device) for c, z in zip(codes, zs)]
-
-
-def fingerprint(model: torch.nn.Module) -> str:
-    """A short digest of a model's weights (names, shapes, dtypes and each tensor's float64 sum):
-    another checkpoint in the same place gives another digest."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            total = float(torch.sum(t, dtype=torch.float64)) if t.is_floating_point() else float(t.sum())
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{total!r}".encode())
-    return h.hexdigest()[:16]
-
-
-def _digest(obj) -> str | None:
-    if obj is None:
-        return None
-    if isinstance(obj, torch.Tensor):
-        return hashlib.sha256(obj.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-    return hashlib.sha256(b"".join(bytes(_digest(o) or "-", "ascii") for o in obj)).hexdigest()[:16]
 
 
 def run_settings(vqvae, priors: Sequence, song: Song, *, total_length: int, n_samples: int, levels: Sequence[int],
@@ -300,8 +235,8 @@ def run_settings(vqvae, priors: Sequence, song: Song, *, total_length: int, n_sa
         "total_length": int(total_length), "n_samples": int(n_samples),
         "hop_fraction": [float(h) for h in hop_fraction], "temperature": float(sampling.temp),
         "top_k": int(sampling.top_k), "top_p": float(sampling.top_p), "max_batch_size": int(sampling.max_batch_size),
-        "dtype": str(sampling.dtype), "seed": _digest(gen.get_state()) if gen is not None else None,
-        "prime": _digest(prime), "vqvae": fingerprint(vqvae),
+        "dtype": str(sampling.dtype), "seed": digest(gen.get_state()) if gen is not None else None,
+        "prime": digest(prime), "vqvae": fingerprint(vqvae),
         **{f"prior {level}": fingerprint(priors[level]) for level in levels},
         **{f"labels {level}": _labels_digest(song, priors[level]) for level in levels},
     }
@@ -309,37 +244,14 @@ def run_settings(vqvae, priors: Sequence, song: Song, *, total_length: int, n_sa
 
 def _labels_digest(song: Song, prior) -> str | None:
     y = song.labels(prior, 0, 1)
-    return None if y is None else _digest(y)
+    return None if y is None else digest(y)
 
 
-def check_settings(path, saved: dict | None, wanted: dict) -> None:
-    """Raise ValueError naming what differs between the settings ``path`` was sampled with and
-    these."""
-    if saved == wanted:
-        return
-    if saved is None:
-        raise ValueError(f"{path} holds codes whose settings were not recorded, so they cannot be resumed safely; "
-                         "sample into a new folder, or start over with --overwrite")
-    diff = settings_differences(saved, wanted, {"seed": "the seed", "prime": "the prime audio",
-                                                "vqvae": "the VQ-VAE"}, opaque=("prior", "labels"))
-    raise ValueError(f"{path} holds codes sampled with other settings ({'; '.join(diff)}): resuming would return them "
-                     "as if they were this run's. Sample into a new folder, or start over with --overwrite")
-
-
-def settings_differences(saved: dict, wanted: dict, names: Mapping[str, str] | None = None,
-                         opaque: tuple[str, ...] = ()) -> list[str]:
-    """Each setting that differs, as "key: old -> new"; digests (the keys in ``names``, which
-    name them, and those starting with ``opaque``) only as "... differs"."""
-    names = names or {}
-    out = []
-    for k in sorted(set(saved) | set(wanted)):
-        if saved.get(k) == wanted.get(k):
-            continue
-        if k in names or k.startswith(opaque):
-            out.append(f"{names.get(k, k)} differs")
-        else:
-            out.append(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}")
-    return out
+# How sampling names what differs, and what it advises.
+_SAME = dict(what="codes sampled", unrecorded="codes whose settings were not recorded",
+             advice="resuming would return them as if they were this run's. Sample into a new folder, or start "
+                    "over with --overwrite",
+             names={"seed": "the seed", "prime": "the prime audio", "vqvae": "the VQ-VAE"}, opaque=("prior", "labels"))
 
 
 def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = None, total_length: int | None = None,
@@ -373,37 +285,32 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
     top = vqvae.hps.levels - 1
     hop = vqvae.hps.hop_lengths[top]
     if total_length is None:
-        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-            raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
-        total_length = int(seconds * sr) // hop * hop
+        total_length = total_length_of(seconds if seconds is not None else float("nan"), vqvae, sr)
     if total_length <= 0:
         raise ValueError(f"nothing to sample: {total_length} samples (at least one top-level code, {hop} samples)")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    levels = sorted(levels if levels is not None else range(vqvae.hps.levels), reverse=True)
+    validate.at_least(n_samples, "n_samples", 1)
+    levels = check_levels(levels if levels is not None else range(vqvae.hps.levels), top)
     for level in levels:
-        if not 0 <= level <= top:
-            raise ValueError(f"levels must lie in 0..{top}, got {level}")
         if level < top and level + 1 not in levels and (prime is None or prime[level + 1].shape[1] == 0):
             raise ValueError(f"level {level} is conditioned on level {level + 1}'s codes: sample level {level + 1} "
                              f"too, or continue codes that hold it")
         if priors[level] is None:
             raise ValueError(f"level {level} is to be sampled but no prior was given for it")
+    if song.lyrics and not priors[levels[0]].n_tokens:
+        raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
     device = next(vqvae.parameters()).device
     zs = [torch.zeros(n_samples, 0, dtype=torch.int64, device=device) for _ in range(vqvae.hps.levels)]
     if prime is not None:
         zs = [p.to(device) for p in prime]
     out = Path(out_dir) if out_dir is not None else None
     settings = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:  # before any work
         settings = run_settings(vqvae, priors, song, total_length=total_length, n_samples=n_samples, levels=levels,
                                 prime=prime, hop_fraction=hop_fraction, sampling=s)
         codes = out / "codes.pt"
-        if codes.exists() and overwrite:
-            codes.unlink()
-        elif codes.exists():
-            check_settings(codes, read_checkpoint(codes).get("settings"), settings)  # before any work
+        claim_output(out, settings, resume=None, overwrite=overwrite, made=("codes.pt", "level_*_item_*.wav"),
+                     recorded=lambda: read_checkpoint(codes).get("settings") if codes.exists() else None,
+                     record=False, **_SAME)  # the settings are kept in codes.pt, with the codes
     for level in levels:
         prior = priors[level]
         total = total_length // prior.raw_to_tokens

@@ -39,102 +39,12 @@ import triton
 import triton.language as tl
 
 from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
+from .patterns import KIND_COLUMN, key_span, query_layout, query_span, visible
 
 __all__ = ["AttentionConfig", "KERNELS", "MAX_HEAD_DIM", "config_for", "launch_config", "forward", "backward"]
 
 MAX_HEAD_DIM = 512
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _layout(g, LQ, LK, BC, KIND: tl.constexpr):
-    """Where the queries of group ``g`` are: (row of position 0 in q, position of unit 0,
-    positions per unit, first and one-past-last query unit). Queries are the last LQ positions
-    of the key sequence, except in cross-attention where they are a sequence of their own."""
-    if KIND == 6:
-        q_start = 0
-        q_end = LQ
-    else:
-        q_start = LK - LQ
-        q_end = LK
-    if KIND == 2:  # one program group per column g; a unit is one step down the column
-        base = g
-        step = BC
-        u_lo = (tl.maximum(q_start - g, 0) + BC - 1) // BC
-        u_hi = (tl.maximum(q_end - g, 0) + BC - 1) // BC
-    else:
-        base = 0
-        step = 1
-        u_lo = q_start
-        u_hi = q_end
-    return q_start, base, step, u_lo, u_hi
-
-
-@triton.jit
-def _key_span(p_first, p_last, u_last, LK, BC, PRIME, KIND: tl.constexpr):
-    """Key units [lo, hi) that queries at positions p_first..p_last (unit u_last) may see."""
-    if KIND == 0:
-        lo = 0
-        hi = p_last + 1
-    elif KIND == 1:
-        lo = (p_first // BC) * BC
-        hi = p_last + 1
-    elif KIND == 2:
-        lo = 0
-        hi = u_last + 1
-    elif KIND == 3:
-        lo = tl.maximum(p_first // BC - 1, 0) * BC
-        hi = (p_last // BC) * BC
-    elif KIND == 6:
-        lo = 0
-        hi = LK
-    else:
-        lo = 0
-        hi = tl.minimum(PRIME, p_last + 1)
-    return lo, hi
-
-
-@triton.jit
-def _query_span(j_first, j_last, v_first, q_start, u_lo, u_hi, BC, PRIME, KIND: tl.constexpr):
-    """Query units [lo, hi) that may see keys at positions j_first..j_last (unit v_first)."""
-    if KIND == 0:
-        lo = tl.maximum(j_first, q_start)
-        hi = u_hi
-    elif KIND == 1:
-        lo = tl.maximum(j_first, q_start)
-        hi = tl.minimum(u_hi, (j_last // BC + 1) * BC)
-    elif KIND == 2:
-        lo = tl.maximum(v_first, u_lo)
-        hi = u_hi
-    elif KIND == 3:
-        lo = tl.maximum((j_first // BC + 1) * BC, q_start)
-        hi = tl.minimum(u_hi, (j_last // BC + 2) * BC)
-    elif KIND == 6:
-        lo = 0
-        hi = u_hi
-    else:
-        lo = tl.maximum(j_first, q_start)
-        hi = tl.where(j_first < PRIME, u_hi, lo)
-    return lo, hi
-
-
-@triton.jit
-def _visible(p, u, j, v, BC, PRIME, KIND: tl.constexpr):
-    """The pattern's mask for query positions p (units u) against key positions j (units v);
-    the arguments broadcast, so the same rule serves [M, N] and [N, M] tiles."""
-    if KIND == 0:
-        vis = j <= p
-    elif KIND == 1:
-        vis = (j // BC == p // BC) & (j <= p)
-    elif KIND == 2:
-        vis = v <= u
-    elif KIND == 3:
-        vis = j // BC == p // BC - 1
-    elif KIND == 6:
-        vis = (j >= 0) & (p >= 0)
-    else:
-        vis = (j < PRIME) & (j <= p)
-    return vis
 
 
 @triton.jit
@@ -150,14 +60,14 @@ def _program(H, D, BLOCK_DV: tl.constexpr):
 def _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND: tl.constexpr, BLOCK_M: tl.constexpr):
     """Query tile ``pid_m`` of group g: its units, validity, positions and rows in q, and the
     key units [lo, hi) it must walk."""
-    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
+    q_start, base, step, u_lo, u_hi = query_layout(g, LQ, LK, BC, KIND)
     u_first = u_lo + pid_m * BLOCK_M
     u = u_first + tl.arange(0, BLOCK_M)  # [BLOCK_M] query units
     q_ok = u < u_hi
     p = base + step * u  # positions
     q_rows = (p - q_start).to(tl.int64)
     u_last = tl.minimum(u_first + BLOCK_M, u_hi) - 1
-    lo, hi = _key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
+    lo, hi = key_span(base + step * u_first, base + step * u_last, u_last, LK, BC, PRIME, KIND)
     hi = tl.where(u_last >= u_first, hi, lo)  # a tile past the last query reads nothing
     return base, step, u, q_ok, p, q_rows, lo, hi
 
@@ -202,7 +112,7 @@ def _fwd_kernel(
                 q = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & (d < D)[None, :], other=0.0)
             kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & (d < D)[None, :], other=0.0)
             s = dot(q, tl.trans(kc), s, PRECISION, UPCAST)
-        vis = _visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
+        vis = visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         s = tl.where(vis, s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
@@ -247,8 +157,8 @@ def _bwd_kv_kernel(
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
 
-    q_start, base, step, u_lo, u_hi = _layout(g, LQ, LK, BC, KIND)
-    if KIND == 2:
+    q_start, base, step, u_lo, u_hi = query_layout(g, LQ, LK, BC, KIND)
+    if KIND == KIND_COLUMN:
         k_hi = u_hi  # self-attention: the keys' column is as long as the queries'
     else:
         k_hi = LK
@@ -258,7 +168,7 @@ def _bwd_kv_kernel(
     j = base + step * v_units
     k_rows = j.to(tl.int64)
     v_last = tl.minimum(v_first + BLOCK_N, k_hi) - 1
-    lo, hi = _query_span(base + step * v_first, base + step * v_last, v_first, q_start, u_lo, u_hi, BC, PRIME,
+    lo, hi = query_span(base + step * v_first, base + step * v_last, v_first, q_start, u_lo, u_hi, BC, PRIME,
                          KIND)
     hi = tl.where(v_last >= v_first, hi, lo)
 
@@ -292,7 +202,7 @@ def _bwd_kv_kernel(
             dpt = dot(vc, tl.trans(doc), dpt, PRECISION, UPCAST)
         lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
         delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
-        vis = _visible(p[None, :], u[None, :], j[:, None], v_units[:, None], BC, PRIME, KIND) & k_ok[:, None]
+        vis = visible(p[None, :], u[None, :], j[:, None], v_units[:, None], BC, PRIME, KIND) & k_ok[:, None]
         pt = tl.where(vis, tl.exp2(st * qk_scale - lse[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
         dst = pt * (dpt - delta[None, :])
         do_slice = tl.load(do_ptr + q_rows[:, None] * sdo_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
@@ -366,7 +276,7 @@ def _bwd_q_kernel(
             vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
             s = dot(qc, tl.trans(kc), s, PRECISION, UPCAST)
             dp = dot(doc, tl.trans(vc), dp, PRECISION, UPCAST)
-        vis = _visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
+        vis = visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         pr = tl.where(vis, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         ds = pr * (dp - delta[:, None])
         k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
@@ -454,7 +364,7 @@ def launch_config(kind: int, d: int, dtype: torch.dtype, cfg: AttentionConfig, a
 def _grid(kind: int, length: int, lk: int, block: int, block_ctx: int, d: int, cfg: AttentionConfig, nh: int):
     """(tiles, groups × width slices, N·H) covering ``length`` positions (queries or keys) of a
     key sequence of ``lk``; column attention has one group per column."""
-    if kind == 2:
+    if kind == KIND_COLUMN:
         groups = min(block_ctx, lk)
         tiles = triton.cdiv(triton.cdiv(length, block_ctx), block)
     else:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from typing import Iterator
 
 import torch
 import triton
 import triton.language as tl
+
+from . import interpreter_on
 
 __all__ = ["upcast_dot", "dot_precision", "dot", "aligned", "alignment", "launch", "compile_only"]
 
@@ -36,7 +37,7 @@ def upcast_dot(dtype: torch.dtype) -> bool:
     uint16 and hands both to numpy.matmul), so there they go in as fp32. The products of bf16
     values are exact in fp32 either way; only the order of the fp32 sums may differ.
     """
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return dtype == torch.bfloat16 and interpreter_on()
 
 
 def dot_precision(dtype: torch.dtype, fp32: str) -> str:

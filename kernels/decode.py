@@ -23,35 +23,12 @@ import triton
 import triton.language as tl
 
 from .common import aligned, alignment, launch
+from .patterns import visible_slots
 
 __all__ = ["decode", "decode_config", "merge", "merge_chunk", "splits_for", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 512
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _visible_slots(p, BC, NB, PRIME, ENC, KIND: tl.constexpr):
-    if KIND == 0:
-        lo = 0
-        hi = p + 1
-    elif KIND == 1:
-        lo = 0
-        hi = p % BC + 1
-    elif KIND == 2:
-        lo = (p % BC) * NB
-        hi = lo + p // BC + 1
-    elif KIND == 3:
-        block = p // BC
-        lo = tl.where(block > 0, ((block - 1) % 2) * BC, 0)
-        hi = tl.where(block > 0, lo + BC, 0)
-    elif KIND == 6:
-        lo = 0
-        hi = ENC
-    else:
-        lo = 0
-        hi = tl.minimum(p, PRIME - 1) + 1
-    return lo, hi
 
 
 @triton.jit
@@ -67,7 +44,7 @@ def _decode_kernel(
     n = (nh // H).to(tl.int64)
     h = (nh % H).to(tl.int64)
     p = tl.load(pos_ptr)
-    lo, hi = _visible_slots(p, BC, NB, PRIME, ENC, KIND)
+    lo, hi = visible_slots(p, BC, NB, PRIME, ENC, KIND)
     if SPLITS > 1:  # this program's share of the run: whole tiles, the last share shorter
         share = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), SPLITS) * BLOCK_N
         lo = lo + split * share

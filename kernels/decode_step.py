@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .common import dot, dot_precision, launch, upcast_dot
+from .patterns import KIND_CROSS, cache_slot
 
 __all__ = ["FIXED_SCALE", "ln_qkv", "proj_residual", "mlp", "step_config"]
 
@@ -86,22 +87,6 @@ def _ln_rows(x_ptr, lnw_ptr, lnb_ptr, rows, row_ok, k0, W, mean, rstd, FIXED: tl
 
 
 @triton.jit
-def _slot(p, BC, NB, PRIME, KIND: tl.constexpr):
-    """The cache slot of position p (``CacheLayout.slots``)."""
-    if KIND == 0:
-        s = p
-    elif KIND == 1:
-        s = p % BC
-    elif KIND == 2:
-        s = (p % BC) * NB + p // BC
-    elif KIND == 3:
-        s = p % (2 * BC)
-    else:  # 7: past the window, the scratch slot
-        s = tl.minimum(p, PRIME)
-    return s
-
-
-@triton.jit
 def _ln_qkv_kernel(
     x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr,
     N, W, OUT, NSTATE, D, sk_n, sk_h, sk_s, BC, NB, PRIME, eps,
@@ -125,8 +110,8 @@ def _ln_qkv_kernel(
     y = acc + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     rows64 = rows.to(tl.int64)
     tl.store(q_ptr + rows64[:, None] * NSTATE + cols[None, :], y, mask=row_ok[:, None] & (cols < NSTATE)[None, :])
-    if KIND != 6:  # self-attention: k and v of this position into the caches (cross: q only)
-        slot = _slot(tl.load(pos_ptr), BC, NB, PRIME, KIND)
+    if KIND != KIND_CROSS:  # self-attention: k and v of this position into the caches (cross: q only)
+        slot = cache_slot(tl.load(pos_ptr), BC, NB, PRIME, KIND)
         kv = cols - NSTATE  # [BLOCK_O] column within k | v
         is_v = kv >= NSTATE
         c = tl.where(is_v, kv - NSTATE, kv)
@@ -216,9 +201,11 @@ def _options(cfg: dict, *names: str) -> dict:
 
 
 def ln_qkv(x, ln_w, ln_b, w, b, q, k_cache, v_cache, position, n_state: int, d: int, kind: int, block_ctx: int,
-           blocks: int, prime_len: int, eps: float, cfg: dict) -> None:
-    """x int64 [N, W] (fixed point) -> q fp32 [N, n_state]; for self-attention (kind ≠ 6) also k
-    and v into k_cache, v_cache [N, H, S, d] (contiguous) at ``position``'s slot."""
+           blocks: int, prime_len: int, enc_length: int, eps: float, cfg: dict) -> None:
+    """x int64 [N, W] (fixed point) -> q fp32 [N, n_state]; for self-attention also k and v into
+    k_cache, v_cache [N, H, S, d] (contiguous) at ``position``'s slot. kind ... enc_length: the
+    cache layout, as ``CacheLayout.kernel_args()`` gives it (enc_length unused: cross-attention
+    caches are not written here)."""
     n, width = x.shape
     out = w.shape[1]
     grid = (triton.cdiv(out, cfg["BLOCK_O"]), triton.cdiv(n, cfg["BLOCK_R"]))

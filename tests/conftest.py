@@ -62,7 +62,9 @@ def kernel_device() -> str | None:
         return None
     if torch.cuda.is_available():
         return "cuda"
-    return "cpu" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else None
+    from jukebox_fast.dispatch import interpreter_on
+
+    return "cpu" if interpreter_on() else None
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from jukebox_fast.ops import AttentionPattern, CacheLayout, DecodeLayer, DecodeStack
+from jukebox_fast.ops import AttentionPattern, CacheLayout, DecodeLayer, DecodeStack, Kind
 
 LENGTH = 40
 LAYOUTS = [  # every pattern; block sizes that do not divide the length
-    CacheLayout(AttentionPattern(0), LENGTH), CacheLayout(AttentionPattern(1, 8), LENGTH),
-    CacheLayout(AttentionPattern(2, 6), LENGTH), CacheLayout(AttentionPattern(3, 7), LENGTH),
-    CacheLayout(AttentionPattern(7, prime_len=12), LENGTH), CacheLayout(AttentionPattern(6), LENGTH, enc_length=11),
+    CacheLayout(AttentionPattern(Kind.DENSE), LENGTH), CacheLayout(AttentionPattern(Kind.BLOCK, 8), LENGTH),
+    CacheLayout(AttentionPattern(Kind.COLUMN, 6), LENGTH), CacheLayout(AttentionPattern(Kind.PREV_BLOCK, 7), LENGTH),
+    CacheLayout(AttentionPattern(Kind.PRIME, prime_len=12), LENGTH), CacheLayout(AttentionPattern(Kind.CROSS), LENGTH, enc_length=11),
 ]
 SHAPES = [  # (N, width, heads, d, hidden): aligned; odd everything; more samples than a register tile
     (1, 64, 1, 64, 64),
@@ -28,7 +28,7 @@ def random_stack(n, width, heads, d, hidden, res_scale=1.0, layouts=LAYOUTS, see
     layers = []
     for layout in layouts:
         s = heads * d
-        qkv = s if layout.pattern.kind == 6 else 3 * s
+        qkv = s if layout.pattern.kind == Kind.CROSS else 3 * s
         weights = (1 + rand(width, std=0.1), rand(width, std=0.1), rand(width, qkv, std=width**-0.5), rand(qkv, std=0.1),
                    rand(s, width, std=s**-0.5), rand(width, std=0.1), 1 + rand(width, std=0.1), rand(width, std=0.1),
                    rand(width, hidden, std=width**-0.5), rand(hidden, std=0.1), rand(hidden, width, std=hidden**-0.5),

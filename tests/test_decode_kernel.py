@@ -12,16 +12,16 @@ import jukebox_fast.kernels.decode as decode_kernels  # noqa: E402
 from conftest import kernel_device  # noqa: E402
 from jukebox_fast import dispatch, hparams, make_prior
 from jukebox_fast.models.decoding import IncrementalDecoder
-from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
+from jukebox_fast.ops import AttentionPattern, CacheLayout, Kind, decode_attention
 from prior_inputs import codes, labels
 
 pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
 LAYOUTS = [  # odd block sizes and lengths that are not multiples of them
-    CacheLayout(AttentionPattern(0), 37), CacheLayout(AttentionPattern(1, 8), 40),
-    CacheLayout(AttentionPattern(1, 5), 37), CacheLayout(AttentionPattern(2, 6), 37),
-    CacheLayout(AttentionPattern(2, 8), 40), CacheLayout(AttentionPattern(3, 7), 40),
-    CacheLayout(AttentionPattern(7, prime_len=12), 40), CacheLayout(AttentionPattern(6), 40, enc_length=11),
+    CacheLayout(AttentionPattern(Kind.DENSE), 37), CacheLayout(AttentionPattern(Kind.BLOCK, 8), 40),
+    CacheLayout(AttentionPattern(Kind.BLOCK, 5), 37), CacheLayout(AttentionPattern(Kind.COLUMN, 6), 37),
+    CacheLayout(AttentionPattern(Kind.COLUMN, 8), 40), CacheLayout(AttentionPattern(Kind.PREV_BLOCK, 7), 40),
+    CacheLayout(AttentionPattern(Kind.PRIME, prime_len=12), 40), CacheLayout(AttentionPattern(Kind.CROSS), 40, enc_length=11),
 ]
 POSITIONS = [0, 1, 4, 5, 6, 7, 8, 13, 14, 20, 35, 36]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -67,7 +67,7 @@ def test_split_cache_matches_the_reference(layout, splits, monkeypatch):
 def test_released_head_widths_on_a_long_dense_cache(d, dtype):
     # 600 slots: long enough that the launcher itself splits the cache.
     dev = kernel_device()
-    layout = CacheLayout(AttentionPattern(0), 600)
+    layout = CacheLayout(AttentionPattern(Kind.DENSE), 600)
     assert decode_kernels.splits_for(2, layout.span, d) > 1
     k = torch.randn(1, 2, layout.size, d).to(dev, dtype)
     v, q = torch.randn_like(k), torch.randn(1, 2, d).to(dev, dtype)
@@ -85,7 +85,7 @@ def test_released_head_widths_on_a_long_dense_cache(d, dtype):
 
 def test_widest_head_and_a_batch_of_samples():
     dev = kernel_device()
-    layout = CacheLayout(AttentionPattern(2, 4), 24)
+    layout = CacheLayout(AttentionPattern(Kind.COLUMN, 4), 24)
     k = torch.randn(16, 1, layout.size, 480, device=dev)
     v, q = torch.randn_like(k), torch.randn(16, 1, 480, device=dev)
     pos = torch.tensor([22], device=dev)

@@ -72,7 +72,8 @@ def test_bad_input_is_an_error_that_says_what_came():
 
 def test_a_schedule_outside_the_cache_is_refused():
     stack = random_stack(1, 40, 3, 5, 71, layouts=LAYOUTS[1:2])
-    weights, k, v, schedule, heads, res_scale, eps = stack.packed
+    decode_layers(torch.randn(1, 40), stack, torch.tensor([0]), backend="cpp")  # packs the stack
+    weights, k, v, schedule, heads, res_scale, eps = stack.state["cpp"]
     schedule = schedule.clone()
     schedule[0, 5, 2] = stack.layers[0].k.shape[2] + 1  # hi past the block's 8 slots
     out = torch.empty(1, 40)

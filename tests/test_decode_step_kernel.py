@@ -80,7 +80,7 @@ def test_a_split_cache_inside_the_step(monkeypatch):
         position = torch.tensor([p], device=dev)
         torch.testing.assert_close(decode_layers(x, ours, position, backend="triton"),
                                    decode_layers(x, ref, position, backend="torch"), rtol=1e-4, atol=2e-5)
-    assert all(int(c.abs().sum()) == 0 for _, _, c in ours.triton.splits if c is not None)  # counters back at 0
+    assert all(int(c.abs().sum()) == 0 for _, _, c in ours.state["triton"].splits if c is not None)  # counters at 0
 
 
 def test_a_step_is_bit_repeatable():
@@ -166,7 +166,9 @@ def test_a_decode_step_converts_no_weight(backend, dtype, traced):
     start = torch.zeros(2, 1, prior.prior.width, device=dev)  # the label model's start embedding
     with use_backend(decode_layers=backend):
         decoder = IncrementalDecoder(prior.prior, 2, y_cond=start, dtype=dtype)
-    weights = {w.data_ptr() for layer in decoder.stack.layers for w in layer.weights}
+    prepared = decoder.stack.state[backend]  # the step's own weights, made when the decoder was
+    prepared = prepared if backend == "torch" else prepared.weights
+    weights = {w.data_ptr() for layer in prepared for w in layer}
     weights |= {p.data_ptr() for p in prior.prior.transformer.parameters()}
     decoder.step(None)
     with ops:
@@ -174,5 +176,4 @@ def test_a_decode_step_converts_no_weight(backend, dtype, traced):
     conversions = [f for f, tensors in ops.calls if f.overloadpacket.__name__ in ("_to_copy", "to", "copy_")
                    and any(t.data_ptr() in weights for t in tensors)]
     assert not conversions, conversions
-    assert all(w.dtype == dtype for layer in decoder.stack.layers for i, w in enumerate(layer.weights)
-               if i not in (0, 1, 6, 7))
+    assert all(w.dtype == dtype for layer in prepared for i, w in enumerate(layer) if i not in (0, 1, 6, 7))

@@ -94,3 +94,13 @@ def test_make_vqvae_refuses_impossible_hparams(override, message):
 def test_presets_listed_by_kind():
     assert hparams.names(hparams.VQVAEHparams) == ["tiny_vqvae", "vqvae"]
     assert "tiny_top_prior" in hparams.names(hparams.PriorHparams) and "vqvae" not in hparams.names(hparams.PriorHparams)
+
+
+def test_fields_kept_only_for_recorded_checkpoints_refuse_other_values():
+    from jukebox_fast.hparams import COMPAT_ONLY, PriorHparams
+
+    assert set(COMPAT_ONLY) <= {f.name for f in dataclasses.fields(PriorHparams)}
+    for field, value in (("spread", 4), ("pos_init", True), ("prime_spread", 2)):
+        with pytest.raises(ValueError, match=f"{field}={value!r} is not supported"):
+            hparams.get("tiny_top_prior", **{field: value})
+    hparams.get("tiny_top_prior", c_res=1, prime_c_res=0)  # memory-only switches: accepted, and without effect

@@ -17,7 +17,6 @@ kernel sources it compiled. These tests hold the table to the code:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +43,9 @@ def committed():
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     """The sample configurations compiled here, one report per Triton version."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from jukebox_fast.dispatch import interpreter_on
+
+    if interpreter_on():
         pytest.skip("the resource check compiles for the GPU; it runs without TRITON_INTERPRET")
     out = tmp_path_factory.mktemp("resources") / "reports.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"), "--sample", "--json", str(out),

@@ -10,7 +10,7 @@ import jukebox_fast.sample as sample_mod
 from jukebox_fast import dispatch, extension, make_prior, make_vqvae, text
 from jukebox_fast.dispatch import use_backend
 from jukebox_fast.models.decoding import IncrementalDecoder
-from jukebox_fast.ops import AttentionPattern, CacheLayout, decode_attention
+from jukebox_fast.ops import AttentionPattern, CacheLayout, Kind, decode_attention
 from jukebox_fast.sample import (Sampling, Song, draw, filter_logits, generate, get_starts, inverse_cdf, sample_level,
                                  sample_window)
 from prior_inputs import codes, labels
@@ -178,7 +178,7 @@ def test_generate_writes_audio(tmp_path):
 
 
 def test_decode_attention_rejects_bad_input():
-    layout = CacheLayout(AttentionPattern(1, 4), 16)
+    layout = CacheLayout(AttentionPattern(Kind.BLOCK, 4), 16)
     q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match="one-element int64"):
         decode_attention(q, k, k, layout, 3)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from jukebox_fast.ops import AttentionPattern, layer_kinds, prime_window, sparse_attention
+from jukebox_fast.ops import AttentionPattern, Kind, layer_kinds, prime_window, sparse_attention
 import jukebox_fast.ops.attention as attention_mod
 
 
@@ -19,9 +19,9 @@ def dense_masked(q, k, v, pattern, scale):
     return (p @ v.double()).to(v.dtype)
 
 
-PATTERNS = [AttentionPattern(0), AttentionPattern(1, block_ctx=8), AttentionPattern(2, block_ctx=8),
-            AttentionPattern(3, block_ctx=8), AttentionPattern(7, prime_len=prime_window(20, 4)),
-            AttentionPattern(1, block_ctx=5), AttentionPattern(2, block_ctx=12), AttentionPattern(3, block_ctx=6)]
+PATTERNS = [AttentionPattern(Kind.DENSE), AttentionPattern(Kind.BLOCK, block_ctx=8), AttentionPattern(Kind.COLUMN, block_ctx=8),
+            AttentionPattern(Kind.PREV_BLOCK, block_ctx=8), AttentionPattern(Kind.PRIME, prime_len=prime_window(20, 4)),
+            AttentionPattern(Kind.BLOCK, block_ctx=5), AttentionPattern(Kind.COLUMN, block_ctx=12), AttentionPattern(Kind.PREV_BLOCK, block_ctx=6)]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: f"{p.name}-bc{p.block_ctx}-P{p.prime_len}")
@@ -36,7 +36,7 @@ def test_reference_equals_dense_masked_attention(pattern, lq):
 
 def test_cross_attention_sees_every_encoder_state():
     q, k, v = torch.randn(1, 2, 30, 8), torch.randn(1, 2, 11, 8), torch.randn(1, 2, 11, 8)
-    pattern = AttentionPattern(6)
+    pattern = AttentionPattern(Kind.CROSS)
     torch.testing.assert_close(sparse_attention(q, k, v, pattern), dense_masked(q, k, v, pattern, 8**-0.5))
 
 
@@ -44,31 +44,31 @@ def test_pattern_definitions_by_example():
     # Query 9 with block_ctx 4 (block 2, column 1), P = 6.
     keys = torch.arange(12)
     seen = lambda pat: keys[pat.visible(torch.tensor([9]), keys)[0]].tolist()
-    assert seen(AttentionPattern(0)) == list(range(10))
-    assert seen(AttentionPattern(1, block_ctx=4)) == [8, 9]
-    assert seen(AttentionPattern(2, block_ctx=4)) == [1, 5, 9]
-    assert seen(AttentionPattern(3, block_ctx=4)) == [4, 5, 6, 7]
-    assert seen(AttentionPattern(7, prime_len=6)) == [0, 1, 2, 3, 4, 5]
+    assert seen(AttentionPattern(Kind.DENSE)) == list(range(10))
+    assert seen(AttentionPattern(Kind.BLOCK, block_ctx=4)) == [8, 9]
+    assert seen(AttentionPattern(Kind.COLUMN, block_ctx=4)) == [1, 5, 9]
+    assert seen(AttentionPattern(Kind.PREV_BLOCK, block_ctx=4)) == [4, 5, 6, 7]
+    assert seen(AttentionPattern(Kind.PRIME, prime_len=6)) == [0, 1, 2, 3, 4, 5]
     assert prime_window(384, 64) == 448  # the 1b_lyrics quirk: 64 music tokens beyond the lyrics
 
 
 def test_previous_block_attention_of_block_zero_is_exactly_zero():
     q, k, v = torch.randn(1, 1, 16, 4), torch.randn(1, 1, 16, 4), torch.randn(1, 1, 16, 4)
-    out = sparse_attention(q, k, v, AttentionPattern(3, block_ctx=4))
+    out = sparse_attention(q, k, v, AttentionPattern(Kind.PREV_BLOCK, block_ctx=4))
     assert torch.equal(out[..., :4, :], torch.zeros(1, 1, 4, 4))
     assert out[..., 4:, :].abs().sum() > 0
 
 
 def test_masked_chunks_do_not_change_the_answer(monkeypatch):
     q, k, v = torch.randn(1, 2, 40, 6), torch.randn(1, 2, 40, 6), torch.randn(1, 2, 40, 6)
-    pattern = AttentionPattern(0)
+    pattern = AttentionPattern(Kind.DENSE)
     whole = sparse_attention(q, k, v, pattern)
     monkeypatch.setattr(attention_mod, "TILE_ELEMENTS", 2 * 40 * 7)  # 7 query rows per chunk
     torch.testing.assert_close(sparse_attention(q, k, v, pattern), whole)
 
 
 def test_gradients_flow_through_every_pattern():
-    for pattern in PATTERNS + [AttentionPattern(6)]:
+    for pattern in PATTERNS + [AttentionPattern(Kind.CROSS)]:
         q, k, v = (torch.randn(1, 2, 24, 4, requires_grad=True) for _ in range(3))
         sparse_attention(q, k, v, pattern).square().sum().backward()
         assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
@@ -78,18 +78,18 @@ def test_long_context_stays_linear_in_memory():
     # 8192 positions with block_ctx 64, as the released priors: the re-blocked path never forms
     # an 8192×8192 matrix (that alone would be 256 MiB per head).
     q = k = v = torch.randn(1, 1, 8192, 16)
-    for kind in (1, 2, 3):
+    for kind in (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK):
         out = sparse_attention(q, k, v, AttentionPattern(kind, block_ctx=64))
         assert out.shape == (1, 1, 8192, 16) and torch.isfinite(out).all()
 
 
 def test_layer_kinds_of_the_released_orders():
     lyr5b = layer_kinds(10, 79)
-    assert [d for d, t in enumerate(lyr5b) if t == 6] == [18, 28, 38, 48, 58, 68, 78]
+    assert [d for d, t in enumerate(lyr5b) if t == Kind.CROSS] == [18, 28, 38, 48, 58, 68, 78]
     lyr1b = layer_kinds(12, 72)
-    assert [d for d, t in enumerate(lyr1b) if t == 7] == [15, 31, 63] and lyr1b[47] == 0
-    assert [lyr1b.count(t) for t in (1, 2, 3)] == [22, 23, 23]
-    assert layer_kinds(2, 6) == [1, 2, 3, 1, 2, 3]
+    assert [d for d, t in enumerate(lyr1b) if t == Kind.PRIME] == [15, 31, 63] and lyr1b[47] == Kind.DENSE
+    assert [lyr1b.count(t) for t in (Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK)] == [22, 23, 23]
+    assert layer_kinds(2, 6) == [Kind.BLOCK, Kind.COLUMN, Kind.PREV_BLOCK] * 2
     with pytest.raises(NotImplementedError, match="summary"):
         layer_kinds(3, 4)
 
@@ -102,6 +102,6 @@ def test_layer_kinds_of_the_released_orders():
 ])
 def test_bad_input_is_a_clear_value_error(args, match):
     with pytest.raises(ValueError, match=match):
-        sparse_attention(*args, AttentionPattern(0))
+        sparse_attention(*args, AttentionPattern(Kind.DENSE))
     with pytest.raises(ValueError, match="attention type must be one of"):
         AttentionPattern(4)

@@ -17,7 +17,7 @@ import jukebox_fast.kernels.attention as kernels  # noqa: E402
 from conftest import kernel_device
 from jukebox_fast import dispatch, hparams, make_prior
 from jukebox_fast.models.transformer import FactoredAttention
-from jukebox_fast.ops import AttentionPattern, buffers, prime_window, sparse_attention
+from jukebox_fast.ops import AttentionPattern, Kind, buffers, prime_window, sparse_attention
 from prior_inputs import codes, labels
 from attention_check import assert_within_twice_the_reference, inputs, oracle, run
 from vq_check import poison
@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
 SMALL_TILES = kernels.AttentionConfig(block_m=16, block_n=16, block_dk=16, block_dv=16)
 PATTERNS = [
-    AttentionPattern(0), AttentionPattern(1, block_ctx=8), AttentionPattern(1, block_ctx=5),
-    AttentionPattern(2, block_ctx=8), AttentionPattern(2, block_ctx=6), AttentionPattern(3, block_ctx=8),
-    AttentionPattern(3, block_ctx=7), AttentionPattern(7, prime_len=prime_window(10, 4)), AttentionPattern(6),
+    AttentionPattern(Kind.DENSE), AttentionPattern(Kind.BLOCK, block_ctx=8), AttentionPattern(Kind.BLOCK, block_ctx=5),
+    AttentionPattern(Kind.COLUMN, block_ctx=8), AttentionPattern(Kind.COLUMN, block_ctx=6), AttentionPattern(Kind.PREV_BLOCK, block_ctx=8),
+    AttentionPattern(Kind.PREV_BLOCK, block_ctx=7), AttentionPattern(Kind.PRIME, prime_len=prime_window(10, 4)), AttentionPattern(Kind.CROSS),
 ]
 # (Lq, Lk): a whole sequence off the tile size, one that is not a multiple of any block_ctx
 # above, the last queries of a longer sequence (prefill of a primed prefix), a single query.
@@ -58,7 +58,7 @@ def test_fp32_outputs_and_gradients_match_the_reference(pattern, lq, lk, dev, sm
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda t: str(t).removeprefix("torch."))
 @pytest.mark.parametrize("pattern", PATTERNS, ids=pattern_id)
 def test_half_precision_is_within_twice_the_references_error(pattern, dtype, dev, small_tiles):
-    lq, lk = (21, 45) if pattern.kind != 6 else (21, 19)
+    lq, lk = (21, 45) if pattern.kind != Kind.CROSS else (21, 19)
     q, k, v = inputs(1, 2, lq, lk, 24, dtype, dev)
     grad_out = torch.randn(1, 2, lq, 24, device=dev).to(dtype)
     assert_within_twice_the_reference(
@@ -67,12 +67,12 @@ def test_half_precision_is_within_twice_the_references_error(pattern, dtype, dev
 
 
 @pytest.mark.parametrize("d,pattern,dtype", [
-    (150, AttentionPattern(2, block_ctx=6), torch.float32),  # 5b's width: chunks of 32, one 256-wide slice
-    (480, AttentionPattern(1, block_ctx=8), torch.bfloat16),  # the upsamplers': two 256-wide slices
-    (80, AttentionPattern(6), torch.float16),  # the lyric encoder's: chunks of 16
+    (150, AttentionPattern(Kind.COLUMN, block_ctx=6), torch.float32),  # 5b's width: chunks of 32, one 256-wide slice
+    (480, AttentionPattern(Kind.BLOCK, block_ctx=8), torch.bfloat16),  # the upsamplers': two 256-wide slices
+    (80, AttentionPattern(Kind.CROSS), torch.float16),  # the lyric encoder's: chunks of 16
 ], ids=["d150-column-fp32", "d480-block-bf16", "d80-cross-fp16"])
 def test_released_head_widths_with_the_default_tiles(d, pattern, dtype, dev):
-    lq, lk = 33, (33 if pattern.kind != 6 else 12)
+    lq, lk = 33, (33 if pattern.kind != Kind.CROSS else 12)
     q, k, v = inputs(1, 1, lq, lk, d, dtype, dev)
     grad_out = torch.randn(1, 1, lq, d, device=dev).to(dtype)
     got = run(q, k, v, pattern, "triton", grad_out)
@@ -86,7 +86,7 @@ def test_released_head_widths_with_the_default_tiles(d, pattern, dtype, dev):
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=pattern_id)
 def test_deterministic_backward_is_bit_repeatable_and_agrees_with_atomics(pattern, dev, small_tiles):
-    q, k, v = inputs(2, 1, 35, 35 if pattern.kind != 6 else 9, 16, device=dev)
+    q, k, v = inputs(2, 1, 35, 35 if pattern.kind != Kind.CROSS else 9, 16, device=dev)
     grad_out = torch.randn(2, 1, 35, 16, device=dev)
     torch.use_deterministic_algorithms(True)
     try:
@@ -108,7 +108,7 @@ def test_deterministic_backward_is_bit_repeatable_and_agrees_with_atomics(patter
 def test_random_shapes_and_patterns(kind, block_ctx, prime, lk, q_frac, d, heads, seed):
     torch.manual_seed(seed)
     pattern = AttentionPattern(kind, block_ctx, prime)
-    lq = max(1, round(q_frac * lk)) if kind != 6 else max(1, round(q_frac * 40))
+    lq = max(1, round(q_frac * lk)) if kind != Kind.CROSS else max(1, round(q_frac * 40))
     dev = kernel_device()
     q, k, v = inputs(1, heads, lq, lk, d, device=dev)
     grad_out = torch.randn(1, heads, lq, d, device=dev)
@@ -128,7 +128,7 @@ def test_strided_views_as_the_model_makes_them(dev, small_tiles):
     proj = torch.randn(n, length, 3 * h * d, device=dev, requires_grad=True)
     q, k, v = (t.view(n, length, h, d).transpose(1, 2) for t in proj.chunk(3, dim=2))
     assert not q.is_contiguous()
-    pattern = AttentionPattern(2, block_ctx=6)
+    pattern = AttentionPattern(Kind.COLUMN, block_ctx=6)
     out = sparse_attention(q, k, v, pattern, backend="triton")
     assert out.transpose(1, 2).is_contiguous()
     (grad,) = torch.autograd.grad(out.square().sum(), proj)
@@ -140,7 +140,7 @@ def test_strided_views_as_the_model_makes_them(dev, small_tiles):
 
 def test_empty_query_set(dev):
     q, k, v = inputs(1, 2, 0, 7, 8, device=dev)
-    out = sparse_attention(q, k, v, AttentionPattern(0), backend="triton")
+    out = sparse_attention(q, k, v, AttentionPattern(Kind.DENSE), backend="triton")
     assert out.shape == (1, 2, 0, 8)
     out.sum().backward()
     assert k.grad.abs().sum() == 0
@@ -148,13 +148,13 @@ def test_empty_query_set(dev):
 
 def test_auto_takes_the_kernel_and_says_why_not(dev):
     q = k = v = torch.randn(1, 1, 8, 4, device=dev)
-    assert dispatch.resolve("sparse_attention", q, k, v, AttentionPattern(0), 0.5).name == "triton"
+    assert dispatch.resolve("sparse_attention", q, k, v, AttentionPattern(Kind.DENSE), 0.5).name == "triton"
     wide = torch.randn(1, 1, 8, kernels.MAX_HEAD_DIM + 1, device=dev)
-    assert dispatch.resolve("sparse_attention", wide, wide, wide, AttentionPattern(0), 0.5).name == "torch"
+    assert dispatch.resolve("sparse_attention", wide, wide, wide, AttentionPattern(Kind.DENSE), 0.5).name == "torch"
     with pytest.raises(dispatch.BackendUnavailableError, match="heads up to d=512"):
-        sparse_attention(wide, wide, wide, AttentionPattern(0), backend="triton")
+        sparse_attention(wide, wide, wide, AttentionPattern(Kind.DENSE), backend="triton")
     with pytest.raises(dispatch.BackendUnavailableError, match="one dtype"):
-        sparse_attention(q, k.half(), v, AttentionPattern(0), backend="triton")
+        sparse_attention(q, k.half(), v, AttentionPattern(Kind.DENSE), backend="triton")
 
 
 def _prior_step(name: str, dev: str, **overrides):

@@ -295,3 +295,24 @@ def test_the_three_tf32_products_are_as_accurate_as_one_fp32_product(dev):
     err = ((out.double() - exact).abs() / scale).max().item()
     ref_err = (((a @ b).double() - exact).abs() / scale).max().item()
     assert err <= 2 * ref_err + 2 * torch.finfo(torch.float32).eps, (err, ref_err)
+
+
+def test_torch_compile_sees_each_search_as_one_custom_op(dev):
+    # Wired as sparse attention is: a torch.library custom op with a fake implementation, so a
+    # compiled graph holds one node per call, with no graph break around the kernel.
+    x, c = torch.randn(37, 16, device=dev), torch.randn(50, 16, device=dev)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def both(x, c):
+        q = vq_quantise(x, c, backend="triton")
+        return vq_nearest(x, c, check_finite=False, backend="triton")[1].sum() + q.commit + q.sums.sum()
+
+    got = torch.compile(both, backend=record, fullgraph=True)(x, c)  # fullgraph: a break raises
+    targets = [n.target for n in graphs[0].graph.nodes]
+    assert targets.count(torch.ops.jukebox_fast.vq_search.default) == 1
+    assert targets.count(torch.ops.jukebox_fast.vq_quantise.default) == 1
+    torch.testing.assert_close(got, both(x, c))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import dispatch, ops
-from ..ops.decode import CacheLayout
-from ..ops.decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, check_inputs, step_weights
+from .. import ops
 from .transformer import ConditionalAutoregressive2D, FactoredAttention
 
 __all__ = ["IncrementalDecoder"]
@@ -37,8 +35,9 @@ class IncrementalDecoder:
         dtype: the transformer body's dtype (default: bf16 on a GPU, else the embeddings', fp32);
             fp16/bf16 runs the body and keeps the caches in half precision, with embeddings,
             logits, LayerNorm statistics and softmax in fp32, as the original samples with
-            ``fp16=True``. The layers' weights are converted to the body's dtype once, here
-            (:func:`~jukebox_fast.ops.decode_layers.step_weights`), never per step.
+            ``fp16=True``. The layers' weights are put in the form the decode step reads once,
+            when the op binds the stack (:func:`~jukebox_fast.ops.bind_decode_layers`), never
+            per step.
     """
 
     def __init__(self, ar: ConditionalAutoregressive2D, n: int, x_cond: torch.Tensor | None = None,
@@ -53,18 +52,21 @@ class IncrementalDecoder:
         self.x_cond, self.y_cond = x_cond, y_cond
         self.position = torch.zeros(1, dtype=torch.int64, device=self.device)  # the next position
         self.caches = [self._cache(layer, encoder_kv) for layer in ar.transformer._attn_mods]
-        self.stack = DecodeStack(self.caches)
+        self.stack = ops.DecodeStack(self.caches)
         self._graph = None
-        self._layers = self._layers_impl()
+        # The op checks the stack, chooses its implementation and readies its state once: a step
+        # then pays for no checks or choice in Python. x stands in for a step's rows.
+        x = torch.zeros(self.n, self.ar.width, dtype=self.dtype, device=self.device)
+        self._layers = ops.bind_decode_layers(x, self.stack, self.position)
 
-    def _cache(self, layer, encoder_kv: torch.Tensor | None) -> DecodeLayer:
+    def _cache(self, layer, encoder_kv: torch.Tensor | None) -> ops.DecodeLayer:
         """The layer's weights and its static caches [N, H, slots, d], preallocated at the size
         its pattern needs; a cross-attention layer's are the lyric states' keys and values."""
         attn = layer.attn
-        cross = attn.pattern.kind == 6
+        cross = attn.pattern.cross
         if cross and encoder_kv is None:
             raise ValueError("this model has cross-attention layers: pass the lyric encoder's states")
-        layout = CacheLayout(attn.pattern, self.ar.length, encoder_kv.shape[1] if cross else 0)
+        layout = ops.CacheLayout(attn.pattern, self.ar.length, encoder_kv.shape[1] if cross else 0)
         shape = (self.n, attn.n_head, layout.size, attn.n_state // attn.n_head)
         k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         v = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -73,25 +75,8 @@ class IncrementalDecoder:
                 ek, ev = attn.c_enc_kv(encoder_kv.to(self.dtype)).chunk(2, dim=2)
             k.copy_(attn._heads(ek))
             v.copy_(attn._heads(ev))
-        weights = step_weights([layer.get_parameter(name) for name in WEIGHT_NAMES], self.dtype)
-        return DecodeLayer(weights, k, v, layout, attn.n_head, layer.res_scale, layer.ln_0.eps)
-
-    def _stream_16_bit(self) -> None:
-        """The C++ step streams 16-bit projection matrices as stored (half the bytes of fp32)."""
-        for cache, layer in zip(self.caches, self.ar.transformer._attn_mods):
-            cache.weights = step_weights([layer.get_parameter(name) for name in WEIGHT_NAMES], self.dtype,
-                                         stream_16_bit=True)
-
-    def _layers_impl(self):
-        """The decode_layers implementation for this stack, checked and resolved once through the
-        dispatch (shapes and dtypes are fixed for the decoder's life): a step then pays for no
-        checks or dispatch in Python."""
-        x = torch.zeros(self.n, self.ar.width, dtype=self.dtype, device=self.device)  # stands in for a step's rows
-        check_inputs(x, self.stack, self.position)
-        impl = dispatch.resolve("decode_layers", x, self.stack, self.position)
-        if impl.name == "cpp":
-            self._stream_16_bit()
-        return impl.fn
+        weights = tuple(layer.get_parameter(name).detach() for name in ops.WEIGHT_NAMES)  # as the model holds them
+        return ops.DecodeLayer(weights, k, v, layout, attn.n_head, layer.res_scale, layer.ln_0.eps)
 
     # -- pieces shared by prefill and step ----------------------------------------------------------
     def _cond(self, positions: torch.Tensor) -> torch.Tensor | None:
@@ -136,9 +121,9 @@ class IncrementalDecoder:
         self.position.fill_(c)
         return self._logits(x, cond)
 
-    def _prefill_attn(self, attn: FactoredAttention, x: torch.Tensor, cache: DecodeLayer, positions) -> torch.Tensor:
+    def _prefill_attn(self, attn: FactoredAttention, x: torch.Tensor, cache: ops.DecodeLayer, positions) -> torch.Tensor:
         h = attn.c_attn(x)
-        if attn.pattern.kind == 6:
+        if attn.pattern.cross:
             q, k, v = attn._heads(h), cache.k, cache.v
         else:
             q, k, v = (attn._heads(t) for t in h.chunk(3, dim=2))  # [N, H, c, d]

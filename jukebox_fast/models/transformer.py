@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..ops.patterns import AttentionPattern, layer_kinds, prime_window
+from ..ops import AttentionPattern, Kind, layer_kinds, prime_window
 
 __all__ = ["Conv1D", "LayerNorm", "MLP", "FactoredAttention", "ResAttnBlock", "Transformer",
            "PositionEmbedding", "ConditionalAutoregressive2D"]
@@ -70,7 +70,7 @@ class FactoredAttention(nn.Module):
                  resid_dropout: float = 0.0, zero_out: bool = False, init_scale: float = 1.0):
         super().__init__()
         self.n_state, self.n_head, self.pattern = n_state, n_head, pattern
-        if pattern.kind == 6:  # cross-attention: q from x, k and v from the encoder states
+        if pattern.cross:  # cross-attention: q from x, k and v from the encoder states
             self.c_attn = Conv1D(n_in, n_state, init_scale=init_scale)
             self.c_enc_kv = Conv1D(n_in, n_state * 2, init_scale=init_scale)
         else:
@@ -84,7 +84,7 @@ class FactoredAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
         h = self.c_attn(x)
-        if self.pattern.kind == 6:
+        if self.pattern.cross:
             if encoder_kv is None:
                 raise ValueError("a cross-attention layer needs the lyric encoder's states (encoder_kv)")
             q = h
@@ -136,7 +136,7 @@ class Transformer(nn.Module):
         self.kinds = layer_kinds(attn_order, depth)
         self._attn_mods = nn.ModuleList(
             ResAttnBlock(width, n_head, AttentionPattern(kind, block_ctx, prime), m_attn, m_mlp, resid_dropout,
-                         zero_out or kind == 6, init_scale, 1.0 / depth if res_scale else 1.0)
+                         zero_out or kind == Kind.CROSS, init_scale, 1.0 / depth if res_scale else 1.0)
             for kind in self.kinds
         )
 
@@ -149,7 +149,7 @@ class Transformer(nn.Module):
         if fp16:
             x = x.half()
         for layer in self._attn_mods:
-            x = layer(x, encoder_kv if layer.attn.pattern.kind == 6 else None)
+            x = layer(x, encoder_kv if layer.attn.pattern.cross else None)
         return x.float() if fp16 else x
 
     def states(self, x: torch.Tensor, layers, encoder_kv: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
@@ -161,7 +161,7 @@ class Transformer(nn.Module):
             raise ValueError(f"layers are numbered 1..{len(self._attn_mods)} here, got {list(layers)}")
         out = {}
         for i, layer in enumerate(self._attn_mods[: wanted[-1]], start=1):
-            x = layer(x, encoder_kv if layer.attn.pattern.kind == 6 else None)
+            x = layer(x, encoder_kv if layer.attn.pattern.cross else None)
             if i in wanted:
                 out[i] = x
         return out

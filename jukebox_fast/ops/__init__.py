@@ -5,10 +5,11 @@ registration of its implementations with :mod:`jukebox_fast.dispatch`. Importing
 registers them all.
 """
 from .attention import sparse_attention, sparse_attention_reference
-from .decode import CacheLayout, decode_attention, decode_attention_reference
-from .decode_layers import DecodeLayer, DecodeStack, decode_layers, decode_layers_reference
+from .decode import decode_attention, decode_attention_reference
+from .decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, decode_layers, decode_layers_reference
+from .decode_layers import bind as bind_decode_layers
 from .resblock import dilated_resblock, dilated_resblock_reference
-from .patterns import AttentionPattern, layer_kinds, prime_window
+from .patterns import AttentionPattern, CacheLayout, Kind, layer_kinds, prime_window
 from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
 
 __all__ = [
@@ -16,7 +17,10 @@ __all__ = [
     "CacheLayout",
     "DecodeLayer",
     "DecodeStack",
+    "Kind",
     "Quantised",
+    "WEIGHT_NAMES",
+    "bind_decode_layers",
     "decode_attention",
     "decode_attention_reference",
     "decode_layers",

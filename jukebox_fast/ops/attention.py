@@ -18,7 +18,7 @@ import torch
 
 from .. import dispatch
 from . import buffers
-from .patterns import AttentionPattern
+from .patterns import AttentionPattern, Kind
 
 __all__ = ["sparse_attention", "sparse_attention_reference", "sparse_attention_triton", "TILE_ELEMENTS"]
 
@@ -42,7 +42,7 @@ def check_inputs(q, k, v, pattern) -> None:
         raise ValueError(
             f"sparse_attention: q is {tuple(q.shape)} and k is {tuple(k.shape)}; batch, heads and "
             "head width must match")
-    if pattern.kind != 6 and q.shape[2] > k.shape[2]:
+    if not pattern.cross and q.shape[2] > k.shape[2]:
         raise ValueError(
             f"sparse_attention: {pattern.name} attention takes queries that are the last positions "
             f"of the key sequence, so Lq <= Lk; got Lq={q.shape[2]}, Lk={k.shape[2]}")
@@ -66,7 +66,7 @@ def _masked(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
     """Any pattern, any Lq <= Lk: the pattern's mask over query chunks."""
     n, h, lq, _ = q.shape
     lk = k.shape[2]
-    offset = 0 if pattern.kind == 6 else lk - lq
+    offset = 0 if pattern.cross else lk - lq
     k_pos = torch.arange(lk, device=q.device)
     rows = max(1, TILE_ELEMENTS // max(1, n * h * lk))
     outs = []
@@ -80,19 +80,19 @@ def _masked(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
 
 
 def _blocked(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
-    """Types 1-3 on a whole sequence (Lq = Lk, a multiple of block_ctx), re-blocked as the original."""
+    """The blocked types on a whole sequence (Lq = Lk, a multiple of block_ctx), re-blocked as the original."""
     n, h, length, d = q.shape
     bc = pattern.block_ctx
     nb = length // bc
     q, k, v = (t.reshape(n, h, nb, bc, d) for t in (q, k, v))  # [N, H, blocks, bc, d]
-    if pattern.kind == 1:  # causal inside each block
+    if pattern.kind == Kind.BLOCK:  # causal inside each block
         causal = torch.ones(bc, bc, dtype=torch.bool, device=q.device).tril_()
         out = _attend(_logits(q, k, scale), causal, v)
-    elif pattern.kind == 2:  # causal along each column: position t of every block
+    elif pattern.kind == Kind.COLUMN:  # causal along each column: position t of every block
         q, k, v = (t.transpose(2, 3) for t in (q, k, v))  # [N, H, bc, blocks, d]
         causal = torch.ones(nb, nb, dtype=torch.bool, device=q.device).tril_()
         out = _attend(_logits(q, k, scale), causal, v).transpose(2, 3)
-    else:  # 3: every query block sees the whole previous block; block 0 sees zeros
+    else:  # previous block: every query block sees the whole previous block; block 0 sees zeros
         pad = torch.zeros_like(k[:, :, :1])
         k = torch.cat([pad, k[:, :, :-1]], dim=2)
         v = torch.cat([pad, v[:, :, :-1]], dim=2)
@@ -105,7 +105,7 @@ def sparse_attention_reference(
 ) -> torch.Tensor:
     """PyTorch reference: the oracle for the kernels and the CPU implementation (differentiable)."""
     length = k.shape[2]
-    if pattern.kind in (1, 2, 3) and q.shape[2] == length and length % pattern.block_ctx == 0:
+    if pattern.blocked and q.shape[2] == length and length % pattern.block_ctx == 0:
         return _blocked(q, k, v, pattern, scale)
     return _masked(q, k, v, pattern, scale)
 
@@ -255,7 +255,7 @@ _triton_forward.register_autograd(_backward, setup_context=_setup_context)
 def sparse_attention_triton(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
     """The Triton kernels (kernels/attention.py), differentiable; the output is [N, H, Lq, d]
     laid out as [N, Lq, H, d]."""
-    return _triton_forward(q, k, v, pattern.kind, pattern.block_ctx, pattern.prime_len, scale)[0]
+    return _triton_forward(q, k, v, *pattern.kernel_args(), scale)[0]
 
 
 dispatch.define_op(

@@ -63,7 +63,7 @@ def visible_pairs(pattern: AttentionPattern, lq: int, lk: int, chunk: int = 1024
     k_pos = torch.arange(lk)
     for start in range(0, lq, chunk):
         q_pos = torch.arange(start, min(lq, start + chunk))
-        if pattern.kind != 6:
+        if not pattern.cross:
             q_pos = q_pos + (lk - lq)  # the queries are the last lq positions of the keys' sequence
         total += int(pattern.visible(q_pos, k_pos).sum())
     return total

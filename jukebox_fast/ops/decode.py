@@ -1,7 +1,7 @@
 """The ``decode_attention`` op: one new query per sample against a layer's static KV cache.
 
 Each attention pattern keeps only the keys it can ever need again, in a preallocated buffer
-written in place by position (:class:`CacheLayout` is the one definition of where a position
+written in place by position (:class:`~jukebox_fast.ops.patterns.CacheLayout` is the one definition of where a position
 lives and which slots the newest query sees):
 
 ====  ============  ==========================  ===================================================
@@ -22,90 +22,17 @@ step can be captured in a CUDA graph.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .. import dispatch
 from . import buffers
 from .attention import head_reasons
-from .patterns import AttentionPattern
+from .patterns import CacheLayout
 
 __all__ = ["CacheLayout", "decode_attention", "decode_attention_reference"]
 
 _MASKED = -1e9  # the original's value for hidden logits
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    """Where one layer keeps its keys and values for a sequence of ``length`` positions
-    (``enc_length`` encoder states for cross-attention)."""
-
-    pattern: AttentionPattern
-    length: int
-    enc_length: int = 0
-
-    @property
-    def blocks(self) -> int:
-        return -(-self.length // self.pattern.block_ctx)
-
-    @property
-    def size(self) -> int:
-        """Slots in the buffer."""
-        kind, bc = self.pattern.kind, self.pattern.block_ctx
-        return {0: self.length, 1: bc, 2: bc * self.blocks, 3: 2 * bc, 6: self.enc_length,
-                7: self.pattern.prime_len + 1}[kind]
-
-    @property
-    def span(self) -> int:
-        """The most slots one query sees (its visible run is at most this long)."""
-        kind, bc = self.pattern.kind, self.pattern.block_ctx
-        return {0: self.length, 1: bc, 2: self.blocks, 3: bc, 6: self.enc_length, 7: self.pattern.prime_len}[kind]
-
-    def slots(self, positions: torch.Tensor) -> torch.Tensor:
-        """Slot of each position (int64 tensor, any shape)."""
-        kind, bc = self.pattern.kind, self.pattern.block_ctx
-        if kind == 0:
-            return positions
-        if kind == 1:
-            return positions % bc
-        if kind == 2:
-            return (positions % bc) * self.blocks + positions // bc
-        if kind == 3:
-            return positions % (2 * bc)
-        if kind == 7:
-            return positions.clamp(max=self.pattern.prime_len)  # past the window: the scratch slot
-        raise ValueError("cross-attention caches are filled from the encoder, not by position")
-
-    def kept(self, count: int) -> range:
-        """Positions among 0..count−1 whose keys are still needed after them (the last ones
-        written to each slot)."""
-        kind, bc = self.pattern.kind, self.pattern.block_ctx
-        ring = {1: bc, 3: 2 * bc}.get(kind)
-        if ring:
-            return range(max(0, count - ring), count)
-        if kind == 7:
-            return range(min(count, self.pattern.prime_len))
-        return range(count)
-
-    def visible(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[lo, hi) slots the query at ``position`` (after its own key is written) may see."""
-        kind, bc = self.pattern.kind, self.pattern.block_ctx
-        p = position
-        if kind == 0:
-            return torch.zeros_like(p), p + 1
-        if kind == 1:
-            return torch.zeros_like(p), p % bc + 1
-        if kind == 2:
-            lo = (p % bc) * self.blocks
-            return lo, lo + p // bc + 1
-        if kind == 3:
-            block = p // bc
-            lo = torch.where(block > 0, ((block - 1) % 2) * bc, 0)
-            return lo, torch.where(block > 0, lo + bc, 0)
-        if kind == 6:
-            return torch.zeros_like(p), torch.full_like(p, self.enc_length)
-        return torch.zeros_like(p), p.clamp(max=self.pattern.prime_len - 1) + 1
 
 
 def check_inputs(q, k, v, layout, position) -> None:
@@ -178,6 +105,12 @@ def multiprocessors(device: torch.device) -> int:
 
 
 def decode_attention_triton(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
+    """The Triton kernel on q, k, v as the model passes them: the body of the custom op below,
+    and what the resource check compiles (``benchmarks/kernel_resources.py``)."""
+    return _launch(q, k, v, position, layout.kernel_args(), layout.span, scale)
+
+
+def _launch(q, k, v, position, args: tuple[int, ...], span: int, scale: float) -> torch.Tensor:
     from ..kernels import decode as kernels
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -185,15 +118,32 @@ def decode_attention_triton(q, k, v, layout: CacheLayout, position, scale: float
     out = buffers.new_empty(tuple(q.shape), v.dtype, q.device)
     if out.numel():
         # Split the cache where one program per (sample, head) leaves SMs idle (flash-decoding).
-        splits = kernels.splits_for(n * h, layout.span, d, multiprocessors(q.device))
+        splits = kernels.splits_for(n * h, span, d, multiprocessors(q.device))
         partials = counts = None
         if splits > 1:  # scratch [N·H, splits, BLOCK_D + 2]: each share's acc, max and sum; a counter each
             width = kernels.decode_config(d)["BLOCK_D"] + 2
             partials = torch.empty(n * h, splits, width, dtype=torch.float32, device=q.device)
             counts = torch.zeros(n * h, dtype=torch.int32, device=q.device)
-        kernels.decode(q, k, v, out, position, layout.pattern.kind, layout.pattern.block_ctx, layout.blocks,
-                       layout.pattern.prime_len, layout.enc_length, scale, splits, partials, counts)
+        kernels.decode(q, k, v, out, position, *args, scale, splits, partials, counts)
     return out
+
+
+# As every op's kernels: a torch.library custom op with a fake implementation, so torch.compile
+# sees one node with a known output.
+@torch.library.custom_op("jukebox_fast::decode_attention", mutates_args=())
+def _decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor, kind: int,
+                         block_ctx: int, blocks: int, prime_len: int, enc_length: int, span: int,
+                         scale: float) -> torch.Tensor:
+    return _launch(q, k, v, position, (kind, block_ctx, blocks, prime_len, enc_length), span, scale)
+
+
+@_decode_attention_op.register_fake
+def _(q, k, v, position, kind, block_ctx, blocks, prime_len, enc_length, span, scale):
+    return q.new_empty(q.shape, dtype=v.dtype)
+
+
+def _triton_call(q, k, v, layout: CacheLayout, position, scale: float) -> torch.Tensor:
+    return _decode_attention_op(q, k, v, position, *layout.kernel_args(), layout.span, float(scale))
 
 
 dispatch.define_op(
@@ -202,7 +152,7 @@ dispatch.define_op(
     doc="q[N,H,d] at a device position over a static KV cache [N,H,S,d] -> [N,H,d]",
 )
 dispatch.register(
-    "decode_attention", "triton", decode_attention_triton, supports=triton_supports,
+    "decode_attention", "triton", _triton_call, supports=triton_supports,
     note="Triton kernel (kernels/decode.py): reads only the slots the pattern needs",
 )
 dispatch.register(

@@ -9,9 +9,12 @@ that position into its cache. A layer is the prior's pre-LN block:
 
 with ``mlp(h) = c_proj(quick_gelu(c_fc(h)))`` and the attention restricted by the layer's
 :class:`~jukebox_fast.ops.decode.CacheLayout`. A :class:`DecodeStack` holds what a step reads:
-per layer its weights (``WEIGHT_NAMES``, the original's attribute names), its cache and layout.
-:func:`step_weights` puts a model's weights in the form a step reads, once, when a decoder is
-made: a step itself never converts a weight.
+per layer its weights (``WEIGHT_NAMES``, the original's attribute names, as the model stores
+them), its cache and layout. Each implementation puts the weights in the form its step reads
+(:func:`step_weights`: the caches' dtype, or 16-bit matrices kept as stored for the C++ step)
+once per stack, when :func:`bind` prepares it, and keeps that state with the stack
+(``DecodeStack.state``): a step itself never converts a weight, and the model layer never
+learns which implementation runs.
 
 Implementations, in priority order:
 
@@ -30,8 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,8 @@ from . import buffers
 from .decode import CacheLayout, check_inputs as check_attention_inputs, decode_attention_reference, multiprocessors
 from .decode import triton_supports as attention_triton_supports
 
-__all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "decode_layers", "decode_layers_reference", "step_weights"]
+__all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "bind", "decode_layers", "decode_layers_reference",
+           "step_weights"]
 
 # A layer's weights in the order every implementation takes them: names within the original's
 # ResAttnBlock; projections are Conv1D, weight [in, out].
@@ -83,7 +86,7 @@ class DecodeLayer:
 
     @property
     def cross(self) -> bool:
-        return self.layout.pattern.kind == 6
+        return self.layout.pattern.cross
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """k, v [N, H, len(positions), d] into the slots of ``positions`` (distinct slots)."""
@@ -99,28 +102,35 @@ class DecodeStack:
         if not layers:
             raise ValueError("a DecodeStack needs at least one layer")
         self.layers = list(layers)
+        self.state: dict[str, Any] = {}  # per implementation: what it prepared for this stack
 
-    @cached_property
-    def triton(self) -> "_TritonStep":
-        """The Triton step's buffers for this stack (made on first use, then reused every step)."""
-        return _TritonStep(self)
+    def prepared(self, impl: str, make: Callable[["DecodeStack"], Any]) -> Any:
+        """``impl``'s state for this stack, made by ``make`` on first use and reused every step."""
+        if impl not in self.state:
+            self.state[impl] = make(self)
+        return self.state[impl]
 
-    @cached_property
-    def packed(self) -> tuple:
-        """The stack flattened for the C++ kernel (built on first use, then reused every step):
-        weights, key caches, value caches, the schedule [layers, length, 3] (slot, lo, hi of every
-        position: ``CacheLayout``'s answers tabulated, slot −1 where nothing is written), heads,
-        res_scales, eps."""
-        schedule = torch.stack([_schedule(layer.layout) for layer in self.layers])
-        return ([w for layer in self.layers for w in layer.weights], [layer.k for layer in self.layers],
-                [layer.v for layer in self.layers], schedule, [layer.n_head for layer in self.layers],
-                [float(layer.res_scale) for layer in self.layers], self.layers[0].eps)
+
+def _in_step_dtype(stack: DecodeStack) -> list[tuple[torch.Tensor, ...]]:
+    """Every layer's weights converted to its caches' dtype (LayerNorms fp32), once."""
+    return [step_weights(layer.weights, layer.k.dtype) for layer in stack.layers]
+
+
+def _packed(stack: DecodeStack) -> tuple:
+    """The stack flattened for the C++ kernel: weights (16-bit matrices as stored), key caches,
+    value caches, the schedule [layers, length, 3] (slot, lo, hi of every position:
+    ``CacheLayout``'s answers tabulated, slot −1 where nothing is written), heads, res_scales, eps."""
+    schedule = torch.stack([_schedule(layer.layout) for layer in stack.layers])
+    weights = [w for layer in stack.layers for w in step_weights(layer.weights, layer.k.dtype, stream_16_bit=True)]
+    return (weights, [layer.k for layer in stack.layers], [layer.v for layer in stack.layers], schedule,
+            [layer.n_head for layer in stack.layers], [float(layer.res_scale) for layer in stack.layers],
+            stack.layers[0].eps)
 
 
 def _schedule(layout: CacheLayout) -> torch.Tensor:
     p = torch.arange(layout.length)
     lo, hi = layout.visible(p)
-    slot = torch.full_like(p, -1) if layout.pattern.kind == 6 else layout.slots(p)
+    slot = torch.full_like(p, -1) if layout.pattern.cross else layout.slots(p)
     return torch.stack([slot, lo, hi], dim=1)  # [length, 3]
 
 
@@ -153,6 +163,16 @@ def decode_layers(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor, *
     return dispatch.call("decode_layers", x, stack, position, backend=backend)
 
 
+def bind(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor, *,
+         backend: str | None = None) -> Callable[[torch.Tensor, DecodeStack, torch.Tensor], torch.Tensor]:
+    """:func:`decode_layers` for a decoder's whole life: the inputs are checked and the
+    implementation chosen once (``x`` stands in for every step's rows: same shape, dtype and
+    device), its state for ``stack`` prepared now, and the function returned takes
+    ``(x, stack, position)`` each step with no check or choice in Python."""
+    check_inputs(x, stack, position)
+    return dispatch.bind("decode_layers", x, stack, position, backend=backend)
+
+
 # -- PyTorch: the layers one at a time -------------------------------------------------------------
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.addmm(b.to(x.dtype), x, w.to(x.dtype))  # as the model's Conv1D: [N, in] -> [N, out]
@@ -167,8 +187,8 @@ def _layer_loop(attend: Callable) -> Callable:
 
     def run(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        for layer in stack.layers:
-            ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = layer.weights
+        for layer, weights in zip(stack.layers, stack.prepared("torch", _in_step_dtype)):
+            ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = weights
             heads, d = layer.n_head, layer.k.shape[-1]
             h = _linear(_layer_norm(x, ln0_w, ln0_b, layer.eps), attn_w, attn_b)  # [N, 3·H·d] (H·d: cross)
             q = h[:, : heads * d].reshape(n, heads, d)
@@ -192,13 +212,15 @@ decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, 
 # -- Triton: four launches a layer ------------------------------------------------------------------
 class _TritonStep:
     """What the Triton step keeps from one step to the next, allocated once per stack (so a CUDA
-    graph replays the same buffers): the residual stream's two fixed-point rows, the scratch rows
-    of q, the attention and h₁ = x + a, each long layer's split scratch, and the tiles."""
+    graph replays the same buffers): the weights in the step's dtype, the residual stream's two
+    fixed-point rows, the scratch rows of q, the attention and h₁ = x + a, each long layer's
+    split scratch, and the tiles."""
 
     def __init__(self, stack: DecodeStack):
         from ..kernels import decode as attention_kernels
         from ..kernels import decode_step
 
+        self.weights = _in_step_dtype(stack)
         first = stack.layers[0]
         n, width, dev = first.k.shape[0], first.weights[0].shape[0], first.k.device
         n_state = max(layer.weights[4].shape[0] for layer in stack.layers)
@@ -207,7 +229,7 @@ class _TritonStep:
         self.q = torch.empty(n, n_state, device=dev)  # fp32 [N, H·d]
         self.a = torch.empty(n, n_state, device=dev)
         self.h1 = torch.empty(n, width, device=dev)
-        self.cfg = decode_step.step_config(n, width, hidden, first.weights[2].dtype, multiprocessors(dev))
+        self.cfg = decode_step.step_config(n, width, hidden, self.weights[0][2].dtype, multiprocessors(dev))
         self.splits = []  # per layer: (splits, partials, counters)
         for layer in stack.layers:
             heads, d = layer.n_head, layer.k.shape[-1]
@@ -221,19 +243,19 @@ def _triton_call(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) ->
     from ..kernels import decode as attention_kernels
     from ..kernels import decode_step as kernels
 
-    step = stack.triton
+    step = stack.prepared("triton", _TritonStep)
     n = x.shape[0]
     cur, nxt = step.residual[0], step.residual[1]
     cur.copy_(x.float().mul(kernels.FIXED_SCALE))  # into fixed point (the copy rounds toward zero)
-    for layer, (splits, partials, counts) in zip(stack.layers, step.splits):
-        ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = layer.weights
+    for layer, weights, (splits, partials, counts) in zip(stack.layers, step.weights, step.splits):
+        ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = weights
         heads, d = layer.n_head, layer.k.shape[-1]
-        n_state, pattern = heads * d, layer.layout.pattern
+        n_state = heads * d
         q, a = step.q[:, :n_state], step.a[:, :n_state]
-        kernels.ln_qkv(cur, ln0_w, ln0_b, attn_w, attn_b, q, layer.k, layer.v, position, n_state, d, pattern.kind,
-                       pattern.block_ctx, layer.layout.blocks, pattern.prime_len, layer.eps, step.cfg)
-        attention_kernels.decode(q.view(n, heads, d), layer.k, layer.v, a.view(n, heads, d), position, pattern.kind,
-                                 pattern.block_ctx, layer.layout.blocks, pattern.prime_len, layer.layout.enc_length,
+        args = layer.layout.kernel_args()
+        kernels.ln_qkv(cur, ln0_w, ln0_b, attn_w, attn_b, q, layer.k, layer.v, position, n_state, d, *args, layer.eps,
+                       step.cfg)
+        attention_kernels.decode(q.view(n, heads, d), layer.k, layer.v, a.view(n, heads, d), position, *args,
                                  1.0 / math.sqrt(d), splits, partials, counts)
         kernels.proj_residual(a, proj_w, proj_b, out_b, cur, step.h1, nxt, layer.res_scale, step.cfg)
         kernels.mlp(step.h1, ln1_w, ln1_b, fc_w, fc_b, out_w, nxt, layer.eps, layer.res_scale, step.cfg)
@@ -258,7 +280,7 @@ def _triton_supports(x, stack, position) -> list[str]:
 
 # -- C++ -------------------------------------------------------------------------------------------
 def _cpp_call(x, stack: DecodeStack, position) -> torch.Tensor:
-    weights, k, v, schedule, heads, res_scale, eps = stack.packed
+    weights, k, v, schedule, heads, res_scale, eps = stack.prepared("cpp", _packed)
     out = buffers.new_empty(tuple(x.shape), x.dtype, x.device)
     torch.ops.jukebox_fast_ext.decode_layers(x, weights, k, v, schedule, heads, res_scale, eps, position, out)
     return out
@@ -287,8 +309,15 @@ def _cpp_supports(x, stack, position) -> list[str]:
 
 dispatch.define_op("decode_layers", ("cpp", "triton", "torch"),
                    doc="x[N,width] at a device position through a stack of layers over static KV caches")
+def _preparer(impl: str, make: Callable[[DecodeStack], Any]) -> Callable:
+    return lambda x, stack, position: stack.prepared(impl, make)
+
+
 dispatch.register("decode_layers", "cpp", _cpp_call, available=extension.load, supports=_cpp_supports,
+                  prepare=_preparer("cpp", _packed),
                   note="csrc/decode_layers.cpp: the whole stack in one call on the CPU, fp32 rows, 16-bit weights streamed")
 dispatch.register("decode_layers", "triton", _triton_call, supports=_triton_supports,
+                  prepare=_preparer("triton", _TritonStep),
                   note="kernels/decode_step.py: four launches a layer (LN+qkv+cache, attention, proj+residual, MLP)")
-dispatch.register("decode_layers", "torch", decode_layers_reference, note="PyTorch reference")
+dispatch.register("decode_layers", "torch", decode_layers_reference, prepare=_preparer("torch", _in_step_dtype),
+                  note="PyTorch reference")

@@ -239,11 +239,12 @@ def _kernel_inputs(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
     return (x if x.stride(1) == 1 else x.contiguous()), codebook.contiguous()
 
 
-@torch.no_grad()
-def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+# The kernels run inside torch.library custom ops with fake implementations (as sparse
+# attention's do), so torch.compile traces a call as one opaque node with known output shapes.
+@torch.library.custom_op("jukebox_fast::vq_search", mutates_args=())
+def _vq_search(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from ..kernels import vq as kernels
 
-    x, codebook = _kernel_inputs(x, codebook)
     n = x.shape[0]
     indices = buffers.new_empty((n,), torch.int64, x.device)
     dists = buffers.new_empty((n,), torch.float32, x.device)
@@ -252,14 +253,25 @@ def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Te
     return indices, dists
 
 
+@_vq_search.register_fake
+def _(x, codebook):
+    n = x.shape[0]
+    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=torch.float32)
+
+
 @torch.no_grad()
-def vq_quantise_triton(
-    x: torch.Tensor, codebook: torch.Tensor, stats: bool = True, deterministic: bool = False, *,
-    block_n: int | None = None, block_k: int | None = None,
-) -> Quantised:
+def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _vq_search(*_kernel_inputs(x, codebook))
+
+
+@torch.library.custom_op("jukebox_fast::vq_quantise", mutates_args=())
+def _vq_quantise(x: torch.Tensor, codebook: torch.Tensor, stats: bool, deterministic: bool, block_n: int | None,
+                 block_k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                               torch.Tensor]:
+    """codes, distances, quantised, commit sum, counts [K] and sums [K, D] (both empty without
+    ``stats``: a custom op returns tensors only)."""
     from ..kernels import vq as kernels
 
-    x, codebook = _kernel_inputs(x, codebook)
     (n, d), k, dev = x.shape, codebook.shape[0], x.device
     codes = buffers.new_empty((n,), torch.int64, dev)
     dists = buffers.new_empty((n,), torch.float32, dev)
@@ -276,7 +288,28 @@ def vq_quantise_triton(
         order = torch.argsort(codes, stable=True)  # [N] rows grouped by code, in row order
         sums = buffers.new_empty((k, d), torch.float32, dev)
         kernels.segment_sums(x, order, counts.cumsum(0) - counts, counts, sums)
-    return Quantised(codes, dists, quantised, errors.sum(), None if counts is None else counts.long(), sums)
+    if not stats:
+        return codes, dists, quantised, errors.sum(), codes.new_empty((0,)), dists.new_empty((0, d))
+    return codes, dists, quantised, errors.sum(), counts.long(), sums
+
+
+@_vq_quantise.register_fake
+def _(x, codebook, stats, deterministic, block_n, block_k):
+    (n, d), k = x.shape, codebook.shape[0]
+    return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=torch.float32),
+            x.new_empty((n, d), dtype=codebook.dtype), x.new_empty((), dtype=torch.float32),
+            x.new_empty((k if stats else 0,), dtype=torch.int64),
+            x.new_empty((k if stats else 0, d), dtype=torch.float32))
+
+
+@torch.no_grad()
+def vq_quantise_triton(
+    x: torch.Tensor, codebook: torch.Tensor, stats: bool = True, deterministic: bool = False, *,
+    block_n: int | None = None, block_k: int | None = None,
+) -> Quantised:
+    codes, dists, quantised, commit, counts, sums = _vq_quantise(*_kernel_inputs(x, codebook), bool(stats),
+                                                                 bool(deterministic), block_n, block_k)
+    return Quantised(codes, dists, quantised, commit, counts if stats else None, sums if stats else None)
 
 
 dispatch.define_op(

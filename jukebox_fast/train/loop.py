@@ -18,7 +18,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import atomic_save, read_checkpoint
+from .. import validate
+from ..devices import process_device  # noqa: F401 - its old place
+from ..files import atomic_save, read_checkpoint
 
 __all__ = ["TrainConfig", "fit", "distributed_setup", "CHECKPOINT_NAME"]
 
@@ -47,22 +49,10 @@ class TrainConfig:
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip <= 0:
-            raise ValueError(f"need lr > 0, warmup_steps >= 0, grad_clip > 0; got {self.lr}, "
-                             f"{self.warmup_steps}, {self.grad_clip}")
-
-
-def process_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, or this process's default: its GPU when there is one (under torchrun, the
-    one LOCAL_RANK names: one GPU per process), else the CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+            validate.at_least(getattr(self, name), name, 1)
+        validate.at_least(self.warmup_steps, "warmup_steps", 0)
+        validate.finite(self.lr, "lr")
+        validate.finite(self.grad_clip, "grad_clip")
 
 
 def distributed_setup(device_type: str) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Training entry points: the VQ-VAE on raw windows, a prior on the codes of a trained VQ-VAE."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,23 +12,24 @@ from ..checkpoint import load_vqvae, save_prior, save_vqvae
 from ..models.losses import DEFAULT_STFT, calculate_bandwidth
 from ..models.prior import make_prior
 from ..models.vqvae import make_vqvae
-from ..sample import Song
+from ..conditioning import Song
+from ..runs import claim_output, fingerprint
 from .data import AudioFolder
-from .loop import TrainConfig, distributed_setup, fit, process_device
+from ..devices import process_device
+from .loop import TrainConfig, distributed_setup, fit
 
 __all__ = ["train_vqvae", "train_prior"]
 
 
-def _check_out(out_dir, final: str, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over a run in ``out_dir`` unless asked to go on with it or start over."""
-    out = Path(out_dir)
-    held = sorted(p.name for p in [out / "checkpoint.pt", *out.glob(final)] if p.exists())
-    if held and not (resume or overwrite):
-        raise FileExistsError(f"{out} already holds a run ({', '.join(held)}): pass --resume to go on with it, "
-                              "--overwrite to train a new one over it, or choose another --out")
-    if overwrite and not resume:
-        for name in held:
-            (out / name).unlink()
+def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> None:
+    """Refuse to train over a run in ``out_dir`` unless asked to go on with it (with the same
+    settings) or start over. ``steps`` is not a setting: a resumed run may go on for longer."""
+    cfg = dataclasses.asdict(settings.pop("cfg"))
+    for name in ("steps", "checkpoint_every"):
+        cfg.pop(name)
+    claim_output(out_dir, {**settings, **cfg}, resume=resume, overwrite=overwrite and not resume,
+                 made=("checkpoint.pt", final), what="a run trained", names={"vqvae": "the VQ-VAE"},
+                 record=int(os.environ.get("RANK", "0")) == 0)
 
 
 def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, preset: str = "tiny_vqvae",
@@ -47,7 +49,7 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     if not isinstance(hps, hparams.VQVAEHparams):
         raise ValueError(f"preset {preset!r} is a {type(hps).__name__[:-7].lower()}, not a VQ-VAE "
                          f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
-    _check_out(out_dir, "vqvae.pth.tar", resume, overwrite)
+    _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=preset, cfg=cfg)
     dev = process_device(device)
     folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)
     hop = hps.hop_lengths[-1]
@@ -86,9 +88,10 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     if not isinstance(hparams.get(preset) if isinstance(preset, str) else preset, hparams.PriorHparams):
         raise ValueError(f"preset {preset!r} is not a prior (prior presets: "
                          f"{', '.join(hparams.names(hparams.PriorHparams))})")
-    _check_out(out_dir, "prior_level_*.pth.tar", resume, overwrite)
     dev = process_device(device)
     vq = load_vqvae(vqvae, device=dev).eval()
+    _claim(out_dir, "prior_level_*.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg, vqvae=fingerprint(vq),
+           artist=artist, genres=list(genres))
     torch.manual_seed(cfg.seed)
     # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
     # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
