@@ -22,8 +22,13 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the reason."""
 
 
+# The longest audio one file may give, read or resampled: a header that claims a rate of 1 Hz
+# would otherwise ask the resampler for tens of GB. An hour is longer than any song.
+MAX_SECONDS = 3600.0
+
+
 def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.95, offset: float = 0.0,
-               duration: float | None = None) -> np.ndarray:
+               duration: float | None = None, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Read ``path`` as mono float32 [T] at ``sr`` Hz: all of it, or ``duration`` seconds from
     ``offset`` seconds (counted in the file's own rate, before resampling).
 
@@ -31,7 +36,8 @@ def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.
     result is scaled so its largest magnitude is ``peak`` (silence stays silence).
     Raises FileNotFoundError, or :class:`AudioError` for a file soundfile cannot decode, one
     that holds no samples, or one with NaN or infinite samples (float wav/flac can hold them, and
-    one of them would turn every code of the file to garbage).
+    one of them would turn every code of the file to garbage), or one that would give more than
+    ``max_seconds`` at either rate (checked from the header, before anything is allocated).
     """
     import soundfile
     import soxr
@@ -44,8 +50,13 @@ def read_audio(path: str | os.PathLike, sr: int = 44100, peak: float | None = 0.
     try:
         with soundfile.SoundFile(path) as f:
             file_sr = f.samplerate
-            f.seek(min(int(offset * file_sr), f.frames))
-            frames = -1 if duration is None else int(duration * file_sr)
+            start = min(int(offset * file_sr), f.frames)
+            frames = f.frames - start if duration is None else min(int(duration * file_sr), f.frames - start)  # read
+            seconds = frames / file_sr if file_sr > 0 else math.inf
+            if seconds > max_seconds:
+                raise AudioError(f"{path}: {frames} samples at {file_sr} Hz are {seconds:.0f} s ({frames * sr / max(file_sr, 1):.3g} "
+                                 f"samples at {sr} Hz), over the {max_seconds:g} s one file may give (a damaged header?)")
+            f.seek(start)
             data = f.read(frames, dtype="float32", always_2d=True)  # [T, channels]
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot read audio from {path}: {e} (readable: {', '.join(AUDIO_SUFFIXES)})") from None
@@ -75,13 +86,14 @@ def _mono(audio) -> np.ndarray:
 
 
 def write_wav(path: str | os.PathLike, audio, sr: int = 44100) -> Path:
-    """Write mono audio as 16-bit PCM wav, clipped to [-1, 1] as the original does."""
+    """Write mono audio as 16-bit PCM wav, clipped to [-1, 1] as the original does; whole or not
+    at all (:func:`jukebox_fast.files.atomic_write`)."""
     import soundfile
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, np.clip(_mono(audio), -1.0, 1.0), sr, subtype="PCM_16")
-    return path
+    from .files import atomic_write
+
+    data = np.clip(_mono(audio), -1.0, 1.0)
+    return atomic_write(path, lambda f: soundfile.write(f, data, sr, subtype="PCM_16", format="WAV"))
 
 
 def log_spectrogram(audio, n_fft: int = 2048, hop: int = 256) -> np.ndarray:

@@ -13,6 +13,7 @@ original file allows).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -132,9 +133,26 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any
     model.load_state_dict(cast, strict=True, assign=assign)
 
 
+# What a prior's codes depend on in its VQ-VAE: the levels, their hops and the codebook.
+VQVAE_STRUCTURE = ("levels", "downs_t", "strides_t", "l_bins", "sr")
+
+
+def _agree(path: Path, recorded, given, what: str, fields: tuple[str, ...] | None = None) -> None:
+    """Raise CheckpointError naming each field where the hyper-parameters given contradict the
+    ones ``path`` records (all fields, or ``fields``)."""
+    rec, giv = dataclasses.asdict(recorded), dataclasses.asdict(given)
+    names = fields or tuple(rec)
+    diff = [f"{k}: {giv.get(k)!r} given, {rec.get(k)!r} recorded" for k in names if rec.get(k) != giv.get(k)]
+    if diff:
+        raise CheckpointError(f"{path} records other hyper-parameters for {what} than those given ({'; '.join(diff)}): "
+                              "the file's are the truth; leave them out to use them")
+
+
 # -- the VQ-VAE ----------------------------------------------------------------------------------
-def _hparams_from(obj: Any, override: VQVAEHparams | None) -> VQVAEHparams:
+def _hparams_from(obj: Any, override: VQVAEHparams | None, path: Path) -> VQVAEHparams:
     if override is not None:
+        if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+            _agree(path, hparams_mod.from_dict(VQVAEHparams, obj["hparams"]), override, "the VQ-VAE")
         return override
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return hparams_mod.from_dict(VQVAEHparams, obj["hparams"])
@@ -166,7 +184,7 @@ def load_vqvae(path: str | os.PathLike, device: torch.device | str | None = None
     if looks_hf(state_dict):
         state_dict = hf_to_openai(state_dict)
     _verify(obj, state_dict, path, "vqvae")
-    model = make_vqvae(_hparams_from(obj, hparams), device=device)
+    model = make_vqvae(_hparams_from(obj, hparams, path), device=device)
     load_state_dict_checked(model, state_dict, str(path))
     ema = obj.get("ema") if isinstance(obj, Mapping) and obj.get("format") == FORMAT else None
     for level, block in enumerate(model.bottleneck.level_blocks):
@@ -231,6 +249,14 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         name_or_hparams = hparams_mod.from_dict(PriorHparams, obj["hparams"])
         if vqvae is None:
             vqvae = hparams_mod.from_dict(VQVAEHparams, obj["vqvae_hparams"])
+    elif ours:  # the file's record of what it is wins over what the caller says
+        given = hparams_mod.get(name_or_hparams) if isinstance(name_or_hparams, str) else name_or_hparams
+        _agree(path, hparams_mod.from_dict(PriorHparams, obj["hparams"]), given, "the prior")
+    if ours and vqvae is not None:
+        given_vq = vqvae if isinstance(vqvae, VQVAEHparams) else getattr(vqvae, "hps", None)
+        if given_vq is not None:
+            _agree(path, hparams_mod.from_dict(VQVAEHparams, obj["vqvae_hparams"]), given_vq, "the VQ-VAE",
+                   fields=VQVAE_STRUCTURE)
     with torch.device("meta"):
         model = make_prior(name_or_hparams, vqvae)
     if layers is not None:

@@ -61,8 +61,14 @@ def _train_vqvae(args) -> int:
 
     _, summary = train_vqvae(args.data, args.out, args.preset, _train_config(args), args.resume,
                              _device(args.device), not args.quiet, args.bad_files, args.overwrite)
-    print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; wrote {args.out}/vqvae.pth.tar")
+    print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; wrote {args.out}/vqvae.pth.tar"
+          + _skipped(summary))
     return 0
+
+
+def _skipped(summary: dict) -> str:
+    skipped = summary.get("skipped") or []
+    return f"; skipped {len(skipped)} file(s) (the warnings above say why)" if skipped else ""
 
 
 def _train_prior(args) -> int:
@@ -72,13 +78,14 @@ def _train_prior(args) -> int:
                                  _device(args.device), args.artist, tuple(args.genre), not args.quiet, args.bad_files,
                                  args.overwrite)
     print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; "
-          f"wrote {args.out}/prior_level_{model.hps.level}.pth.tar")
+          f"wrote {args.out}/prior_level_{model.hps.level}.pth.tar" + _skipped(summary))
     return 0
 
 
 def _encode_file(vqvae, path, seconds: float | None = None, copies: int = 1):
     """The codes of an audio file (its first ``seconds``, trimmed to whole top-level codes),
-    ``copies`` rows of them: per level [copies, T_level]."""
+    ``copies`` rows of them: per level [copies, T_level], one encoding seen ``copies`` times (a
+    view: the sizes are checked before anything is allocated for them)."""
     import torch
 
     from .audio import read_audio
@@ -90,8 +97,8 @@ def _encode_file(vqvae, path, seconds: float | None = None, copies: int = 1):
     n = len(audio) // hop * hop
     if n == 0:
         raise ValueError(f"{path} gives less than one top-level code ({hop} samples)")
-    x = torch.from_numpy(audio[:n]).view(1, n, 1).repeat(copies, 1, 1)  # [copies, n, 1]
-    return vqvae.encode(x.to(next(vqvae.parameters()).device))
+    x = torch.from_numpy(audio[:n]).view(1, n, 1)  # [1, n, 1]
+    return [z.expand(copies, -1) for z in vqvae.encode(x.to(next(vqvae.parameters()).device))]
 
 
 def _encode(args) -> int:
@@ -472,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's request can end in, said in one line with exit 2: bad input, paths, checkpoints,
+# a loss that diverged. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
@@ -492,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads()
     try:
         return args.func(args)
-    except (ValueError, OSError, RuntimeError) as e:  # bad input, paths, checkpoints
+    except USER_ERRORS as e:
         print(f"jukebox-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -39,7 +39,7 @@ import torch
 from . import hparams
 from .audio import musicality, save_spectrogram, write_wav
 from .files import atomic_text
-from .runs import claim_output
+from .runs import claim_output, hold_output
 from .sample import Sampling, Song, draw, generate, sample_window
 from .train import AudioFolder, TrainConfig, train_prior, train_vqvae
 
@@ -134,8 +134,13 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
     """
     cfg = cfg or DemoConfig()
     out = Path(out)
+    with hold_output(out):  # one writer per folder
+        return _run(out, cfg, progress, resume, overwrite)
+
+
+def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bool) -> dict:
     claim_output(out, dataclasses.asdict(cfg), resume=resume, overwrite=overwrite,
-                 made=("report.json", "report.md", "vqvae", "top_prior", "upsampler", "samples", "*.png"),
+                 made=("report.json", "report.md", "vqvae", "top_prior", "upsampler", "samples", "*.png", "*.wav"),
                  run="a demo run", what="a demo run made")
     torch.manual_seed(cfg.seed)
     sr = hparams.get("tiny_vqvae").sr

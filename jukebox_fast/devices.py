@@ -1,11 +1,12 @@
-"""Which device this process works on."""
+"""Which device this process works on, and how much memory it has left."""
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import torch
 
-__all__ = ["process_device"]
+__all__ = ["process_device", "available_memory", "size_text", "require_memory"]
 
 
 def process_device(device: str | torch.device | None = None) -> torch.device:
@@ -17,3 +18,39 @@ def process_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+def available_memory(device: str | torch.device | None = None) -> int | None:
+    """Bytes a new allocation can still get on ``device``: free GPU memory, or the CPU's
+    MemAvailable (Linux); None where it cannot be told."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def size_text(nbytes: float) -> str:
+    """1.5 GiB, 300 MiB, ... for messages."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def require_memory(parts: Mapping[str, float], device: str | torch.device | None, what: str, advice: str) -> None:
+    """Refuse (ValueError), before anything is allocated, work whose plain lower bound on memory
+    (the sum of ``parts``: bytes by name) exceeds what ``device`` has left; a request that cannot
+    be served fails at once instead of after minutes of swapping."""
+    left = available_memory(device)
+    need = sum(parts.values())
+    if left is not None and need > left:
+        listed = ", ".join(f"{name} {size_text(n)}" for name, n in parts.items())
+        raise ValueError(f"{what} needs at least {size_text(need)} ({listed}), and {size_text(left)} is free on "
+                         f"{torch.device(device or 'cpu')}: {advice}")

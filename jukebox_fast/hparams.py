@@ -205,8 +205,15 @@ class PriorHparams:
 
     def __post_init__(self) -> None:
         _lists_to_tuples(self)
+        from . import validate
         from .ops.patterns import layer_kinds
 
+        validate.at_least(self.level, "level", 0)
+        for name in ("n_ctx", "prior_width", "prior_depth", "heads", "blocks", "t_bins", "n_vocab", "prime_width",
+                     "prime_depth", "prime_heads", "prime_blocks", "cond_width", "cond_depth", "sr"):
+            validate.at_least(getattr(self, name), name, 1)
+        for name in ("m_attn", "m_mlp", "init_scale", "prime_m_attn", "prime_m_mlp", "prime_init_scale", "cond_m_conv"):
+            validate.finite(getattr(self, name), name)
         layer_kinds(self.attn_order, self.prior_depth)  # an unknown attn_order fails here, early
         if self.attn_dropout:
             raise ValueError("attn_dropout is not supported (every released prior uses 0)")

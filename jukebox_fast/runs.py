@@ -12,23 +12,28 @@ with the recorded ones.
   ``resume`` where it asks to be told (training, the demo: their models took minutes to make).
 - ``overwrite`` removes what the earlier run made, then starts afresh.
 
+:func:`hold_output` keeps a second run out of a folder while one writes there: an OS lock on the
+folder (``flock``), which dies with the process that holds it.
+
 :func:`fingerprint` and :func:`digest` make the short digests the settings hold.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from .files import atomic_text
 
 __all__ = ["SETTINGS", "OutputConflict", "fingerprint", "digest", "settings_differences", "refuse_other_settings",
-           "claim_output"]
+           "claim_output", "hold_output"]
 
 SETTINGS = "settings.json"
 
@@ -147,3 +152,46 @@ def claim_output(folder: str | os.PathLike, settings: dict, *, resume: bool | No
     if record:
         atomic_text(record_path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return found
+
+
+@contextlib.contextmanager
+def hold_output(folder: str | os.PathLike, rank: int | None = None) -> Iterator[Path]:
+    """Hold ``folder`` (made if missing) for this process while the block runs; another
+    process holding it is an :class:`OutputConflict` naming it. The lock is the kernel's: a
+    killed run leaves no stale lock. A single process locks the folder itself (no file is left);
+    one rank of a distributed run (``rank``) locks ``.rank-<rank>.lock`` there, so the ranks of one
+    run share the folder and each rank of another run is kept out."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder if rank is None else folder / f".rank-{rank}.lock"
+    fd = os.open(target, os.O_RDONLY) if rank is None else os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputConflict(f"{folder} is being written by another run ({_holder(fd)}): wait for it to end, "
+                                 "or choose another --out") from None
+        yield folder
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _holder(fd: int) -> str:
+    """The process that holds an flock on ``fd``'s file, from /proc/locks (Linux)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if "FLOCK" in parts and parts[-3] == inode and parts[4].isdigit():
+                    pid = int(parts[4])
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as c:
+                            cmd = " ".join(c.read().replace(b"\0", b" ").decode(errors="replace").split())
+                    except OSError:
+                        cmd = ""
+                    return f"process {pid}" + (f": {cmd[:120]}" if cmd else "")
+    except OSError:
+        pass
+    return "another process"

@@ -15,6 +15,7 @@ codes as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import validate
+from . import ops, validate
 from .conditioning import Song
 from .files import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
-from .runs import claim_output, digest, fingerprint, refuse_other_settings, settings_differences
+from .runs import claim_output, digest, fingerprint, hold_output, refuse_other_settings, settings_differences
 
 __all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate",
            "run_settings", "fingerprint", "settings_differences"]  # Song and the last two live in conditioning / runs
@@ -108,6 +109,39 @@ def total_length_of(seconds: float, vqvae, sr: int = 44100) -> int:
     """Samples of audio for ``seconds``, rounded down to whole top-level codes."""
     hop = vqvae.hps.hop_lengths[-1]
     return int(validate.finite(seconds, "seconds") * sr) // hop * hop
+
+
+def check_hierarchy(vqvae, priors: Sequence, levels: Sequence[int]) -> None:
+    """Each prior to be sampled codes for this VQ-VAE's level: its place, hop and codebook."""
+    hops = vqvae.hps.hop_lengths
+    for level in levels:
+        prior = priors[level]
+        if prior.level != level or prior.raw_to_tokens != hops[level] or prior.bins != vqvae.hps.l_bins:
+            raise ValueError(f"the prior given for level {level} codes for level {prior.level} with a hop of "
+                             f"{prior.raw_to_tokens} samples and {prior.bins} codes; this VQ-VAE's level {level} has "
+                             f"a hop of {hops[level]} and {vqvae.hps.l_bins} codes: they were not trained together")
+
+
+def check_memory(vqvae, priors: Sequence, levels: Sequence[int], n_samples: int, total_length: int,
+                 sampling: Sampling) -> None:
+    """Refuse, before any work, a request whose plain size bound exceeds the memory left: every
+    level's codes (int64), the largest window's key and value caches, and the decoder's widest
+    activations for one sample (it decodes them one at a time)."""
+    from .devices import require_memory
+
+    device = next(vqvae.parameters()).device
+    codes = sum(n_samples * (total_length // hop) * 8 for hop in vqvae.hps.hop_lengths)
+    batch = min(n_samples, sampling.max_batch_size)
+    size = 2 if sampling.dtype in (torch.float16, torch.bfloat16) or device.type == "cuda" else 4
+    caches = 0  # one level's windows at a time: the largest level's caches
+    for level in levels:
+        ar = priors[level].prior
+        caches = max(caches, sum(2 * batch * layer.attn.n_state * size  # k and v [batch, slots, n_state]
+                                 * ops.CacheLayout(layer.attn.pattern, ar.length, priors[level].n_tokens).size
+                                 for layer in ar.transformer._attn_mods))
+    decoding = total_length * 4 * 2 * vqvae.hps.width * max(vqvae.hps.multipliers())
+    require_memory({"codes": codes, "caches": caches, "decoding": decoding}, device,
+                   f"{n_samples} sample(s) of {total_length / vqvae.hps.sr:.4g} s", "ask for fewer seconds or samples")
 
 
 def check_levels(levels: Sequence[int], top: int) -> list[int]:
@@ -298,11 +332,24 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
             raise ValueError(f"level {level} is to be sampled but no prior was given for it")
     if song.lyrics and not priors[levels[0]].n_tokens:
         raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
+    check_hierarchy(vqvae, priors, levels)
+    first_hop = vqvae.hps.hop_lengths[levels[0]]  # the highest level sampled continues the prime's codes
+    if prime is not None and prime[levels[0]].shape[1] * first_hop >= total_length:
+        raise ValueError(f"the prime holds {prime[levels[0]].shape[1] * first_hop / sr:.2f} s at level {levels[0]}, as "
+                         f"long as the {total_length / sr:.2f} s asked for or longer, so nothing would be sampled: ask "
+                         "for more seconds than the prime holds")
+    check_memory(vqvae, priors, levels, n_samples, total_length, s)
     device = next(vqvae.parameters()).device
     zs = [torch.zeros(n_samples, 0, dtype=torch.int64, device=device) for _ in range(vqvae.hps.levels)]
     if prime is not None:
         zs = [p.to(device) for p in prime]
     out = Path(out_dir) if out_dir is not None else None
+    with hold_output(out) if out is not None else contextlib.nullcontext():  # one writer per folder
+        return _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr,
+                         overwrite)
+
+
+def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr, overwrite):
     settings = None
     if out is not None:  # before any work
         settings = run_settings(vqvae, priors, song, total_length=total_length, n_samples=n_samples, levels=levels,

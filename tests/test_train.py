@@ -303,6 +303,7 @@ def _split_view_worker(rank, world, store, root):
             root / ("seen" if rank == 0 else f"unseen{rank}"), resume=True, progress=False)
     except RuntimeError as e:
         (root / f"error{rank}.txt").write_text(str(e))
+    torch.distributed.barrier()  # neither tears the group down while the other still uses it
     torch.distributed.destroy_process_group()
 
 

@@ -38,6 +38,8 @@ def check_inputs(q, k, v, pattern) -> None:
         raise ValueError(f"sparse_attention: pattern must be an AttentionPattern, got {type(pattern).__name__}")
     if k.shape != v.shape:
         raise ValueError(f"sparse_attention: k is {tuple(k.shape)} but v is {tuple(v.shape)}; they must match")
+    if q.shape[3] < 1:
+        raise ValueError(f"sparse_attention: the head width d must be >= 1, got q {tuple(q.shape)}")
     if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(
             f"sparse_attention: q is {tuple(q.shape)} and k is {tuple(k.shape)}; batch, heads and "
@@ -66,6 +68,8 @@ def _masked(q, k, v, pattern: AttentionPattern, scale: float) -> torch.Tensor:
     """Any pattern, any Lq <= Lk: the pattern's mask over query chunks."""
     n, h, lq, _ = q.shape
     lk = k.shape[2]
+    if lq == 0:
+        return v.new_empty(n, h, 0, v.shape[3])
     offset = 0 if pattern.cross else lk - lq
     k_pos = torch.arange(lk, device=q.device)
     rows = max(1, TILE_ELEMENTS // max(1, n * h * lk))
@@ -130,7 +134,9 @@ def sparse_attention(
         backend: implementation to use (see :mod:`jukebox_fast.dispatch`).
 
     Returns:
-        [N, H, Lq, d] in v's dtype.
+        [N, H, Lq, d] in v's dtype: empty when Lq = 0, zero for a query that sees no key (the
+        first block of the previous-block type; cross-attention over Lk = 0). A head width of 0
+        is refused (ValueError).
     """
     check_inputs(q, k, v, pattern)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -20,9 +20,10 @@ class AudioFolder:
     Windows are drawn uniformly over all positions of all files at least one window long, so a
     long file is sampled in proportion to its length, as the original's dataset does.
 
-    A file that cannot be used (unreadable, NaN or inf samples, or shorter than the training
-    window, see :meth:`drop_shorter`) is skipped with a warning naming it when ``bad_files`` is
-    ``"skip"``; with ``"stop"`` it raises :class:`AudioError` naming it.
+    A file that cannot be used (unreadable, a broken link, NaN or inf samples, an absurd header,
+    or shorter than the training window, see :meth:`drop_shorter`) is skipped with a warning
+    naming it when ``bad_files`` is ``"skip"`` (``skipped`` lists them with the reason); with
+    ``"stop"`` it raises :class:`AudioError` naming it.
     """
 
     def __init__(self, folder: str | os.PathLike, sr: int = 44100, bad_files: str = "skip"):
@@ -35,11 +36,11 @@ class AudioFolder:
         if not found:
             raise AudioError(f"no audio files under {folder} (looked for {', '.join(AUDIO_SUFFIXES)})")
         self.folder, self.sr, self.bad_files = folder, sr, bad_files
-        self.files, self.clips = [], []
+        self.files, self.clips, self.skipped = [], [], []
         for path in found:
             try:
                 clip = torch.from_numpy(read_audio(path, sr))
-            except AudioError as e:
+            except (AudioError, OSError) as e:  # OSError: a broken link, a file that went away
                 self._refuse(str(e))
                 continue
             self.files.append(path)
@@ -50,6 +51,7 @@ class AudioFolder:
     def _refuse(self, why: str) -> None:
         if self.bad_files == "stop":
             raise AudioError(f"{why} (pass bad_files='skip', or --bad-files skip, to train without it)")
+        self.skipped.append(why)
         warnings.warn(f"skipping {why}", stacklevel=3)
 
     def drop_shorter(self, length: int) -> None:

@@ -169,12 +169,24 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
                "cuda": torch.cuda.get_rng_state(model_device(model)) if device_type == "cuda" else None}
         rngs = _gather(rng, world)
         model_sd, opt_sd = _states(wrapped, opt)
+        bad = [k for k, v in model_sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+               and not bool(torch.isfinite(v).all())]
+        if any(_gather(bool(bad), world)):  # an update overflowed: never write it over the last good state
+            diverged(f"weights hold NaN or inf after step {step}" + (f" (e.g. {bad[0]})" if bad else ""))
         if rank == 0:
             atomic_save(dict(model=model_sd, optimizer=opt_sd, train_state=_train_states(model), scheduler=sched.state_dict(),
                              scaler=scaler.state_dict(), step=step, losses=losses, rng=rngs, world=world,
                              config=dataclasses.asdict(cfg)), path)
         if world > 1:  # no rank goes on (or returns, and resumes) before the checkpoint is in place
             dist.barrier()
+        saved[0] = step
+
+    saved = [step if path is not None and path.exists() and resumed_from is not None else None]
+
+    def diverged(what: str) -> None:
+        kept = (f"{path} keeps the last state with finite weights (after step {saved[0]})" if saved[0] is not None
+                else "no checkpoint was written")
+        raise FloatingPointError(f"{name} stopped: {what}; {kept}. Lower the learning rate, or train in fp32")
 
     dtype = _PRECISIONS[cfg.precision]
     wrapped.train()
@@ -185,8 +197,12 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
         batch = next_batch(data_gen)
         with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss, metrics = loss_fn(wrapped, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: the loss is {loss.item()} at step {step}; lower lr or use fp32")
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if world > 1:  # every rank stops together: none is left waiting in the gradients' all-reduce
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite:
+            what = loss.item() if not torch.isfinite(loss) else "not finite on another rank"
+            diverged(f"the loss is {what} at step {step + 1}")
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)

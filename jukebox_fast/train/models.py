@@ -13,12 +13,17 @@ from ..models.losses import DEFAULT_STFT, calculate_bandwidth
 from ..models.prior import make_prior
 from ..models.vqvae import make_vqvae
 from ..conditioning import Song
-from ..runs import claim_output, fingerprint
+from ..runs import claim_output, fingerprint, hold_output
 from .data import AudioFolder
-from ..devices import process_device
+from ..devices import process_device, require_memory
 from .loop import TrainConfig, distributed_setup, fit
 
 __all__ = ["train_vqvae", "train_prior"]
+
+
+def _rank() -> int | None:
+    """This process's rank under torchrun, or None for a single process."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
 def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> None:
@@ -29,7 +34,7 @@ def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> No
         cfg.pop(name)
     claim_output(out_dir, {**settings, **cfg}, resume=resume, overwrite=overwrite and not resume,
                  made=("checkpoint.pt", final), what="a run trained", names={"vqvae": "the VQ-VAE"},
-                 record=int(os.environ.get("RANK", "0")) == 0)
+                 record=(_rank() or 0) == 0)
 
 
 def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, preset: str = "tiny_vqvae",
@@ -49,29 +54,34 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     if not isinstance(hps, hparams.VQVAEHparams):
         raise ValueError(f"preset {preset!r} is a {type(hps).__name__[:-7].lower()}, not a VQ-VAE "
                          f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
-    _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=preset, cfg=cfg)
+    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)  # before the claim
     dev = process_device(device)
-    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)
     hop = hps.hop_lengths[-1]
     # The STFTs of the losses and the bandwidth pad by n_fft / 2 on each side, reflected.
     shortest = -(-max(DEFAULT_STFT[0], *hps.multispec_loss_n_fft) // hop) * hop
     window = max(shortest, min(hps.sample_length, max(c.shape[0] for c in folder.clips) // hop * hop))
-    folder.drop_shorter(window)
-    torch.manual_seed(cfg.seed)  # the initial weights too
-    model = make_vqvae(hps).to(dev)
-    model.bandwidth = calculate_bandwidth(c.numpy() for c in folder.clips)
+    # The batch's audio, and the decoder's last activations [batch, width, window] in fp32.
+    require_memory({"audio": cfg.batch_size * window * 4, "activations": cfg.batch_size * window * hps.width * 4},
+                   dev, f"a batch of {cfg.batch_size} windows of {window} samples", "lower --batch-size")
+    with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
+        _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=preset, cfg=cfg)
+        folder.drop_shorter(window)
+        torch.manual_seed(cfg.seed)  # the initial weights too
+        model = make_vqvae(hps).to(dev)
+        model.bandwidth = calculate_bandwidth(c.numpy() for c in folder.clips)
 
-    def next_batch(gen: torch.Generator) -> torch.Tensor:
-        return folder.windows(window, cfg.batch_size, gen)[0].to(dev)
+        def next_batch(gen: torch.Generator) -> torch.Tensor:
+            return folder.windows(window, cfg.batch_size, gen)[0].to(dev)
 
-    def loss_fn(m, x):
-        _, loss, metrics = m(x)
-        return loss, metrics
+        def loss_fn(m, x):
+            _, loss, metrics = m(x)
+            return loss, metrics
 
-    summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
-    if distributed_setup(dev.type)[0] == 0:
-        save_vqvae(model, Path(out_dir) / "vqvae.pth.tar")
-    return model.eval(), summary
+        summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
+        summary["skipped"] = list(folder.skipped)
+        if distributed_setup(dev.type)[0] == 0:
+            save_vqvae(model, Path(out_dir) / "vqvae.pth.tar")
+        return model.eval(), summary
 
 
 def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, vqvae: str | os.PathLike,
@@ -85,36 +95,45 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     prior's ``sample_length``). Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
-    if not isinstance(hparams.get(preset) if isinstance(preset, str) else preset, hparams.PriorHparams):
+    p = hparams.get(preset) if isinstance(preset, str) else preset
+    if not isinstance(p, hparams.PriorHparams):
         raise ValueError(f"preset {preset!r} is not a prior (prior presets: "
                          f"{', '.join(hparams.names(hparams.PriorHparams))})")
     dev = process_device(device)
     vq = load_vqvae(vqvae, device=dev).eval()
-    _claim(out_dir, "prior_level_*.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg, vqvae=fingerprint(vq),
-           artist=artist, genres=list(genres))
-    torch.manual_seed(cfg.seed)
-    # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
-    # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
-    prior = make_prior(preset, vq).to(dev).float()
-    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr, bad_files)
-    folder.drop_shorter(prior.sample_length)
-    level = prior.hps.level
+    folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr, bad_files)  # before the claim
+    # The batch's audio, the encoder's first activations [batch, width, window] that give its codes,
+    # and the residual stream [batch, n_ctx, width] each layer keeps for the backward pass; fp32.
+    window = p.n_ctx * vq.hps.hop_lengths[p.level]
+    require_memory({"audio": cfg.batch_size * window * 4, "encoding": cfg.batch_size * window * vq.hps.width * 4,
+                    "activations": cfg.batch_size * p.n_ctx * p.prior_width * p.prior_depth * 4},
+                   dev, f"a batch of {cfg.batch_size} windows of {p.n_ctx} codes", "lower --batch-size")
+    with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
+        _claim(out_dir, "prior_level_*.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg, vqvae=fingerprint(vq),
+               artist=artist, genres=list(genres))
+        torch.manual_seed(cfg.seed)
+        # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
+        # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
+        prior = make_prior(preset, vq).to(dev).float()
+        folder.drop_shorter(prior.sample_length)
+        level = prior.hps.level
 
-    def next_batch(gen: torch.Generator):
-        audio, offsets, totals = folder.windows(prior.sample_length, cfg.batch_size, gen)
-        with torch.no_grad():
-            # this level's codes, and an upsampler's conditioning codes from the level above
-            zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels))
-        rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1, sampling=False)
-                for o, t in zip(offsets, totals)]
-        y = torch.cat(rows).to(dev) if rows[0] is not None else None
-        return zs, y
+        def next_batch(gen: torch.Generator):
+            audio, offsets, totals = folder.windows(prior.sample_length, cfg.batch_size, gen)
+            with torch.no_grad():
+                # this level's codes, and an upsampler's conditioning codes from the level above
+                zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels))
+            rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1, sampling=False)
+                    for o, t in zip(offsets, totals)]
+            y = torch.cat(rows).to(dev) if rows[0] is not None else None
+            return zs, y
 
-    def loss_fn(m, batch):
-        zs, y = batch
-        return m(zs, y)
+        def loss_fn(m, batch):
+            zs, y = batch
+            return m(zs, y)
 
-    summary = fit(prior, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
-    if distributed_setup(dev.type)[0] == 0:
-        save_prior(prior, Path(out_dir) / f"prior_level_{level}.pth.tar")
-    return prior.eval(), summary
+        summary = fit(prior, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
+        summary["skipped"] = list(folder.skipped)
+        if distributed_setup(dev.type)[0] == 0:
+            save_prior(prior, Path(out_dir) / f"prior_level_{level}.pth.tar")
+        return prior.eval(), summary
