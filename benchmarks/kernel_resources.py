@@ -145,10 +145,14 @@ def _attention_case(kind: int, d: int, dtype: torch.dtype, phase: str) -> Case:
     return Case("sparse_attention", f"{phase}, kind {int(kind)}, d={d}, {_name(dtype)}", launches)
 
 
-def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
+VQ_WIDTHS = (16, 64, 100, 128, 140, 256)  # the op takes 1..256; 64 is the released codebook's
+VQ_VARIANTS = ("search", "fused statistics, atomics", "fused, deterministic statistics")
+
+
+def _vq_case(dtype: torch.dtype, n: int, variant: str, d: int = 64) -> Case:
     from jukebox_fast.kernels import vq as kernels
 
-    d, k = 64, 2048
+    k = 2048
 
     def launches() -> None:
         x, c = _meta(n, d, dtype=dtype), _meta(k, d, dtype=dtype)
@@ -156,7 +160,7 @@ def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
         if variant == "search":  # vq_nearest
             kernels.search(x, c, code_sq, idx, dist)
             return
-        q, errors = _meta(n, d, dtype=dtype), _meta(kernels.errors_size(n, d))
+        q, errors = _meta(n, d, dtype=dtype), _meta(kernels.errors_size(n, d, dtype))
         if variant == "fused statistics, atomics":  # vq_quantise
             kernels.search(x, c, code_sq, idx, dist, q, errors, _meta(k, dtype=torch.int32), _meta(k, d))
             return
@@ -164,7 +168,7 @@ def _vq_case(dtype: torch.dtype, n: int, variant: str) -> Case:
         counts = _meta(k, dtype=torch.int64)
         kernels.segment_sums(x, _meta(n, dtype=torch.int64), counts, counts, _meta(k, d))
 
-    return Case("vq", f"{variant}, D=64, K=2048, N={n}, {_name(dtype)}", launches)
+    return Case("vq", f"{variant}, D={d}, K=2048, N={n}, {_name(dtype)}", launches)
 
 
 def _decode_case(kind: int, d: int, dtype: torch.dtype, length: int) -> Case:
@@ -217,12 +221,14 @@ def _decode_step_case(model: str, dtype: torch.dtype, n: int) -> Case:
 
 
 def sample_cases() -> list[Case]:
-    """One configuration of each kernel and code path (VQ search and fused statistics, attention
-    forward and both backward variants at a 16-bit and an fp32 width, decode attention with and
-    without a split cache, the fused decode step): what the tests compile on every run, in well
-    under a minute, to check the committed table against this Triton."""
+    """One configuration of each kernel and code path (VQ search and fused statistics, whole rows
+    and chunked; attention forward and both backward variants at a 16-bit and an fp32 width;
+    decode attention with and without a split cache; the fused decode step): what the tests
+    compile on every run, in well under a minute, to check the committed table against this
+    Triton."""
     bf16, fp32 = torch.bfloat16, torch.float32
     return [_vq_case(fp32, 6890, "search"), _vq_case(bf16, 6890, "fused statistics, atomics"),
+            _vq_case(fp32, 330_736, "fused statistics, atomics", 140),  # a row searched in chunks
             _attention_case(Kind.BLOCK, 150, bf16, "forward"), _attention_case(Kind.BLOCK, 150, bf16, "backward, atomic dQ"),
             _attention_case(Kind.CROSS, 80, fp32, "forward"),
             _attention_case(Kind.COLUMN, 256, bf16, "backward, deterministic dQ"),
@@ -240,8 +246,8 @@ def cases(quick: bool = False, level: str | None = None) -> list[Case]:
     dtypes = DTYPES[:2] if quick else DTYPES
     widths = (150, 480) if quick else WIDTHS
     kinds = (Kind.BLOCK, Kind.CROSS) if quick else KINDS
-    out = [_vq_case(t, n, v) for t in dtypes for n in (330_736, 6890)
-           for v in ("search", "fused statistics, atomics", "fused, deterministic statistics")]
+    out = [_vq_case(t, n, v) for t in dtypes for n in (330_736, 6890) for v in VQ_VARIANTS]
+    out += [_vq_case(t, 330_736, v, d) for d in VQ_WIDTHS if d != 64 for t in dtypes for v in VQ_VARIANTS]
     for d in widths:
         for kind in kinds:
             for t in dtypes:

@@ -13,11 +13,13 @@ file that holds the numbers. The width and batch of a call are those of the op's
 - ``vq_nearest`` / ``vq_quantise``: D of x[N, D], batch N (rows), ``benchmarks/bench_vq.py``;
 - ``sparse_attention``: the head width d of q[N, H, L, d], batch N, ``bench_sparse_attention.py``;
 - ``decode_attention``: d of q[N, H, d]; ``decode_layers``: the model width of x[N, width];
-  batch N, ``bench_sampling.py`` (steps per second against the ``torch`` step);
-- ``dilated_resblock``, ``cuda``: the channels C of x[N, C, L], ``bench_decoder.py`` (against
-  cuDNN). A reading of the kernel's machine code suggests it is behind cuDNN (fp32 FMAs bound by
-  shared-memory reads, bank conflicts in its weight-tile stores, width 32 padded to 64, 64 of
-  132 SMs busy at width 1024).
+  batch N, ``bench_sampling.py`` (steps per second against the ``torch`` step).
+
+``dilated_resblock``'s ``cuda`` kernel takes no rule: its scope is an fp32 reference for the C++
+path, run on request only (``jukebox_fast/ops/resblock.py``). A reading of its machine code puts
+it behind cuDNN (fp32 FMAs bound by shared-memory reads, bank conflicts in its weight-tile
+stores, width 32 padded to 64, 64 of 132 SMs busy at width 1024); ``bench_decoder.py`` still
+times it against cuDNN on a GPU, for the record.
 
 ``benchmarks/gpu_evidence.py`` writes, in its ``summary.md``, the rules its numbers support as
 lines to paste here. No GPU has run this project yet, so the list is empty: on CUDA, ``auto``

@@ -1,9 +1,10 @@
 """Nearest-codebook search for the VQ bottleneck, with the training outputs fused in.
 
-``search`` tiles x[N, D] into blocks of BLOCK_N rows. Each program keeps its x tile in registers,
-walks the codebook in tiles of BLOCK_K rows, computes x·cᵀ on the tensor cores (fp32 accumulation;
-fp32 inputs as three TF32 products, see ``common``) and keeps a running min and argmin per row: the
-N×K distance matrix never reaches memory.
+``search`` tiles x[N, D] into blocks of BLOCK_N rows. Each program keeps its x tile on chip (in
+registers, or in chunks of BLOCK_D columns for rows wider than 64), walks the codebook in tiles of
+BLOCK_K rows, computes x·cᵀ on the tensor cores (fp32 accumulation; fp32 inputs as three TF32
+products, see ``common``) and keeps a running min and argmin per row: the N×K distance matrix
+never reaches memory. Any D from 1 to 256.
 
 The training outputs (dequantised rows, commit-error sum, per-code counts and sums) come out of
 the same pass, in the epilogue. A second pass would have to read x again (N·D elements, as much
@@ -25,7 +26,7 @@ from .common import dot, dot_precision, launch, upcast_dot
 
 __all__ = ["search", "search_config", "segment_sums", "segment_sums_config", "errors_size", "MAX_WIDTH"]
 
-MAX_WIDTH = 256  # the x tile holds a whole row: D is padded to a power of two up to this
+MAX_WIDTH = 256  # the widest row the tiles were checked for (the op refuses wider ones)
 
 
 @triton.jit
@@ -33,39 +34,47 @@ def _search_kernel(
     x_ptr, c_ptr, c_sq_ptr, idx_ptr, dist_ptr,
     q_ptr, err_ptr, counts_ptr, sums_ptr,
     N, K, D, stride_x, stride_c, stride_q,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
     PRECISION: tl.constexpr, QUANTISE: tl.constexpr, ATOMIC_STATS: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     row_ok = rows < N
-    col_ok = cols < D
-    x_ok = row_ok[:, None] & col_ok[None, :]
     rows64 = rows.to(tl.int64)  # N·D may pass 2³¹
-    x = tl.load(x_ptr + rows64[:, None] * stride_x + cols[None, :], mask=x_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
-    xf = x.to(tl.float32)  # kept as loaded for the epilogue, so NaN reaches the commit sum
-    x_sq = tl.sum(xf * xf, axis=1)  # [BLOCK_N]
+    x_rows = x_ptr + rows64[:, None] * stride_x  # [BLOCK_N, 1]
+    x_sq = tl.zeros([BLOCK_N], tl.float32)
+    for ci in tl.static_range(D_CHUNKS):  # ‖x‖² over the width, a chunk at a time
+        cols = ci * BLOCK_D + tl.arange(0, BLOCK_D)
+        xf = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0).to(tl.float32)
+        x_sq += tl.sum(xf * xf, axis=1)
     # A row whose ‖x‖² is NaN or inf searches as zeros and reports (index 0, NaN) at the end, as
     # the reference does: non-finite values never reach the min/argmin, whose NaN rules differ
     # between the GPU and the interpreter.
     x_bad = (x_sq != x_sq) | (x_sq == float("inf"))
-    x = tl.where(x_bad[:, None], 0.0, x).to(x_ptr.dtype.element_ty)
     x_sq = tl.where(x_bad, 0.0, x_sq)
+    if D_CHUNKS == 1:  # the whole row fits one chunk: it stays in registers for the search
+        cols = tl.arange(0, BLOCK_D)
+        x = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
+        x = tl.where(x_bad[:, None], 0.0, x).to(x_ptr.dtype.element_ty)
 
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):  # the innermost run-time loop: Triton pipelines its loads
         codes = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         code_ok = codes < K
-        c = tl.load(
-            c_ptr + codes.to(tl.int64)[:, None] * stride_c + cols[None, :],
-            mask=code_ok[:, None] & col_ok[None, :], other=0.0,
-        )  # [BLOCK_K, BLOCK_D]
+        c_rows = c_ptr + codes.to(tl.int64)[:, None] * stride_c  # [BLOCK_K, 1]
+        xc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for ci in tl.static_range(D_CHUNKS):  # unrolled: x·cᵀ as a sum over width chunks
+            cols = ci * BLOCK_D + tl.arange(0, BLOCK_D)
+            col_ok = cols < D
+            if D_CHUNKS != 1:  # a wide row is read again per codebook tile (from L1/L2), a chunk at a time
+                x = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                x = tl.where(x_bad[:, None], 0.0, x).to(x_ptr.dtype.element_ty)
+            c = tl.load(c_rows + cols[None, :], mask=code_ok[:, None] & col_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_D]
+            xc = dot(x, tl.trans(c), xc, PRECISION, UPCAST_DOT)  # [BLOCK_N, BLOCK_K]
         # Padding codes and rows the caller excluded (later duplicates) carry an infinite norm.
         c_sq = tl.load(c_sq_ptr + codes, mask=code_ok, other=float("inf"))
-        xc = dot(x, tl.trans(c), tl.zeros([BLOCK_N, BLOCK_K], tl.float32), PRECISION, UPCAST_DOT)  # [BLOCK_N, BLOCK_K]
         # (‖x‖² − 2·x·c) + ‖c‖²: the reference's order of operations, so equal dot products give
         # bit-equal distances.
         d = (x_sq[:, None] - 2.0 * xc) + c_sq[None, :]
@@ -83,14 +92,22 @@ def _search_kernel(
 
     if QUANTISE:
         best64 = best_idx.to(tl.int64)
-        q = tl.load(c_ptr + best64[:, None] * stride_c + cols[None, :], mask=x_ok, other=0.0)  # [BLOCK_N, BLOCK_D]
-        tl.store(q_ptr + rows64[:, None] * stride_q + cols[None, :], q, mask=x_ok)
-        diff = tl.where(x_ok, xf - q.to(tl.float32), 0.0)
+        err = tl.zeros([BLOCK_N], tl.float32)
+        for ci in tl.static_range(D_CHUNKS):
+            cols = ci * BLOCK_D + tl.arange(0, BLOCK_D)
+            ok = row_ok[:, None] & (cols < D)[None, :]
+            # x as loaded (NaN reaches the commit sum), and its code's row, gathered from L2
+            xf = tl.load(x_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            q = tl.load(c_ptr + best64[:, None] * stride_c + cols[None, :], mask=ok, other=0.0)  # [BLOCK_N, BLOCK_D]
+            tl.store(q_ptr + rows64[:, None] * stride_q + cols[None, :], q, mask=ok)
+            diff = tl.where(ok, xf - q.to(tl.float32), 0.0)
+            err += tl.sum(diff * diff, axis=1)
+            if ATOMIC_STATS:  # plain sums: relaxed ordering, no fence before each atomic
+                tl.atomic_add(sums_ptr + best64[:, None] * D + cols[None, :], xf, mask=ok, sem="relaxed")
         # One partial per program, summed by the caller in a fixed order: deterministic.
-        tl.store(err_ptr + pid, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
-        if ATOMIC_STATS:  # plain sums: relaxed ordering, no fence before each atomic
+        tl.store(err_ptr + pid, tl.sum(err, axis=0))
+        if ATOMIC_STATS:
             tl.atomic_add(counts_ptr + best64, tl.full([BLOCK_N], 1, tl.int32), mask=row_ok, sem="relaxed")
-            tl.atomic_add(sums_ptr + best64[:, None] * D + cols[None, :], xf, mask=x_ok, sem="relaxed")
 
 
 @triton.jit
@@ -115,21 +132,25 @@ def _segment_sums_kernel(
     tl.store(sums_ptr + code.to(tl.int64) * D + cols, acc, mask=col_ok)
 
 
-def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16 along each dimension
+# Tiles by element size, and whether a row is wider than 64 (the released codebook's width):
+# (BLOCK_N rows, BLOCK_K codes, BLOCK_D width chunk (0: the whole row, padded to a power of two),
+# num_warps, num_stages). Each is the largest candidate that compiles for an H200 block without
+# spills for all three variants (search, fused statistics with atomics, and without) with both
+# Triton 3.6 and 3.9; benchmarks/kernel_resources.py sweeps D = 16, 64, 100, 128, 140, 256. A wide
+# row is a sum over chunks inside the codebook loop (the compiler keeps the row's chunks in shared
+# memory): a whole 100-256-wide row spilled in fp32 (three TF32 products) and, at widths that are
+# not a power of two, in the 16-bit fused variants. Not yet timed on a GPU.
+_TILES = {
+    (2, False): (128, 64, 0, 8, 3), (2, True): (64, 64, 64, 8, 3),
+    (4, False): (128, 64, 0, 8, 3), (4, True): (64, 64, 32, 8, 2),
+}
 
 
-def _tiles(d: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for width d: fewer rows per program as the row tile grows.
-    At D = 64, 128 rows on 8 warps fit an H200 block without spills for every dtype and variant
-    with Triton 3.6 and 3.9 (kernel_resources; on 4 warps fp32 and the fused statistics spilled),
-    and read the codebook from L2 half as often as 64 rows. Not yet timed on a GPU."""
-    block_d = _block_d(d)
-    if block_d <= 64:
-        return 128, 64, 8
-    if block_d <= 128:
-        return 64, 64, 4
-    return 64, 32, 8
+def _tiles(d: int, itemsize: int) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, BLOCK_D, D_CHUNKS, num_warps, num_stages) for rows d wide."""
+    block_n, block_k, chunk, warps, stages = _TILES[(itemsize, d > 64)]
+    block_d = chunk or max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16 along each dimension
+    return block_n, block_k, block_d, triton.cdiv(d, block_d), warps, stages
 
 
 def search_config(
@@ -137,14 +158,14 @@ def search_config(
     block_n: int | None = None, block_k: int | None = None,
 ) -> tuple[dict, dict]:
     """The compile-time constants and launch options of ``_search_kernel`` for these inputs."""
-    default_n, default_k, num_warps = _tiles(d)
+    default_n, default_k, block_d, chunks, num_warps, num_stages = _tiles(d, dtype.itemsize)
     constexprs = dict(
-        BLOCK_N=block_n or default_n, BLOCK_K=block_k or default_k, BLOCK_D=_block_d(d),
+        BLOCK_N=block_n or default_n, BLOCK_K=block_k or default_k, BLOCK_D=block_d, D_CHUNKS=chunks,
         PRECISION=dot_precision(dtype, "tf32x3"), QUANTISE=quantise, ATOMIC_STATS=atomic_stats,
         UPCAST_DOT=upcast_dot(dtype),
     )
     # No FMA contraction: the distance is rounded exactly as the reference rounds it.
-    return constexprs, dict(num_warps=num_warps, num_stages=3, enable_fp_fusion=False)
+    return constexprs, dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=False)
 
 
 def search(
@@ -184,9 +205,9 @@ def search(
     )
 
 
-def errors_size(n: int, d: int, block_n: int | None = None) -> int:
+def errors_size(n: int, d: int, dtype: torch.dtype, block_n: int | None = None) -> int:
     """Length of the per-program error buffer :func:`search` writes for N rows of width d."""
-    return triton.cdiv(n, block_n or _tiles(d)[0])
+    return triton.cdiv(n, block_n or _tiles(d, dtype.itemsize)[0])
 
 
 def segment_sums(
@@ -199,4 +220,4 @@ def segment_sums(
 
 def segment_sums_config(d: int) -> dict:
     """The compile-time constants and launch options of ``_segment_sums_kernel``."""
-    return dict(BLOCK_M=32, BLOCK_D=_block_d(d), num_warps=4, enable_fp_fusion=False)
+    return dict(BLOCK_M=32, BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4, enable_fp_fusion=False)

@@ -7,7 +7,7 @@ import torch
 import jukebox_fast
 from jukebox_fast import extension, ops
 from jukebox_fast.dispatch import use_backend
-from resblock_check import assert_close_fp32, assert_within_twice_the_reference, inputs, released_dilations
+from resblock_check import assert_close_fp32, inputs, released_dilations
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,22 +40,19 @@ def test_fp32(shape, dilation, poisoned):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_low_precision(dtype, shape, poisoned):
-    tensors = inputs(*shape, dtype=dtype, device="cuda", seed=1)
-    for dilation in (1, 27, 2187):
-        got = run_cuda(tensors, dilation, 0.5)
-        assert_within_twice_the_reference(got, tensors, dilation, 0.5, f"{dtype} {shape} d={dilation}")
+def test_16_bit_blocks_are_out_of_the_kernels_scope(dtype):
+    # The kernel's stated scope: an fp32 reference (README, ops/resblock.py); cuDNN runs 16-bit blocks.
+    tensors = inputs(1, 32, 32, 100, dtype=dtype, device="cuda")
+    with torch.no_grad(), pytest.raises(Exception, match="the CUDA kernel is an fp32 reference"):
+        ops.dilated_resblock(*tensors, 3, 0.5, backend="cuda")
 
 
-def test_auto_keeps_cudnn_until_a_benchmark_shows_the_kernel_ahead():
+def test_auto_never_takes_the_kernel_and_a_request_does():
     from jukebox_fast import dispatch
-    from jukebox_fast.measured import rule_for
 
     tensors = inputs(1, 32, 32, 100, device="cuda")
     with torch.no_grad():
-        expected = "cuda" if rule_for("dilated_resblock", "cuda", torch.float32, 32, 1) else "torch"
-        assert dispatch.resolve("dilated_resblock", *tensors, 3, 1.0).name == expected
+        assert dispatch.resolve("dilated_resblock", *tensors, 3, 1.0).name == "torch"
         assert dispatch.resolve("dilated_resblock", *tensors, 3, 1.0, backend="cuda").name == "cuda"
 
 

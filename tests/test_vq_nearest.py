@@ -138,3 +138,60 @@ def test_random_shapes(n, k, d, seed, dup):
     check(x, c, idx, dist)
     if dup and k > 1:
         assert not bool((idx == k - 1).any())
+
+
+def test_the_codebook_terms_are_computed_once_per_codebook_version(monkeypatch):
+    # Norms, the repeat mask and the finite flag of a codebook are computed once per version of the
+    # tensor (a counter, not a timing): encoding twice computes them once per level; a training
+    # step (EMA update, restarts), an in-place change or a load computes them again, and a search
+    # then sees the new codebook's, never stale ones.
+    from jukebox_fast import hparams, make_vqvae
+
+    real, calls = vq_mod.code_norms, []
+    monkeypatch.setattr(vq_mod, "code_norms", lambda c: calls.append(c.shape) or real(c))
+    torch.manual_seed(0)
+    vqvae = make_vqvae(hparams.get("tiny_vqvae"))
+    x = 0.3 * torch.randn(2, 4096, 1)
+    vqvae.train()(x)  # initialises and updates the codebooks
+    levels = vqvae.hps.levels
+    codebooks = [block.k for block in vqvae.bottleneck.level_blocks]
+
+    def fresh():
+        return [real(k) for k in codebooks]
+
+    vqvae.eval()
+    calls.clear()
+    first = vqvae.encode(x)
+    assert len(calls) == levels
+    assert all(torch.equal(a, b) for a, b in zip(vqvae.encode(x), first)) and len(calls) == levels  # kept
+    vqvae.train()(x)  # an EMA step: every codebook changes in place
+    calls.clear()
+    vqvae.eval().encode(x)
+    assert len(calls) == levels
+    assert all(torch.equal(vq_mod.codebook_terms(k).norms, n) for k, n in zip(codebooks, fresh()))
+    with torch.no_grad():
+        codebooks[0].mul_(2.0)  # any in-place change
+    vqvae.encode(x)
+    assert len(calls) == levels + 1
+    state = {k: v.clone() for k, v in vqvae.state_dict().items()}
+    vqvae.load_state_dict(state)  # a load copies into every codebook
+    calls.clear()
+    vqvae.encode(x)
+    assert len(calls) == levels
+    # A new tensor, even at a freed one's address, is never given the old one's terms.
+    for seed in range(5):
+        c = torch.randn(64, 8, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(vq_mod.codebook_terms(c).norms, real(c))
+        del c
+
+
+def test_encode_refuses_non_finite_audio_once_unless_asked_not_to():
+    from jukebox_fast import hparams, make_vqvae
+
+    vqvae = make_vqvae(hparams.get("tiny_vqvae")).eval()
+    x = 0.3 * torch.randn(1, 1024, 1)
+    x[0, 300, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"audio holds 1 NaN or inf sample\(s\) \(the first at flat index 300\)"):
+        vqvae.encode(x)
+    codes = vqvae.encode(x, check_finite=False)  # unchecked: no host sync; the bad rows get code 0
+    assert [z.shape for z in codes] == [(1, 1024 // hop) for hop in vqvae.hps.hop_lengths]

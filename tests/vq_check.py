@@ -54,6 +54,28 @@ def assert_nearest(x, c, idx, dist, reference=None) -> None:
     assert bool((err <= tol).all()), f"a distance is off: {err.max():.3g} > tol {tol.max():.3g}"
 
 
+def assert_same_codes_by_margin(x, c, idx, ref_idx) -> int:
+    """Two fp32 searches that round differently (three TF32 products on a GPU's tensor cores, a
+    BLAS's fp32 FMAs on the CPU; the interpreter emulates the first only up to its summation order)
+    may pick different codes only for a row whose two nearest codes lie within both searches'
+    rounding of each other. Each computed distance is within :func:`expansion_error` of the exact
+    one, so two searches can disagree only where the exact gap between the nearest and the second
+    nearest is at most twice that bound. Every other row must get the same code, and a row that
+    differs must still be given a code within the bound of the nearest. Returns how many rows
+    were near-ties (where the codes were free to differ)."""
+    d = exact_distances(x, c)  # [N, K] float64
+    two = d.topk(min(2, d.shape[1]), dim=1, largest=False).values  # [N, 2] nearest, second nearest
+    bound = expansion_error(x, c)  # [N]
+    gap = two[:, -1] - two[:, 0]
+    clear = gap > 2 * bound
+    idx, ref_idx = idx.cpu(), ref_idx.cpu()
+    assert torch.equal(idx[clear], ref_idx[clear]), (
+        f"{int((idx[clear] != ref_idx[clear]).sum())} rows with a clear nearest code got another one")
+    chosen = d.gather(1, idx.view(-1, 1)).squeeze(1)
+    assert bool((chosen - two[:, 0] <= 2 * bound).all()), "a near-tie row was given a code past the bound"
+    return int((~clear).sum())
+
+
 def poison(shape, dtype, device) -> torch.Tensor:
     """A stand-in for ``ops.buffers.new_empty``: NaN for floats, int64.min (never a valid index, even
     wrapped) for integers, so any element an implementation leaves unwritten fails the checks."""

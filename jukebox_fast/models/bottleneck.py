@@ -132,7 +132,10 @@ class BottleneckBlock(nn.Module):
 
     def quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [M, D] -> (codes int64 [M], fit = mean squared distance to the chosen codes)."""
-        codes, dist_min = ops.vq_nearest(x.detach(), self.k.detach())
+        # self.k itself, not a detached alias: the search's codebook terms are kept per tensor and
+        # version (a search needs no gradient). No finiteness check here: VQVAE.encode checks its
+        # audio once, and the search then makes no host sync (CUDA-graph capturable).
+        codes, dist_min = ops.vq_nearest(x.detach(), self.k, check_finite=False)
         return codes, dist_min.mean()
 
     def dequantise(self, codes: torch.Tensor) -> torch.Tensor:
@@ -159,7 +162,7 @@ class BottleneckBlock(nn.Module):
             self.init_k(rows)
         ema = update_k and self.codebook_mode == "ema"
         # Codes, codebook[codes], commit error and (for the EMA) per-code counts and sums, in one op.
-        out = ops.vq_quantise(rows, self.k.detach(), stats=ema)
+        out = ops.vq_quantise(rows, self.k, stats=ema)  # no gradient reaches the codebook through it
         metrics = dict(fit=out.distances.mean(), pn=prenorm)
         if ema:
             metrics.update(self.update_k(rows, out.counts, out.sums))

@@ -141,17 +141,24 @@ class VQVAE(nn.Module):
         if not isinstance(bs_chunks, int) or isinstance(bs_chunks, bool) or bs_chunks < 1:
             raise ValueError(f"bs_chunks must be an integer >= 1 (pieces of the batch), got {bs_chunks!r}")
 
-    def encode(self, x: torch.Tensor, start_level: int = 0, end_level: int | None = None, bs_chunks: int = 1) -> list[torch.Tensor]:
+    def encode(self, x: torch.Tensor, start_level: int = 0, end_level: int | None = None, bs_chunks: int = 1,
+               check_finite: bool = True) -> list[torch.Tensor]:
         """Audio [N, T, 1] -> codes ``[int64 [N, T // hop_l] for l in start_level..end_level-1]``.
 
         T may be any length of at least one code of the highest level asked for: like the
         original's encoder, the strided convolutions drop what is left past the last whole code.
         ``bs_chunks`` splits the batch into that many pieces processed one after the other (less
         memory). Only the requested levels' encoders run (the original runs all of them).
+        ``check_finite`` refuses NaN or inf samples: one reduction and one host read; pass False
+        inside a CUDA graph capture, where encoding then makes no host sync at all.
         """
         levels = self._levels(start_level, end_level)
         self._check_chunks(bs_chunks)
         self._check_audio(x, levels, any_length=True)
+        if check_finite and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).flatten().nonzero()
+            raise ValueError(f"audio holds {len(bad)} NaN or inf sample(s) (the first at flat index {int(bad[0])}); "
+                             "its codes would be meaningless")
         per_chunk = []
         with torch.no_grad():  # codes carry no gradient
             for chunk in torch.chunk(x, bs_chunks, dim=0):

@@ -10,7 +10,10 @@ the block of the VQ-VAE's encoder/decoder stacks and of the upsamplers' conditio
 Implementations, in priority order:
 
 - ``cuda``: ``csrc/dilated_resblock_cuda.cu``, one launch per block, the hidden channels kept in
-  shared memory;
+  shared memory. Its scope is stated, not grown: an fp32 reference for the C++ path's fusion on
+  a GPU (plain FMAs, no tensor cores, a 64-float shared-memory stride with bank conflicts in its
+  weight tiles). It runs on request only (``backend="cuda"``); ``auto`` never takes it, since
+  cuDNN's convolutions are the faster GPU path by every reading of its machine code;
 - ``cpp``: ``csrc/dilated_resblock.cpp``, the same fusion on CPU threads. Taken by ``auto`` only
   where it measured faster than the reference (``CPP_BF16_MAX_WIDTH``);
 - ``torch``: the reference, two ``conv1d`` calls (cuDNN / oneDNN), and the only one with a backward.
@@ -98,6 +101,9 @@ def _cuda_reasons(x, w1, b1, w2, b2, dilation, res_scale=1.0) -> list[str]:
     reasons = _inference_reasons((x, w1, b1, w2, b2))
     if x.device.type != "cuda":
         reasons.append(f"x is on {x.device.type}, the CUDA kernel needs cuda")
+    if x.dtype != torch.float32:
+        reasons.append(f"the CUDA kernel is an fp32 reference (no tensor cores), got {x.dtype}; cuDNN runs 16-bit "
+                       "blocks")
     if w1.shape[0] > CUDA_MAX_HIDDEN:
         reasons.append(f"hidden width {w1.shape[0]} > {CUDA_MAX_HIDDEN} does not fit the kernel's shared memory")
     return reasons
@@ -108,6 +114,11 @@ def _cpp_reasons(x, w1, b1, w2, b2, dilation, res_scale=1.0) -> list[str]:
     if x.device.type != "cpu":
         reasons.append(f"x is on {x.device.type}, the C++ kernel runs on the CPU")
     return reasons
+
+
+def _cuda_declines(*args, **kwargs) -> list[str]:
+    return ["a reference for the C++ path's fusion, never chosen by auto: cuDNN is the GPU path "
+            "(ask for it with backend='cuda')"]
 
 
 def _cpp_declines(x, w1, b1, w2, b2, dilation, res_scale=1.0) -> list[str]:
@@ -130,7 +141,8 @@ def dilated_resblock(x, w1, b1, w2, b2, dilation: int, res_scale: float = 1.0, *
 
 dispatch.define_op("dilated_resblock", ("cuda", "cpp", "torch"), doc=__doc__, width_dim=1)  # x [N, C, L]
 dispatch.register("dilated_resblock", "cuda", _extension_call, available=extension.cuda_unavailable_reason,
-                  supports=_cuda_reasons, note="csrc/dilated_resblock_cuda.cu, inference only")
+                  supports=_cuda_reasons, declines=_cuda_declines,
+                  note="csrc/dilated_resblock_cuda.cu, fp32 reference on request, never auto, inference only")
 dispatch.register("dilated_resblock", "cpp", _extension_call, available=extension.load,
                   supports=_cpp_reasons, declines=_cpp_declines, note="csrc/dilated_resblock.cpp, inference only")
 dispatch.register("dilated_resblock", "torch", dilated_resblock_reference, note="reference")

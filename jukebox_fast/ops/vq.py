@@ -8,14 +8,22 @@ Distances use the original's expansion ``‖x‖² − 2·x·c + ‖c‖²`` in 
 so a distance may come out slightly negative through rounding, exactly as in the original. Ties
 go to the lowest index, as ``torch.argmin``; identical codebook rows always count as tied.
 
+What a search needs of the codebook beyond its rows (‖c‖² with repeats and non-finite rows taken
+out, a copy safe for the products, whether every row is finite) is computed once per codebook
+version (:func:`codebook_terms`): an EMA update, a restart, an optimiser step or a load changes the
+version, and the next search computes them again. A search itself makes no host sync.
+
 Non-finite values: ``vq_nearest`` refuses NaN or inf in x or the codebook unless
-``check_finite=False`` (the check is a reduction and a host sync, which hot paths may skip).
-Unchecked, and always in ``vq_quantise``: a row of x whose ‖x‖² is NaN or inf gets index 0 and
-distance NaN (and its NaN reaches the commit sum); a codebook row holding NaN or inf is never
-chosen (if every row does, every index is 0 with distance inf or NaN).
+``check_finite=False``. The check is one fused reduction over x (the codebook's is kept with its
+terms) and one host read of its result, so hot paths and CUDA graph captures pass False (the
+VQ-VAE's encoding does; ``VQVAE.encode`` checks its audio once instead). Unchecked, and always in
+``vq_quantise``: a row of x whose ‖x‖² is NaN or inf gets index 0 and distance NaN (and its NaN
+reaches the commit sum); a codebook row holding NaN or inf is never chosen (if every row does,
+every index is 0 with distance inf or NaN).
 """
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -23,7 +31,7 @@ import torch
 from .. import dispatch
 from . import buffers
 
-__all__ = ["Quantised", "vq_nearest", "vq_nearest_reference", "vq_quantise", "vq_quantise_reference", "TILE_ELEMENTS"]
+__all__ = ["Quantised", "codebook_terms", "vq_nearest", "vq_nearest_reference", "vq_quantise", "vq_quantise_reference", "TILE_ELEMENTS"]
 
 # The reference never holds more than this many distances at once (16 MiB of fp32), where the
 # original materialises all N×K of them (2.7 GB for 60 s of level-0 codes).
@@ -75,11 +83,65 @@ def searchable(codebook: torch.Tensor) -> torch.Tensor:
     return codebook.nan_to_num(0.0, 0.0, 0.0)
 
 
+class Terms(NamedTuple):
+    """What a search needs of a codebook [K, D] beyond its rows."""
+
+    searchable: torch.Tensor  # [K, D] the rows, NaN/inf replaced by 0 (:func:`searchable`)
+    norms: torch.Tensor  # fp32 [K] ‖c‖², +inf for repeats and non-finite rows (:func:`code_norms`)
+    finite: torch.Tensor  # bool [] every row finite
+
+
+_TERMS: dict[int, tuple] = {}  # id(codebook) -> (weak reference, version stamp, Terms)
+
+
+def codebook_terms(codebook: torch.Tensor) -> Terms:
+    """The codebook's :class:`Terms`, computed once per version of the tensor: kept while the
+    tensor lives and its version counter, storage, shape and dtype stay (in-place updates bump the
+    version), computed afresh otherwise, and always while torch.compile traces."""
+    if torch.compiler.is_compiling() or codebook.is_inference():  # no version counter to key on
+        return _terms(codebook)
+    key = id(codebook)
+    stamp = (codebook._version, codebook.data_ptr(), codebook.shape, codebook.stride(), codebook.dtype,
+             codebook.device)
+    held = _TERMS.get(key)
+    if held is not None and held[0]() is codebook and held[1] == stamp:
+        return held[2]
+    terms = _terms(codebook)
+
+    def forget(ref, key=key):  # the tensor died: drop its terms (unless its id was reused since)
+        if key in _TERMS and _TERMS[key][0] is ref:
+            del _TERMS[key]
+
+    _TERMS[key] = (weakref.ref(codebook, forget), stamp, terms)
+    return terms
+
+
+def _terms(codebook: torch.Tensor) -> Terms:
+    return Terms(*_terms_op(codebook))
+
+
+# An op of its own, so torch.compile sees one opaque node (code_norms' torch.unique has a
+# data-dependent size) and the search around it compiles whole.
+@torch.library.custom_op("jukebox_fast::vq_codebook_terms", mutates_args=())
+def _terms_op(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return searchable(codebook), code_norms(codebook), torch.isfinite(codebook).all()
+
+
+@_terms_op.register_fake
+def _(codebook):
+    return (torch.empty_like(codebook), codebook.new_empty((codebook.shape[0],), dtype=torch.float32),
+            codebook.new_empty((), dtype=torch.bool))
+
+
 def check_finite_inputs(x: torch.Tensor, codebook: torch.Tensor, op: str) -> None:
+    """Refuse NaN or inf: one fused reduction over x (the codebook's kept with its terms) and one
+    host read; the rows are counted only to word the error."""
+    if bool(torch.isfinite(x).all() & codebook_terms(codebook).finite):
+        return
     for name, t in (("x", x), ("codebook", codebook)):
-        bad = ~torch.isfinite(t).all(dim=1)  # [rows]
-        if bad.any():
-            rows = bad.nonzero().flatten()
+        rows = (~torch.isfinite(t).all(dim=1)).nonzero().flatten()
+        if len(rows):
             raise ValueError(f"{op}: {name} holds NaN or inf in {len(rows)} of its {t.shape[0]} rows (first: row "
                              f"{int(rows[0])}); pass check_finite=False to skip this check (see the module notes "
                              "for what unchecked non-finite rows give)")
@@ -89,9 +151,8 @@ def check_finite_inputs(x: torch.Tensor, codebook: torch.Tensor, op: str) -> Non
 def vq_nearest_reference(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch reference: the oracle for the kernels and the CPU implementation."""
     n, k = x.shape[0], codebook.shape[0]
-    c = codebook.float()
-    c_sq = code_norms(c)  # [K]
-    c = searchable(c)
+    terms = codebook_terms(codebook)
+    c, c_sq = terms.searchable.float(), terms.norms  # [K, D], [K]
     indices = buffers.new_empty((n,), torch.int64, x.device)
     dists = buffers.new_empty((n,), torch.float32, x.device)
     rows = max(1, TILE_ELEMENTS // k)
@@ -118,8 +179,8 @@ def vq_nearest(
         x: [N, D] float tensor (fp32, fp16, bf16 or fp64). N may be 0.
         codebook: [K, D] float tensor on the same device.
         check_finite: raise ValueError (naming the first bad row) if x or the codebook holds NaN
-            or inf. False skips the check, a reduction and a host sync, for hot paths; the
-            module notes say what non-finite rows then give.
+            or inf: one fused reduction over x and one host read. False skips it, for hot paths
+            and CUDA graph captures; the module notes say what non-finite rows then give.
         backend: implementation to use (see :mod:`jukebox_fast.dispatch`); None for the default.
 
     Returns:
@@ -171,7 +232,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, codebook, impl, stats, deterministic):
-        out = impl(x.detach(), codebook.detach(), stats, deterministic)
+        out = impl(x.detach(), codebook, stats, deterministic)  # the codebook as given: its terms are kept by identity
         ctx.save_for_backward(x, out.quantised)
         ctx.mark_non_differentiable(*(t for t in (out.codes, out.distances, out.counts, out.sums) if t is not None))
         return tuple(out)
@@ -241,32 +302,34 @@ def _kernel_inputs(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
 
 # The kernels run inside torch.library custom ops with fake implementations (as sparse
 # attention's do), so torch.compile traces a call as one opaque node with known output shapes.
+# The codebook's terms are computed outside them (:func:`codebook_terms`, once per version).
 @torch.library.custom_op("jukebox_fast::vq_search", mutates_args=())
-def _vq_search(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _vq_search(x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from ..kernels import vq as kernels
 
     n = x.shape[0]
     indices = buffers.new_empty((n,), torch.int64, x.device)
     dists = buffers.new_empty((n,), torch.float32, x.device)
     if n:
-        kernels.search(x, searchable(codebook), code_norms(codebook), indices, dists)
+        kernels.search(x, codebook, code_sq, indices, dists)
     return indices, dists
 
 
 @_vq_search.register_fake
-def _(x, codebook):
+def _(x, codebook, code_sq):
     n = x.shape[0]
     return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=torch.float32)
 
 
 @torch.no_grad()
 def vq_nearest_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _vq_search(*_kernel_inputs(x, codebook))
+    terms = codebook_terms(codebook)
+    return _vq_search(*_kernel_inputs(x, terms.searchable), terms.norms)
 
 
 @torch.library.custom_op("jukebox_fast::vq_quantise", mutates_args=())
-def _vq_quantise(x: torch.Tensor, codebook: torch.Tensor, stats: bool, deterministic: bool, block_n: int | None,
-                 block_k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+def _vq_quantise(x: torch.Tensor, codebook: torch.Tensor, code_sq: torch.Tensor, stats: bool, deterministic: bool,
+                 block_n: int | None, block_k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                torch.Tensor]:
     """codes, distances, quantised, commit sum, counts [K] and sums [K, D] (both empty without
     ``stats``: a custom op returns tensors only)."""
@@ -276,12 +339,12 @@ def _vq_quantise(x: torch.Tensor, codebook: torch.Tensor, stats: bool, determini
     codes = buffers.new_empty((n,), torch.int64, dev)
     dists = buffers.new_empty((n,), torch.float32, dev)
     quantised = buffers.new_empty((n, d), codebook.dtype, dev)
-    errors = buffers.new_empty((kernels.errors_size(n, d, block_n),), torch.float32, dev)  # per program
+    errors = buffers.new_empty((kernels.errors_size(n, d, x.dtype, block_n),), torch.float32, dev)  # per program
     atomic = stats and not deterministic
     counts = torch.zeros(k, dtype=torch.int32, device=dev) if atomic else None  # atomics add into these
     sums = torch.zeros(k, d, device=dev) if atomic else None
     if n:
-        kernels.search(x, searchable(codebook), code_norms(codebook), codes, dists, quantised, errors, counts, sums,
+        kernels.search(x, codebook, code_sq, codes, dists, quantised, errors, counts, sums,
                        block_n=block_n, block_k=block_k)
     if stats and deterministic:
         counts = torch.bincount(codes, minlength=k)  # [K]
@@ -294,7 +357,7 @@ def _vq_quantise(x: torch.Tensor, codebook: torch.Tensor, stats: bool, determini
 
 
 @_vq_quantise.register_fake
-def _(x, codebook, stats, deterministic, block_n, block_k):
+def _(x, codebook, code_sq, stats, deterministic, block_n, block_k):
     (n, d), k = x.shape, codebook.shape[0]
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=torch.float32),
             x.new_empty((n, d), dtype=codebook.dtype), x.new_empty((), dtype=torch.float32),
@@ -307,8 +370,9 @@ def vq_quantise_triton(
     x: torch.Tensor, codebook: torch.Tensor, stats: bool = True, deterministic: bool = False, *,
     block_n: int | None = None, block_k: int | None = None,
 ) -> Quantised:
-    codes, dists, quantised, commit, counts, sums = _vq_quantise(*_kernel_inputs(x, codebook), bool(stats),
-                                                                 bool(deterministic), block_n, block_k)
+    terms = codebook_terms(codebook)
+    codes, dists, quantised, commit, counts, sums = _vq_quantise(*_kernel_inputs(x, terms.searchable), terms.norms,
+                                                                 bool(stats), bool(deterministic), block_n, block_k)
     return Quantised(codes, dists, quantised, commit, counts if stats else None, sums if stats else None)
 
 
