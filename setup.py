@@ -69,8 +69,10 @@ setup(
         "unidecode",  # lyrics: the original transliterates to ASCII before tokenising
     ],
     extras_require={
-        # scipy: the resampling oracle; pytest-timeout: no test can hang CI; pytest-xdist: both cores
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "numpy", "hypothesis", "transformers==4.57.6", "scipy"],
+        # scipy: the resampling oracle; pytest-timeout: no test can hang CI; pytest-xdist: both cores;
+        # playwright: drives Debian's chromium (never downloads a browser) for the lyrics page
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "numpy", "hypothesis", "transformers==4.57.6", "scipy",
+                 "playwright"],
         "bench": ["pytest-benchmark", "transformers==4.57.6"],  # the HF port: the CPU comparisons' baseline
     },
     **extension_build(),

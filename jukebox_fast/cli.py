@@ -261,13 +261,33 @@ def _sample(args) -> int:
                         progress=not args.quiet)
     try:
         generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
-                 sampling=sampling, out_dir=args.out, sr=sr, overwrite=args.overwrite)
+                 sampling=sampling, out_dir=args.out, sr=sr, overwrite=args.overwrite,
+                 alignment=False if args.no_alignment else args.alignment or True)
     except KeyboardInterrupt:
         print(f"jukebox-fast sample: interrupted; the codes sampled so far are in {Path(args.out) / 'codes.pt'}: "
               "run the same command to resume", file=sys.stderr)
         return 130
     rate = sampling.stats["tokens"] / max(sampling.stats["seconds"], 1e-9)
-    print(f"wrote {args.n_samples} sample(s) into {args.out}/ ({sampling.stats['tokens']} tokens, {rate:.0f} tokens/s)")
+    page = Path(args.out) / "index.html"
+    print(f"wrote {args.n_samples} sample(s) into {args.out}/ ({sampling.stats['tokens']} tokens, {rate:.0f} tokens/s)"
+          + (f"; open {page} to follow the lyrics" if page.exists() else ""))
+    return 0
+
+
+def _layer_head(text: str) -> tuple[int, int]:
+    try:
+        layer, head = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise _UsageError(f"--alignment takes LAYER:HEAD (two integers), got {text!r}") from None
+    if layer < 0 or head < 0:
+        raise _UsageError(f"--alignment takes a layer and head >= 0, got {text!r}")
+    return layer, head
+
+
+def _page(args) -> int:
+    from .page import write_page
+
+    print(f"wrote {write_page(args.folder)}")
     return 0
 
 
@@ -443,10 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (codes.pt there makes the run resume, if it was "
                                                 "sampled with the same settings)")
     p.add_argument("--overwrite", action="store_true", help="start over where OUT holds codes of other settings")
+    p.add_argument("--no-alignment", action="store_true",
+                   help="with a lyrics prior, skip the lyric alignment and the page (index.html)")
+    p.add_argument("--alignment", type=_layer_head, metavar="LAYER:HEAD",
+                   help="the lyrics prior's layer (from 0) and head to align with (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("page", help="write FOLDER/index.html again from a sampling folder's alignment and wavs",
+                       formatter_class=defaults)
+    p.add_argument("folder", help="a folder `sample` wrote with a lyrics prior (alignment.npz, level_*_item_*.wav)")
+    p.set_defaults(func=_page)
 
     p = sub.add_parser("embed", help="top-prior representations of audio files (jukemirlib's features), resumable",
                        formatter_class=defaults)

@@ -72,6 +72,14 @@ class Song:
                              f"{version}_{kind}_ids.txt), or give {kind} ids")
         return self.ids.get(version, kind)
 
+    def lyric_indices(self, prior, start: int) -> list[int]:
+        """Which characters of the song's lyrics the lyric window of ``prior``'s window at token
+        ``start`` holds (−1 for padding), as :meth:`labels` (sampling) chooses them."""
+        lyrics = self.level_labels(prior)[2]
+        total = self.total_length or prior.sample_length
+        return text.lyric_window(lyrics, prior.n_tokens, total, self.offset + start * prior.raw_to_tokens,
+                                 prior.sample_length, sampling=True)[1]
+
     def labels(self, prior, start: int, n: int, *, sampling: bool = True) -> torch.Tensor | None:
         """y rows [n, ...] for the window of ``prior`` that starts at token ``start``. The lyric
         window follows the original sampler's float32 rule, or with ``sampling=False`` its

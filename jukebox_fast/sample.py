@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -291,7 +292,8 @@ _SAME = dict(what="codes sampled", unrecorded="codes whose settings were not rec
 def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = None, total_length: int | None = None,
              n_samples: int = 1, levels: Sequence[int] | None = None, prime: list[torch.Tensor] | None = None,
              hop_fraction: Sequence[float] = (0.5, 0.5, 0.125), sampling: Sampling | None = None,
-             out_dir: str | os.PathLike | None = None, sr: int = 44100, overwrite: bool = False) -> torch.Tensor:
+             out_dir: str | os.PathLike | None = None, sr: int = 44100, overwrite: bool = False,
+             alignment: bool | tuple[int, int] = True) -> torch.Tensor:
     """The whole pipeline: sample the requested levels top-down, then decode the lowest to audio.
 
     Args:
@@ -311,6 +313,11 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
             level sampled are written. A ``codes.pt`` there is resumed only if it was sampled with
             the same settings, models and labels (:func:`run_settings`); otherwise this raises,
             naming what differs, unless ``overwrite`` starts over.
+        alignment: with ``out_dir`` and a top prior that takes lyrics, read where its alignment
+            head attends (:func:`jukebox_fast.alignment.lyric_alignment`) right after the top
+            level is sampled, save it as ``alignment.npz`` (atomically; a resumed run keeps it)
+            and write ``index.html`` (:func:`jukebox_fast.page.write_page`). ``(layer, head)``
+            reads that head (priors whose presets name none, as the tiny ones); False skips it.
 
     Returns:
         audio [N, T, 1] decoded from the lowest level sampled.
@@ -346,16 +353,34 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
     out = Path(out_dir) if out_dir is not None else None
     with hold_output(out) if out is not None else contextlib.nullcontext():  # one writer per folder
         return _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr,
-                         overwrite)
+                         overwrite, alignment)
 
 
-def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr, overwrite):
+def _align(prior, codes: torch.Tensor, song: Song, hop_fraction: float, alignment, out: Path, hop: int,
+           sr: int) -> None:
+    """Save the top prior's lyric alignment into ``out`` (kept if a resumed run saved it)."""
+    from . import alignment as alignment_mod
+
+    if (out / alignment_mod.FILE).exists():
+        return
+    layer, head = alignment if isinstance(alignment, tuple) else (None, None)
+    if layer is None and prior.hps.alignment_layer is None:
+        warnings.warn("no lyric alignment: this prior's preset names no alignment layer and head "
+                      "(pass alignment=(layer, head), or --alignment LAYER:HEAD)", stacklevel=3)
+        return
+    found = alignment_mod.lyric_alignment(prior, codes, song, hop_fraction=hop_fraction, layer=layer, head=head)
+    alignment_mod.save(out, found, prior, song, hop, sr)
+
+
+def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr, overwrite,
+              alignment):
     settings = None
     if out is not None:  # before any work
         settings = run_settings(vqvae, priors, song, total_length=total_length, n_samples=n_samples, levels=levels,
                                 prime=prime, hop_fraction=hop_fraction, sampling=s)
         codes = out / "codes.pt"
-        claim_output(out, settings, resume=None, overwrite=overwrite, made=("codes.pt", "level_*_item_*.wav"),
+        claim_output(out, settings, resume=None, overwrite=overwrite,
+                     made=("codes.pt", "level_*_item_*.wav", "alignment.npz", "alignment_item_*.png", "index.html"),
                      recorded=lambda: read_checkpoint(codes).get("settings") if codes.exists() else None,
                      record=False, **_SAME)  # the settings are kept in codes.pt, with the codes
     for level in levels:
@@ -363,6 +388,9 @@ def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, h
         total = total_length // prior.raw_to_tokens
         zs = sample_level(prior, zs, song, total, hop_fraction=hop_fraction[level], sampling=s,
                           checkpoint=out / "codes.pt" if out is not None else None, settings=settings)
+        if out is not None and alignment is not False and level == levels[0] and prior.n_tokens:
+            # now, while this prior is loaded: the memory plan frees it before the upsamplers
+            _align(prior, zs[level], song, hop_fraction[level], alignment, out, vqvae.hps.hop_lengths[level], sr)
     low = levels[-1]
     with torch.no_grad():
         audio = vqvae.decode(zs[low:], start_level=low, bs_chunks=n_samples).clamp(-1, 1)
@@ -371,4 +399,8 @@ def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, h
 
         for i in range(n_samples):
             write_wav(out / f"level_{low}_item_{i}.wav", audio[i].cpu().numpy(), sr)
+        if (out / "alignment.npz").exists():
+            from .page import write_page
+
+            write_page(out)
     return audio

@@ -172,9 +172,16 @@ def test_generate_writes_audio(tmp_path):
     song = Song(artist=3, genres=(5,), total_length=int(1.5 * top.hps.min_duration * 44100),
                 lyrics=tuple(range(1, 30)))
     audio = generate(vq, [None, up, top], song, total_length=128 * 80, n_samples=2, levels=(2, 1),
-                     out_dir=tmp_path, sampling=Sampling(progress=False))
+                     out_dir=tmp_path, sampling=Sampling(progress=False), alignment=(15, 0))
     assert audio.shape == (2, 128 * 80, 1) and audio.abs().max() <= 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.pt", "level_1_item_0.wav", "level_1_item_1.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "alignment.npz", "alignment_item_0.png", "alignment_item_1.png", "codes.pt", "index.html",
+        "level_1_item_0.wav", "level_1_item_1.wav"]  # the page plays the lowest level sampled
+    assert "level_1_item_1.wav" in (tmp_path / "index.html").read_text()
+    with pytest.warns(UserWarning, match="no lyric alignment: this prior's preset names no alignment layer"):
+        generate(vq, [None, None, top], song, total_length=128 * 8, levels=(2,), out_dir=tmp_path / "short",
+                 sampling=Sampling(progress=False))
+    assert not (tmp_path / "short" / "alignment.npz").exists()
 
 
 def test_decode_attention_rejects_bad_input():

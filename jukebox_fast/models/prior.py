@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .. import hparams as hparams_mod
 from ..hparams import PriorHparams, VQVAEHparams
+from ..ops import Kind
 from .checks import require_all
 from .conditioners import Conditioner, LabelConditioner
 from .transformer import Conv1D, ConditionalAutoregressive2D, LayerNorm, bits
@@ -182,6 +183,28 @@ class SimplePrior(nn.Module):
         if encoder_kv is not None and dtype is not None:
             encoder_kv = encoder_kv.to(dtype)
         return self.prior.transformer.states(h if dtype is None else h.to(dtype), layers, encoder_kv)
+
+    def lyric_attention(self, z: torch.Tensor, y: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+        """How the music attends to the lyrics at block ``layer`` (from 0), head ``head``, in the
+        teacher-forced forward on codes z [N, n_ctx] with labels y: fp32 [N, n_ctx, n_tokens].
+        The layer must see the lyrics: a cross-attention layer (a separate lyric encoder, as
+        5b_lyrics), or a prime layer of a single encoder-decoder (1b_lyrics), whose music queries
+        × lyric keys are kept, as the original keeps them."""
+        if not self.n_tokens:
+            raise ValueError("this prior takes no lyrics: there is nothing to align")
+        kind = self.prior.transformer.kinds[layer] if 0 <= layer < len(self.prior.transformer.kinds) else None
+        sees = Kind.CROSS if self.separate_encoder else Kind.PRIME
+        if kind != sees:
+            raise ValueError(f"layer {layer} is a {kind.name.lower() if kind is not None else 'missing'} layer; the "
+                             f"lyrics are seen by this prior's {sees.name.lower()} layers "
+                             f"{[i for i, k in enumerate(self.prior.transformer.kinds) if k == sees]}")
+        self.check_codes(z, self.hps.n_ctx, self.bins, f"level-{self.level} codes")
+        tokens, x_cond, y_cond, encoder_kv, _ = self.lm_inputs(z, None, y)
+        h = self.prior.embed(tokens, x_cond, y_cond)
+        w = self.prior.transformer.attention_weights(h, layer, head, encoder_kv)  # [N, L, Lk]
+        if self.hps.single_enc_dec:  # music queries × lyric keys
+            w = w[:, self.n_tokens :, : self.n_tokens]
+        return w
 
     def get_logits(self, zs, y: torch.Tensor | None = None, fp16: bool = False) -> torch.Tensor:
         """Logits [N, L, bins] of the training forward (L includes the lyrics for 1b_lyrics)."""

@@ -82,7 +82,8 @@ class FactoredAttention(nn.Module):
         n, length, _ = t.shape
         return t.view(n, length, self.n_head, -1).transpose(1, 2)  # [N, H, L, d]
 
-    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, encoder_kv: torch.Tensor | None):
+        """q [N, H, L, d], k and v [N, H, Lk, d], and the scale of their product."""
         h = self.c_attn(x)
         if self.pattern.cross:
             if encoder_kv is None:
@@ -94,12 +95,19 @@ class FactoredAttention(nn.Module):
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         d = q.shape[-1]
         if self.training:  # the original scales both sides by d^(-1/4) when training
-            q, k, scale = q * d**-0.25, k * d**-0.25, 1.0
-        else:
-            scale = 1.0 / math.sqrt(d)
+            return q * d**-0.25, k * d**-0.25, v, 1.0
+        return q, k, v, 1.0 / math.sqrt(d)
+
+    def forward(self, x: torch.Tensor, encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v, scale = self._qkv(x, encoder_kv)
         a = ops.sparse_attention(q, k, v, self.pattern, scale=scale)  # [N, H, L, d]
         a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.n_state)
         return F.dropout(self.c_proj(a), self.resid_dropout, self.training)
+
+    def weights(self, x: torch.Tensor, head: int, encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Head ``head``'s attention probabilities for input x: fp32 [N, L, Lk]."""
+        q, k, _, scale = self._qkv(x, encoder_kv)
+        return ops.attention_weights(q[:, head : head + 1], k[:, head : head + 1], self.pattern, scale)[:, 0]
 
 
 class ResAttnBlock(nn.Module):
@@ -165,6 +173,19 @@ class Transformer(nn.Module):
             if i in wanted:
                 out[i] = x
         return out
+
+    def attention_weights(self, x: torch.Tensor, layer: int, head: int,
+                          encoder_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Head ``head`` of block ``layer`` (numbered from 0, as the original's
+        ``alignment_layer``): its attention probabilities for input x, fp32 [N, L, Lk]. Only the
+        blocks before it run."""
+        if not 0 <= layer < len(self._attn_mods) or not 0 <= head < self._attn_mods[0].attn.n_head:
+            raise ValueError(f"layer must lie in 0..{len(self._attn_mods) - 1} and head in "
+                             f"0..{self._attn_mods[0].attn.n_head - 1}, got layer {layer}, head {head}")
+        for block in self._attn_mods[:layer]:
+            x = block(x, encoder_kv if block.attn.pattern.cross else None)
+        block = self._attn_mods[layer]
+        return block.attn.weights(block.ln_0(x), head, encoder_kv if block.attn.pattern.cross else None)
 
     def keep_first(self, n: int) -> None:
         """Drop every block after the first ``n`` (a model loaded for hidden states only)."""

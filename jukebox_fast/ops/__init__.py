@@ -4,7 +4,7 @@ Each op module holds the PyTorch reference, the checks every backend shares, and
 registration of its implementations with :mod:`jukebox_fast.dispatch`. Importing this package
 registers them all.
 """
-from .attention import sparse_attention, sparse_attention_reference
+from .attention import attention_weights, sparse_attention, sparse_attention_reference
 from .decode import decode_attention, decode_attention_reference
 from .decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, decode_layers, decode_layers_reference
 from .decode_layers import bind as bind_decode_layers
@@ -14,6 +14,7 @@ from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_qua
 
 __all__ = [
     "AttentionPattern",
+    "attention_weights",
     "CacheLayout",
     "DecodeLayer",
     "DecodeStack",

@@ -277,3 +277,30 @@ dispatch.register(
     "sparse_attention", "torch", sparse_attention_reference,
     note="PyTorch reference: re-blocked for block/column/prev-block, chunked masks otherwise",
 )
+
+
+# -- attention weights --------------------------------------------------------------------------
+# The flash kernels never form the probabilities. The lyric alignment reads one head's of one
+# layer, so they have an op of their own (a reference only: it runs once per window, not per token).
+def attention_weights_reference(q: torch.Tensor, k: torch.Tensor, pattern: AttentionPattern,
+                                scale: float) -> torch.Tensor:
+    """fp32 [N, H, Lq, Lk]: the softmax the attention weighs v by, masked as the pattern says
+    (hidden logits at the original's -1e9; a query that sees no key gets zeros)."""
+    visible = pattern.mask(q.shape[2], k.shape[2], q.device)  # [Lq, Lk]
+    w = torch.where(visible, _logits(q, k, scale).float(), _MASKED)
+    return torch.softmax(w, dim=-1) * visible.any(dim=1, keepdim=True)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, pattern: AttentionPattern, scale: float | None = None, *,
+                      backend: str | None = None) -> torch.Tensor:
+    """The attention probabilities of ``sparse_attention`` for q [N, H, Lq, d] and k [N, H, Lk, d]:
+    fp32 [N, H, Lq, Lk] (Lq = 0 gives an empty result). ``scale`` defaults to 1/sqrt(d)."""
+    check_inputs(q, k, k, pattern)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return dispatch.call("attention_weights", q, k, pattern, scale, backend=backend)
+
+
+dispatch.define_op("attention_weights", order=("torch",),
+                   doc="q[N,H,Lq,d], k[N,H,Lk,d], AttentionPattern -> fp32 probabilities [N,H,Lq,Lk]")
+dispatch.register("attention_weights", "torch", attention_weights_reference,
+                  note="PyTorch reference: one masked softmax (the lyric alignment's layer and head)")
