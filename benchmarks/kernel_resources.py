@@ -99,6 +99,7 @@ class Row:
     tensor_cores: str = ""  # "wgmma", "mma" or "" (from the PTX)
     atomics: str = ""  # the memory orderings of the global atomics, e.g. "relaxed"
     load_bytes: int = 0  # the widest global load per thread, bytes (ld.global or cp.async)
+    pipelined: str = ""  # "yes", or "no: why" (from the TTGIR: ttgir_facts)
     problems: list[str] = field(default_factory=list)
 
 
@@ -332,6 +333,54 @@ def ptx_facts(ptx: str) -> dict:
             "load_bytes": max(widths, default=0)}
 
 
+def _loops(ttgir: str) -> list[tuple[list[str], bool]]:
+    """Every ``scf.for`` of a TTGIR listing: (its own body lines, those of no loop nested in it;
+    whether a loop is nested in it). Regions go by braces; an attribute dictionary opens and
+    closes on its line."""
+    stack, done = [], []  # [is a loop, own lines, holds a loop]
+    for line in ttgir.splitlines():
+        inner = next((entry for entry in reversed(stack) if entry[0]), None)
+        if inner is not None:
+            inner[1].append(line)
+        net = line.count("{") - line.count("}")
+        if net > 0:
+            loop = "scf.for" in line
+            if loop and inner is not None:
+                inner[2] = True
+            stack.append([loop, [], False])
+        elif net < 0 and stack:
+            loop, lines, nested = stack.pop()
+            if loop:
+                done.append((lines, nested))
+    return done
+
+
+def ttgir_facts(ttgir: str) -> str:
+    """Whether the kernel's matrix-product loops stream their operands: each loop holding a
+    product is innermost, every 2-D tile it loads comes by an asynchronous copy (cp.async or TMA),
+    and no wait in it drains every copy in flight (``async_wait {num >= 1}``). "yes", or "no: "
+    and what fails; "-" for a kernel without a product in a loop."""
+    hot = [(lines, nested) for lines, nested in _loops(ttgir)
+           if any("warp_group_dot" in ln or "tt.dot " in ln for ln in lines)]
+    if not hot:
+        return "-"
+    why = []
+    for lines, nested in hot:
+        text = "\n".join(lines)
+        if nested:
+            why.append("a product sits in a loop around another loop (the key loop is not innermost)")
+        sync = sorted({m for m in re.findall(r"%([A-Za-z_][A-Za-z_]*?)(?:_\d+)* = tt\.load [^\n]*: tensor<\d+x\d+x", text)})
+        copies = len(re.findall(r"async_copy_global_to_local|async_tma_copy_global_to_local|tt\.descriptor_load", text))
+        waits = [int(n) for n in re.findall(r"ttg\.async_wait [^\n]*\{num = (\d+)", text)]
+        if sync:
+            why.append(f"synchronous tile loads of {', '.join(sync)}")
+        if not copies:
+            why.append("no asynchronous copy")
+        elif waits and min(waits) < 1:
+            why.append("a wait drains every copy (num = 0)")
+    return "yes" if not why else "no: " + "; ".join(sorted(set(why)))
+
+
 _TILE_NAMES = ("BLOCK_N", "BLOCK_K", "BLOCK_M", "BLOCK_D", "BLOCK_DK", "BLOCK_DV", "D_CHUNKS", "PRECISION")
 
 
@@ -345,7 +394,7 @@ def _row(case: Case, kernel, compiled, limits: Limits) -> Row:
     tiles = ", ".join(f"{n}={getattr(values[n], 'value', values[n])}" for n in _TILE_NAMES if n in values)
     row = Row(case.op, case.config, kernel.fn.__name__, tiles, md.num_warps, md.num_stages, md.shared,
               usage["REG"], usage["STACK"], usage["LOCAL"], blocks_per_sm(usage["REG"], md.num_warps, md.shared, limits),
-              **ptx_facts(compiled.asm["ptx"]))
+              **ptx_facts(compiled.asm["ptx"]), pipelined=ttgir_facts(compiled.asm["ttgir"]))
     if md.shared > limits.shared_per_block:
         row.problems.append(f"{md.shared} B shared > {limits.shared_per_block}")
     if usage["STACK"] or usage["LOCAL"]:
@@ -484,7 +533,9 @@ def markdown(reports: list[dict]) -> str:
              f"{SM90.shared_per_block} B of shared memory, no stack or local memory (no spills), at least one block "
              "per SM. Shared = the dynamic shared memory the launch requests; registers, stack and local are per "
              "thread; blocks/SM from registers, warps and shared memory; matrix, atomics and load B (the widest "
-             "global load per thread) from the PTX.", ""]
+             "global load per thread) from the PTX; pipelined from the TTGIR: every loop holding a matrix product "
+             "is innermost, loads its 2-D tiles by asynchronous copies and never waits for all of them (num >= 1). "
+             "Pipelined is reported, not yet a limit.", ""]
     for rep in reports:
         info, rows = rep["versions"], rep["rows"]
         bad = [r for r in rows if r["problems"]]
@@ -492,13 +543,14 @@ def markdown(reports: list[dict]) -> str:
                   f"torch {info['torch']}, Python {info['python']}, target {info['target']}, commit {info['commit']}: "
                   f"{len(rows)} kernels compiled, {len(bad)} over a limit.", "",
                   "| op | configuration | kernel | tiles | warps | stages | shared (B) | registers | stack | local "
-                  "| blocks/SM | matrix | atomics | load B | ok |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| blocks/SM | matrix | atomics | load B | pipelined | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ok = "yes" if not r["problems"] else "NO: " + "; ".join(r["problems"])
             lines.append(f"| {r['op']} | {r['config']} | {r['kernel']} | {r['tiles']} | {r['warps']} | {r['stages']} "
                          f"| {r['shared']} | {r['registers']} | {r['stack']} | {r['local']} | {r['blocks_per_sm']} "
-                         f"| {r['tensor_cores'] or '-'} | {r['atomics'] or '-'} | {r['load_bytes']} | {ok} |")
+                         f"| {r['tensor_cores'] or '-'} | {r['atomics'] or '-'} | {r['load_bytes']} "
+                         f"| {r.get('pipelined') or '-'} | {ok} |")
         lines.append("")
     return "\n".join(lines)
 

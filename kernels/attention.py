@@ -20,7 +20,12 @@ visible keys directly (:mod:`jukebox_fast.ops.patterns` is the definition they f
   BLOCK_DK, so a width of 80, 150 or 480 is padded to the next multiple of the chunk rather than
   of a power of two. The accumulators over the width (output, dK, dV, dQ) hold BLOCK_DV columns;
   wider heads take several programs along the grid's second axis, each recomputing the
-  probabilities for its slice of columns.
+  probabilities for its slice of columns. A head that fits one chunk has no chunk loop, so the
+  key (or query) loop is the innermost loop and Triton pipelines its tile loads (asynchronous
+  copies, ``num_stages`` deep); where the chunk is also the accumulator's slice, the backward
+  reuses the chunk it loaded instead of loading the same bytes again. Wider heads keep the
+  chunk loop inside the key loop, which Triton does not pipeline (the resource check's
+  "pipelined" column says which configurations stream).
 
 Backward: ``_bwd_kv_kernel`` walks, per key tile, the query tiles that can see it and accumulates
 dK and dV in registers. dQ comes either from ``_bwd_q_kernel`` (per query tile, a second
@@ -106,12 +111,18 @@ def _fwd_kernel(
         j = base + step * v_units
         k_rows = j.to(tl.int64)
         s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
-            d = c * BLOCK_DK + dk
-            if D_CHUNKS != 1:
-                q = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & (d < D)[None, :], other=0.0)
-            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & (d < D)[None, :], other=0.0)
+        if D_CHUNKS == 1:  # no chunk loop: this key loop is the innermost, the one Triton pipelines
+            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + dk[None, :], mask=k_ok[:, None] & (dk < D)[None, :],
+                         other=0.0)
             s = dot(q, tl.trans(kc), s, PRECISION, UPCAST)
+        else:
+            for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
+                d = c * BLOCK_DK + dk
+                q = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & (d < D)[None, :],
+                            other=0.0)
+                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & (d < D)[None, :],
+                             other=0.0)
+                s = dot(q, tl.trans(kc), s, PRECISION, UPCAST)
         vis = visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         s = tl.where(vis, s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -190,25 +201,34 @@ def _bwd_kv_kernel(
         q_rows = (p - q_start).to(tl.int64)
         st = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # scores, keys × queries
         dpt = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # dO·vᵀ, transposed
-        for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
-            d = c * BLOCK_DK + dk
-            d_ok = (d < D)[None, :]
-            if D_CHUNKS != 1:
-                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-                vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-            qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+        if D_CHUNKS == 1:  # no chunk loop: this query loop is the innermost, the one Triton pipelines
+            d_ok = (dk < D)[None, :]
+            qc = tl.load(q_ptr + q_rows[:, None] * sq_t + dk[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+            doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + dk[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
             st = dot(kc, tl.trans(qc), st, PRECISION, UPCAST)
             dpt = dot(vc, tl.trans(doc), dpt, PRECISION, UPCAST)
+        else:
+            for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
+                d = c * BLOCK_DK + dk
+                d_ok = (d < D)[None, :]
+                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+                vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+                qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+                doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+                st = dot(kc, tl.trans(qc), st, PRECISION, UPCAST)
+                dpt = dot(vc, tl.trans(doc), dpt, PRECISION, UPCAST)
         lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
         delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
         vis = visible(p[None, :], u[None, :], j[:, None], v_units[:, None], BC, PRIME, KIND) & k_ok[:, None]
         pt = tl.where(vis, tl.exp2(st * qk_scale - lse[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
         dst = pt * (dpt - delta[None, :])
-        do_slice = tl.load(do_ptr + q_rows[:, None] * sdo_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
-                           other=0.0)
-        q_slice = tl.load(q_ptr + q_rows[:, None] * sq_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
-                          other=0.0)
+        if D_CHUNKS == 1 and BLOCK_DK == BLOCK_DV:  # one chunk, one slice: the same bytes, loaded once
+            do_slice, q_slice = doc, qc
+        else:
+            do_slice = tl.load(do_ptr + q_rows[:, None] * sdo_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
+                               other=0.0)
+            q_slice = tl.load(q_ptr + q_rows[:, None] * sq_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
+                              other=0.0)
         acc_dv = dot(pt.to(do_slice.dtype), do_slice, acc_dv, PRECISION, UPCAST)
         acc_dk = dot(dst.to(q_slice.dtype), q_slice, acc_dk, PRECISION, UPCAST)
         if ATOMIC_DQ:
@@ -266,20 +286,30 @@ def _bwd_q_kernel(
         k_rows = j.to(tl.int64)
         s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
-            d = c * BLOCK_DK + dk
-            d_ok = (d < D)[None, :]
-            if D_CHUNKS != 1:
-                qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-                doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-            vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+        if D_CHUNKS == 1:  # no chunk loop: this key loop is the innermost, the one Triton pipelines
+            d_ok = (dk < D)[None, :]
+            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + dk[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+            vc = tl.load(v_ptr + k_rows[:, None] * sv_t + dk[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
             s = dot(qc, tl.trans(kc), s, PRECISION, UPCAST)
             dp = dot(doc, tl.trans(vc), dp, PRECISION, UPCAST)
+        else:
+            for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
+                d = c * BLOCK_DK + dk
+                d_ok = (d < D)[None, :]
+                qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+                doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+                vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
+                s = dot(qc, tl.trans(kc), s, PRECISION, UPCAST)
+                dp = dot(doc, tl.trans(vc), dp, PRECISION, UPCAST)
         vis = visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         pr = tl.where(vis, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         ds = pr * (dp - delta[:, None])
-        k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
+        if D_CHUNKS == 1 and BLOCK_DK == BLOCK_DV:  # one chunk, one slice: the same bytes, loaded once
+            k_slice = kc
+        else:
+            k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :],
+                              other=0.0)
         acc = dot(ds.to(k_slice.dtype), k_slice, acc, PRECISION, UPCAST)
 
     tl.store(dq_ptr + q_rows[:, None] * sdq_t + dv[None, :], (acc * scale).to(dq_ptr.dtype.element_ty),
@@ -321,9 +351,9 @@ def _width_chunk(d: int) -> int:
 _TILES = {
     ("fwd", 2, "64"): (128, 64, 0, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 0, 8, 3),
     ("fwd", 2, "wide"): (64, 64, 0, 0, 8, 2), ("fwd", 2, "wide, unaligned"): (64, 32, 0, 0, 8, 2),
-    ("bwd_kv", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_kv", 2, "128"): (64, 64, 0, 0, 8, 2),
+    ("bwd_kv", 2, "64"): (64, 64, 0, 0, 8, 3), ("bwd_kv", 2, "128"): (64, 64, 0, 0, 8, 2),
     ("bwd_kv", 2, "wide"): (64, 32, 0, 0, 8, 2), ("bwd_kv", 2, "wide, unaligned"): (64, 32, 0, 128, 8, 2),
-    ("bwd_kv_atomic", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_kv_atomic", 2, "128"): (64, 64, 0, 0, 8, 2),
+    ("bwd_kv_atomic", 2, "64"): (64, 64, 0, 0, 8, 3), ("bwd_kv_atomic", 2, "128"): (64, 64, 0, 0, 8, 2),
     ("bwd_kv_atomic", 2, "wide"): (64, 32, 0, 128, 8, 2),
     ("bwd_kv_atomic", 2, "wide, unaligned"): (64, 32, 0, 128, 8, 2),
     ("bwd_q", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_q", 2, "128"): (128, 64, 0, 0, 8, 3),

@@ -31,7 +31,7 @@ import kernel_resources  # noqa: E402
 GPU_IMAGE_TRITON = "3.6.0"  # the device tool's KINDS.md: the H200 image's Triton
 TABLE = ROOT / "benchmarks" / "results" / "kernels_sm90.md"
 COMPARED = ("kernel", "tiles", "warps", "stages", "shared (B)", "registers", "stack", "local", "blocks/SM",
-            "matrix", "atomics", "load B", "ok")
+            "matrix", "atomics", "load B", "pipelined", "ok")
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,32 @@ def test_a_table_read_back_gives_its_rows():
     assert digest == kernel_resources.sources_digest()
     (got,) = tables["9.9"]
     assert (got["configuration"], got["registers"], got["matrix"], got["ok"]) == ("search, x", "32", "-", "NO: too big")
+
+
+# TTGIR as Triton prints it, cut to what the reader looks at.
+_PIPELINED = """
+    %r:2 = scf.for %i = %lo to %hi step %c64 iter_args(%a = %z, %t = %t0) -> (tensor<128x64xf32>, !ttg.async.token) {
+      %kc_3 = ttg.async_wait %t {num = 1 : i32} loc(#loc1)
+      %s_4 = ttng.warp_group_dot %q, %kc_3, %a {isAsync = true} : !ttg.memdesc<128x64xbf16> loc(#loc2)
+      %lse = tt.load %p, %m : tensor<128x!tt.ptr<f32>> loc(#loc3)
+      %kc_5 = ttg.async_copy_global_to_local %kp, %buf mask %mk other %c0 : tensor<64x64x!tt.ptr<bf16>> loc(#loc4)
+      scf.yield %s_4, %kc_5 : tensor<128x64xf32>, !ttg.async.token loc(#loc5)
+    } loc(#loc6)
+"""
+
+
+def test_the_ttgir_reader_calls_a_streamed_innermost_loop_pipelined():
+    assert kernel_resources.ttgir_facts(_PIPELINED) == "yes"  # a 1-D load (lse) is not a streamed tile
+
+
+def test_the_ttgir_reader_names_each_way_a_loop_fails_to_stream():
+    drained = _PIPELINED.replace("{num = 1 : i32}", "{num = 0 : i32}")
+    assert kernel_resources.ttgir_facts(drained) == "no: a wait drains every copy (num = 0)"
+    sync = _PIPELINED.replace("%lse = tt.load %p, %m : tensor<128x!tt.ptr<f32>>",
+                              "%vt_7 = tt.load %p, %m : tensor<64x64x!tt.ptr<bf16>>")
+    assert kernel_resources.ttgir_facts(sync) == "no: synchronous tile loads of vt"
+    nested = ("    %o = scf.for %j = %a to %b step %c {\n      %x = ttng.warp_group_dot %p, %v, %acc : f32\n"
+              + _PIPELINED + "      scf.yield %x : f32\n    } loc(#l)\n")
+    assert kernel_resources.ttgir_facts(nested) == (
+        "no: a product sits in a loop around another loop (the key loop is not innermost); no asynchronous copy")
+    assert kernel_resources.ttgir_facts("    tt.return loc(#l)\n") == "-"

@@ -70,7 +70,9 @@ def test_half_precision_is_within_twice_the_references_error(pattern, dtype, dev
     (150, AttentionPattern(Kind.COLUMN, block_ctx=6), torch.float32),  # 5b's width: chunks of 32, one 256-wide slice
     (480, AttentionPattern(Kind.BLOCK, block_ctx=8), torch.bfloat16),  # the upsamplers': two 256-wide slices
     (80, AttentionPattern(Kind.CROSS), torch.float16),  # the lyric encoder's: chunks of 16
-], ids=["d150-column-fp32", "d480-block-bf16", "d80-cross-fp16"])
+    (64, AttentionPattern(Kind.PREV_BLOCK, block_ctx=8), torch.bfloat16),  # one chunk, one slice: no chunk loop
+    (16, AttentionPattern(Kind.PRIME, prime_len=prime_window(10, 4)), torch.float32),  # fp32, one chunk
+], ids=["d150-column-fp32", "d480-block-bf16", "d80-cross-fp16", "d64-prev-bf16", "d16-prime-fp32"])
 def test_released_head_widths_with_the_default_tiles(d, pattern, dtype, dev):
     lq, lk = 33, (33 if pattern.kind != Kind.CROSS else 12)
     q, k, v = inputs(1, 1, lq, lk, d, dtype, dev)
