@@ -95,8 +95,8 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     prior's ``sample_length``). Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
-    p = hparams.get(preset) if isinstance(preset, str) else preset
-    if not isinstance(p, hparams.PriorHparams):
+    hps = hparams.get(preset) if isinstance(preset, str) else preset
+    if not isinstance(hps, hparams.PriorHparams):
         raise ValueError(f"preset {preset!r} is not a prior (prior presets: "
                          f"{', '.join(hparams.names(hparams.PriorHparams))})")
     dev = process_device(device)
@@ -104,10 +104,10 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr, bad_files)  # before the claim
     # The batch's audio, the encoder's first activations [batch, width, window] that give its codes,
     # and the residual stream [batch, n_ctx, width] each layer keeps for the backward pass; fp32.
-    window = p.n_ctx * vq.hps.hop_lengths[p.level]
+    window = hps.n_ctx * vq.hps.hop_lengths[hps.level]
     require_memory({"audio": cfg.batch_size * window * 4, "encoding": cfg.batch_size * window * vq.hps.width * 4,
-                    "activations": cfg.batch_size * p.n_ctx * p.prior_width * p.prior_depth * 4},
-                   dev, f"a batch of {cfg.batch_size} windows of {p.n_ctx} codes", "lower --batch-size")
+                    "activations": cfg.batch_size * hps.n_ctx * hps.prior_width * hps.prior_depth * 4},
+                   dev, f"a batch of {cfg.batch_size} windows of {hps.n_ctx} codes", "lower --batch-size")
     with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
         _claim(out_dir, "prior_level_*.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg, vqvae=fingerprint(vq),
                artist=artist, genres=list(genres))
@@ -122,7 +122,9 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
             audio, offsets, totals = folder.windows(prior.sample_length, cfg.batch_size, gen)
             with torch.no_grad():
                 # this level's codes, and an upsampler's conditioning codes from the level above
-                zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels))
+                # (the folder's clips are finite: read_audio refused any other, so no check, no sync)
+                zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels),
+                               check_finite=False)
             rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1, sampling=False)
                     for o, t in zip(offsets, totals)]
             y = torch.cat(rows).to(dev) if rows[0] is not None else None
