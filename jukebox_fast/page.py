@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import alignment as alignment_mod
-from .files import atomic_text
+from .files import atomic_text, atomic_write
 
 __all__ = ["write_page", "PAGE"]
 
@@ -82,8 +82,6 @@ def _picture(path: Path, alignment: np.ndarray) -> None:
     ax.imshow(alignment.T, origin="upper", aspect="auto", cmap="Greys", interpolation="nearest")
     ax.set_xlabel("top-level code")
     ax.set_ylabel("character")
-    from .files import atomic_write
-
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
 
