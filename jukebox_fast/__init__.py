@@ -10,7 +10,7 @@ See :mod:`jukebox_fast.dispatch` for choosing kernel implementations and
 """
 from . import ops  # registers the ops with the dispatcher
 from .alignment import lyric_alignment
-from .checkpoint import CheckpointError, load_prior, load_vqvae, save_prior, save_vqvae
+from .checkpoint import CheckpointError, PriorFile, load_prior, load_vqvae, save_prior, save_vqvae
 from .dispatch import use_backend
 from .models.prior import SimplePrior, make_prior
 from .models.vqvae import VQVAE, make_vqvae
@@ -18,6 +18,6 @@ from .models.vqvae import VQVAE, make_vqvae
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "SimplePrior", "VQVAE", "load_prior", "load_vqvae", "lyric_alignment", "make_prior", "make_vqvae",
+    "CheckpointError", "PriorFile", "SimplePrior", "VQVAE", "load_prior", "load_vqvae", "lyric_alignment", "make_prior", "make_vqvae",
     "save_prior", "save_vqvae", "use_backend", "__version__",
 ]

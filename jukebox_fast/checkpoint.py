@@ -24,10 +24,17 @@ import numpy as np
 import torch
 
 from . import hparams as hparams_mod
-from .files import CheckpointError, atomic_save, atomic_write, read_checkpoint
+from .files import (
+    CheckpointError,
+    _numpy_globals,
+    atomic_save,
+    atomic_write,
+    read_checkpoint,
+)
 from .hf_keys import hf_to_openai, looks_hf, openai_to_hf, openai_to_hf_key
 from .hparams import PriorHparams, VQVAEHparams
 from .models.prior import SimplePrior, make_prior
+from .models.transformer import cast_projections
 from .models.vqvae import VQVAE, make_vqvae
 
 __all__ = [
@@ -41,6 +48,9 @@ __all__ = [
     "save_vqvae",
     "load_prior",
     "save_prior",
+    "read_record",
+    "vqvae_hparams",
+    "PriorFile",
     "openai_to_hf_key",
     "openai_to_hf",
     "hf_to_openai",
@@ -72,7 +82,7 @@ def tensor_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
     for key, t in state_dict.items():
         t = t.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the tensor
     return h.hexdigest()
 
 
@@ -88,27 +98,35 @@ def _verify(obj: Any, state_dict: Mapping[str, Any], path: Path, kind: str) -> N
         is_prior = any(k.startswith(("prior.", "y_emb.", "conditioner_blocks.", "x_emb.")) for k in keys)
         found = "vqvae" if is_vqvae and not is_prior else "prior" if is_prior and not is_vqvae else kind
     if found != kind:
-        name = {"vqvae": "a VQ-VAE", "prior": "a prior"}
-        raise CheckpointError(f"{path} holds {name.get(found, repr(found))}, not {name[kind]} "
-                              f"(pass it to load_{found} / the matching option)")
+        raise _wrong_kind(path, found, kind)
     if ours and obj.get("checksum") and tensor_checksum(state_dict) != obj["checksum"]:
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
                               "(the file was changed or damaged after saving)")
     for key, t in state_dict.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point():
-            bad = int((~torch.isfinite(t)).sum())
+            # by pieces: isfinite over a whole tensor makes several temporaries of its size
+            bad = sum(int((~torch.isfinite(piece)).sum()) for piece in t.reshape(-1).split(1 << 18))
             if bad:
                 raise CheckpointError(f"{path} is corrupt: {key!r} holds {bad} NaN/inf value(s) of {t.numel()}")
 
 
+def _wrong_kind(path: Path, found: str, kind: str) -> CheckpointError:
+    name = {"vqvae": "a VQ-VAE", "prior": "a prior"}
+    return CheckpointError(f"{path} holds {name.get(found, repr(found))}, not {name[kind]} "
+                           f"(pass it to load_{found} / the matching option)")
+
+
 def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint",
-                            *, assign: bool = False, device: torch.device | str | None = None) -> None:
+                            *, assign: bool = False, device: torch.device | str | None = None,
+                            consume: bool = False) -> None:
     """``load_state_dict(strict=True)`` after checks whose errors name the offending keys.
 
     Tensors are cast to the model's dtypes (fp16 weights into an fp32 model are upcast, as
     ``load_state_dict`` does in the original). ``assign=True`` adopts the tensors (moved to
     ``device``) instead of copying them, so a model built on the meta device costs no memory
-    before its weights arrive.
+    before its weights arrive. ``consume=True`` empties ``state_dict`` as it goes: a tensor that
+    is cast or moved is dropped as soon as its copy exists, so loading holds the file and one
+    tensor, not the file and the model (the memory plan counts it so).
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -129,7 +147,10 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any
             raise CheckpointError(
                 f"{source}: key {key!r} has shape {list(value.shape)}, the model expects {list(target.shape)}"
             )
+    for key, target in expected.items():
+        value = state_dict.pop(key) if consume else state_dict[key]
         cast[key] = value.to(device=device if assign else None, dtype=target.dtype)
+        del value
     model.load_state_dict(cast, strict=True, assign=assign)
 
 
@@ -184,8 +205,9 @@ def load_vqvae(path: str | os.PathLike, device: torch.device | str | None = None
     if looks_hf(state_dict):
         state_dict = hf_to_openai(state_dict)
     _verify(obj, state_dict, path, "vqvae")
-    model = make_vqvae(_hparams_from(obj, hparams, path), device=device)
-    load_state_dict_checked(model, state_dict, str(path))
+    with torch.device("meta"):  # no memory until the file's tensors are adopted
+        model = make_vqvae(_hparams_from(obj, hparams, path))
+    load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu", consume=True)
     ema = obj.get("ema") if isinstance(obj, Mapping) and obj.get("format") == FORMAT else None
     for level, block in enumerate(model.bottleneck.level_blocks):
         if ema:
@@ -217,7 +239,7 @@ def save_vqvae(model: VQVAE, path: str | os.PathLike, **extra: Any) -> Path:
 # -- priors ---------------------------------------------------------------------------------------
 def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | None = None, vqvae=None,
                device: torch.device | str | None = None, *, layers: int | None = None,
-               trust_pickle: bool = False) -> SimplePrior:
+               weights: str = "stored", trust_pickle: bool = False) -> SimplePrior:
     """A prior from an original ``prior_level_N.pth.tar`` (or one of ours, or a bare state dict).
 
     Args:
@@ -232,10 +254,18 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         layers: keep only the LM's first ``layers`` blocks; the others are never built or
             loaded (layer 36 of the 5b prior: half its weights). Such a prior gives hidden
             states (:meth:`~jukebox_fast.models.prior.SimplePrior.hidden_states`), not logits.
+        weights: "stored" (each tensor in the dtype the architecture keeps it) or "16-bit": every
+            projection matrix in 16 bits (fp16 stays fp16, fp32 becomes bf16), cast tensor by
+            tensor as it loads (:func:`~jukebox_fast.models.transformer.cast_projections`).
+
+    Loading holds the file's tensors and at most one converted tensor beside them: each is
+    dropped from the file's dict as soon as the model has its copy (what the memory plan counts).
 
     Raises FileNotFoundError, or :class:`CheckpointError` naming the file and the key when the
     file is unreadable, does not fit the architecture, or unties a tied output projection.
     """
+    if weights not in ("stored", "16-bit"):
+        raise ValueError(f"weights is 'stored' or '16-bit', got {weights!r}")
     path = Path(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     state_dict = _state_dict_of(obj, path)
@@ -257,8 +287,11 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         if given_vq is not None:
             _agree(path, hparams_mod.from_dict(VQVAEHparams, obj["vqvae_hparams"]), given_vq, "the VQ-VAE",
                    fields=VQVAE_STRUCTURE)
+    del obj  # the state dict is all that is left of the file: loading empties it as it goes
     with torch.device("meta"):
         model = make_prior(name_or_hparams, vqvae)
+    if weights == "16-bit":
+        cast_projections(model)
     if layers is not None:
         depth = len(model.prior.transformer._attn_mods)
         if not isinstance(layers, int) or not 1 <= layers <= depth:
@@ -267,7 +300,7 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         dropped = re.compile(r"prior\.transformer\._attn_mods\.(\d+)\.")
         state_dict = {k: v for k, v in state_dict.items()
                       if not ((m := dropped.match(k)) and int(m.group(1)) >= layers)}
-    load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu")
+    load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu", consume=True)
     lm = model.prior
     if not model.hps.merged_decoder:  # x_out is x_emb in this architecture: keep it one tensor
         if not torch.equal(lm.x_out.weight, lm.x_emb.weight):
@@ -275,6 +308,76 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
                                   "architecture ties them (merged_decoder=False)")
         lm.x_out.weight = lm.x_emb.weight
     return model.eval()
+
+
+def read_record(path: str | os.PathLike) -> Mapping[str, Any] | None:
+    """What one of our checkpoints records about itself (``kind``, ``hparams``, ...) without
+    reading its weights (the file is memory-mapped; no tensor is touched). None for a file in
+    another format (the original's: its architecture comes from a preset)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the legacy (non-zip) format cannot be mapped: an original file
+        return None
+    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT):
+        return None
+    return {k: v for k, v in obj.items() if k not in ("model", "ema")}
+
+
+def vqvae_hparams(path: str | os.PathLike) -> VQVAEHparams:
+    """The architecture of the VQ-VAE in ``path`` without loading it: ours record it, an
+    original file is the released ``vqvae``."""
+    record = read_record(path)
+    if record is None:
+        return hparams_mod.get("vqvae")
+    if record.get("kind") != "vqvae":
+        raise _wrong_kind(Path(path), record.get("kind"), "vqvae")
+    return hparams_mod.from_dict(VQVAEHparams, record["hparams"])
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorFile:
+    """A prior checkpoint that is loaded only when a run reaches its level.
+
+    Given to :func:`~jukebox_fast.sample.generate` in place of a loaded prior, it lets the run
+    be planned before any weight loads (:mod:`jukebox_fast.memory`) and each level be loaded
+    in turn and freed after it. ``preset`` as :func:`load_prior` takes it (None for our files).
+    """
+
+    path: Path
+    preset: str | PriorHparams | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+        if not self.path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {self.path}")
+
+    def hparams(self) -> PriorHparams:
+        if self.preset is not None:
+            return hparams_mod.get(self.preset) if isinstance(self.preset, str) else self.preset
+        record = read_record(self.path)
+        if record is not None and record.get("kind") != "prior":
+            raise _wrong_kind(self.path, record.get("kind"), "prior")
+        if record is None:
+            raise CheckpointError(f"{self.path} does not say which prior it holds: name its preset (e.g. "
+                                  "'prior_5b', 'upsampler_level_0'; --model on the command line)")
+        return hparams_mod.from_dict(PriorHparams, record["hparams"])
+
+    @property
+    def nbytes(self) -> int:
+        """What loading reads into memory at once: the file's tensors (its size bounds them)."""
+        return self.path.stat().st_size
+
+    def fingerprint(self) -> str:
+        """Which file this is, for a run's settings: its path, size and modification time."""
+        st = self.path.stat()
+        return hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+    def load(self, vqvae=None, device: torch.device | str | None = None, weights: str = "stored") -> SimplePrior:
+        return load_prior(self.path, self.preset, vqvae, device, weights=weights)
 
 
 def save_prior(model: SimplePrior, path: str | os.PathLike, **extra: Any) -> Path:

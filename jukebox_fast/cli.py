@@ -82,22 +82,26 @@ def _train_prior(args) -> int:
     return 0
 
 
-def _encode_file(vqvae, path, seconds: float | None = None, copies: int = 1):
-    """The codes of an audio file (its first ``seconds``, trimmed to whole top-level codes),
-    ``copies`` rows of them: per level [copies, T_level], one encoding seen ``copies`` times (a
-    view: the sizes are checked before anything is allocated for them)."""
-    import torch
-
+def _read_clip(path, sr: int, hop: int, seconds: float | None = None):
+    """An audio file's first ``seconds``, trimmed to whole top-level codes (``hop`` samples)."""
     from .audio import read_audio
 
-    sr, hop = vqvae.hps.sr, vqvae.hps.hop_lengths[-1]
     audio = read_audio(path, sr)
     if seconds is not None:
         audio = audio[: int(seconds * sr)]
     n = len(audio) // hop * hop
     if n == 0:
         raise ValueError(f"{path} gives less than one top-level code ({hop} samples)")
-    x = torch.from_numpy(audio[:n]).view(1, n, 1)  # [1, n, 1]
+    return audio[:n]
+
+
+def _encode_clip(vqvae, audio, copies: int = 1):
+    """The codes of a clip from :func:`_read_clip`, ``copies`` rows of them: per level
+    [copies, T_level], one encoding seen ``copies`` times (a view: the sizes are checked before
+    anything is allocated for them)."""
+    import torch
+
+    x = torch.from_numpy(audio).view(1, len(audio), 1)  # [1, n, 1]
     return [z.expand(copies, -1) for z in vqvae.encode(x.to(next(vqvae.parameters()).device))]
 
 
@@ -106,7 +110,7 @@ def _encode(args) -> int:
     from .files import atomic_save
 
     vqvae = load_vqvae(args.vqvae, device=args.device)
-    codes = [z.cpu() for z in _encode_file(vqvae, args.audio)]
+    codes = [z.cpu() for z in _encode_clip(vqvae, _read_clip(args.audio, vqvae.hps.sr, vqvae.hps.hop_lengths[-1]))]
     atomic_save({"codes": codes, "hop_lengths": vqvae.hps.hop_lengths, "sr": vqvae.hps.sr,
                  "source": str(args.audio)}, args.out)
     print(f"wrote {args.out}: " + ", ".join(f"level {lvl} {tuple(z.shape)}" for lvl, z in enumerate(codes)))
@@ -199,8 +203,9 @@ def _checkpoint_files(folder: Path) -> tuple[Path | None, dict[int, Path]]:
 def _sample(args) -> int:
     import torch
 
-    from .checkpoint import load_prior, load_vqvae
-    from .sample import Sampling, Song, check_levels, generate, total_length_of
+    from .checkpoint import PriorFile, load_vqvae, vqvae_hparams
+    from .memory import plan_generate
+    from .sample import Sampling, Song, check_levels, check_request, generate, total_length_of
 
     device = _device(args.device)
     ckpt = Path(args.checkpoints) if args.checkpoints else None
@@ -208,8 +213,8 @@ def _sample(args) -> int:
     vqvae_path = args.vqvae or found_vqvae
     if vqvae_path is None:
         raise ValueError("give --vqvae, or --checkpoints with a vqvae.pth.tar" + (f" (none in {ckpt})" if ckpt else ""))
-    vqvae = load_vqvae(vqvae_path, device=device)
-    top = vqvae.hps.levels - 1
+    vqvae_hps = vqvae_hparams(vqvae_path)  # the architecture only: nothing loads before the plan
+    top = vqvae_hps.levels - 1
     if args.levels:
         try:
             levels = [int(v) for v in args.levels.split(",")]
@@ -219,15 +224,15 @@ def _sample(args) -> int:
         levels = sorted(found, reverse=True)
         if not levels:
             raise ValueError(f"no prior_level_<L>.pth.tar under {ckpt or '--checkpoints'}")
-    levels = check_levels(levels, top)  # before any prior loads
-    priors: list = [None] * vqvae.hps.levels
+    levels = check_levels(levels, top)
+    priors: list = [None] * vqvae_hps.levels
     for level in levels:
         path = found.get(level)
         if path is None:
             raise FileNotFoundError(f"no prior for level {level}: expected prior_level_{level}.pth.tar under "
                                     f"{ckpt or '--checkpoints'}")
         preset = args.model if level == top else UPSAMPLERS.get(level) if args.model else None
-        priors[level] = load_prior(path, preset, vqvae.hps, device=device)
+        priors[level] = PriorFile(path, preset)  # loaded when the run reaches its level
     artist = int(args.artist) if args.artist.lstrip("-").isdigit() else args.artist
     names = args.genre or ["unknown" if args.ids else "0"]
     if all(g.lstrip("-").isdigit() for g in names):
@@ -246,23 +251,30 @@ def _sample(args) -> int:
             level_ids[int(level)] = (int(a), tuple(int(x) for x in g.split(",")))
         except ValueError:
             raise ValueError(f"--level-ids takes LEVEL:ARTIST:GENRE[,GENRE...] ids, got {spec!r}") from None
-    top_prior = priors[levels[0]]
-    sr = vqvae.hps.sr
-    total = total_length_of(args.seconds, vqvae, sr)
+    top_hps = priors[levels[0]].hparams()
+    sr = vqvae_hps.sr
+    total = total_length_of(args.seconds, vqvae_hps, sr)
     # The timing conditioning's song length: at least the shortest song the prior was trained on.
-    min_total = math.ceil((top_prior.hps.min_duration or 0) * sr)
+    min_total = math.ceil((top_hps.min_duration or 0) * sr)
     song_total = int(args.song_seconds * sr) if args.song_seconds else max(total, min_total)
     song = Song(artist, genres, song_total, args.lyrics or (), ids=args.ids, level_ids=level_ids)
-    prime = None
-    if args.prime:
-        prime = _encode_file(vqvae, args.prime, args.prime_seconds, args.n_samples)
     gen = torch.Generator(device=device or "cpu").manual_seed(args.seed)
     sampling = Sampling(temp=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen,
                         progress=not args.quiet)
+    clip = _read_clip(args.prime, sr, vqvae_hps.hop_lengths[-1], args.prime_seconds) if args.prime else None
+    prime_tokens = None if clip is None else [len(clip) // hop for hop in vqvae_hps.hop_lengths]
+    check_request(vqvae_hps, priors, song, levels, total, args.n_samples, prime_tokens, sr)
+    plan = plan_generate(vqvae_hps, priors, levels, n_samples=args.n_samples, total_length=total, sampling=sampling,
+                         prime_tokens=prime_tokens, max_memory=args.max_memory, device=device or "cpu")
+    if args.plan:
+        print(plan.table())
+        return 0
+    vqvae = load_vqvae(vqvae_path, device=device)
+    prime = None if clip is None else _encode_clip(vqvae, clip, args.n_samples)
     try:
         generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
                  sampling=sampling, out_dir=args.out, sr=sr, overwrite=args.overwrite,
-                 alignment=False if args.no_alignment else args.alignment or True)
+                 alignment=False if args.no_alignment else args.alignment or True, max_memory=args.max_memory)
     except KeyboardInterrupt:
         print(f"jukebox-fast sample: interrupted; the codes sampled so far are in {Path(args.out) / 'codes.pt'}: "
               "run the same command to resume", file=sys.stderr)
@@ -296,9 +308,10 @@ def _embed(args) -> int:
 
     import torch
 
-    from .checkpoint import load_prior, load_vqvae
-    from .embed_files import embed_files
+    from .checkpoint import PriorFile, load_prior, load_vqvae, vqvae_hparams
     from .devices import process_device
+    from .embed_files import embed_files
+    from .memory import plan_embed
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = process_device(_device(args.device))
@@ -308,17 +321,24 @@ def _embed(args) -> int:
     vqvae_path = args.vqvae or found_vqvae
     if vqvae_path is None:
         raise ValueError("give --vqvae and --prior, or --checkpoints with vqvae.pth.tar and prior_level_2.pth.tar")
-    vqvae = load_vqvae(vqvae_path, device=device)
-    prior_path = args.prior or priors.get(vqvae.hps.levels - 1)
+    vqvae_hps = vqvae_hparams(vqvae_path)  # the architectures only: nothing loads before the plan
+    prior_path = args.prior or priors.get(vqvae_hps.levels - 1)
     if prior_path is None:
-        raise ValueError(f"no top prior (prior_level_{vqvae.hps.levels - 1}.pth.tar) under {args.checkpoints}: "
+        raise ValueError(f"no top prior (prior_level_{vqvae_hps.levels - 1}.pth.tar) under {args.checkpoints}: "
                          "pass --prior")
-    prior = load_prior(prior_path, args.model, vqvae.hps if args.model else None, device=device,
-                       layers=max(args.layers))
+    prior_file = PriorFile(prior_path, args.model)
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    plan = plan_embed(vqvae_hps, prior_file, layers=max(args.layers), batch_size=args.batch_size, dtype=dtype,
+                      max_memory=args.max_memory, device=device)
+    if args.plan:
+        print(plan.table())
+        return 0
+    vqvae = load_vqvae(vqvae_path, device=device)
+    prior = load_prior(prior_path, args.model, vqvae.hps if args.model else None, device=device,
+                       layers=max(args.layers), weights=plan.choice.weights)
     try:
         result = embed_files(vqvae, prior, args.inputs, args.out, args.layers, args.meanpool,
-                             downsample_target_rate=args.downsample_rate, dtype=dtype, batch_size=args.batch_size,
+                             downsample_target_rate=args.downsample_rate, dtype=dtype, batch_size=plan.choice.batch,
                              fp16_out=args.fp16_out, overwrite=args.overwrite, rank=rank, world_size=world,
                              progress=not args.quiet)
     except KeyboardInterrupt:
@@ -375,6 +395,24 @@ def _add_training(p) -> None:
                         "skip them with a warning, or stop")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_memory(p) -> None:
+    p.add_argument("--plan", action="store_true",
+                   help="print the memory plan (bytes by phase, before any weight loads) and exit")
+    p.add_argument("--max-memory", type=_checked(str, _size, "--max-memory"), metavar="SIZE",
+                   help="run within SIZE (e.g. 16GB): levels in turn, 16-bit weights and caches, smaller batches, "
+                        "as the plan needs; refused before any weight loads when nothing fits")
+
+
+def _size(text: str, flag: str) -> str:
+    from .memory import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e}") from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
+    _add_memory(p)
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("page", help="write FOLDER/index.html again from a sampling folder's alignment and wavs",
@@ -496,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="make the features anew where OUT holds other settings")
     p.add_argument("--device", default=None, help="default: this process's GPU (LOCAL_RANK under torchrun), else cpu")
     p.add_argument("--quiet", action="store_true")
+    _add_memory(p)
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("bench", help="run benchmark scripts (source checkout) and print their tables",

@@ -16,6 +16,7 @@ codes as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import warnings
@@ -26,11 +27,19 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import ops, validate
+from . import memory, validate
 from .conditioning import Song
+from .devices import release_memory
 from .files import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
-from .runs import claim_output, digest, fingerprint, hold_output, refuse_other_settings, settings_differences
+from .runs import (
+    claim_output,
+    digest,
+    fingerprint,
+    hold_output,
+    refuse_other_settings,
+    settings_differences,
+)
 
 __all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate",
            "run_settings", "fingerprint", "settings_differences"]  # Song and the last two live in conditioning / runs
@@ -107,42 +116,23 @@ class Sampling:
 
 
 def total_length_of(seconds: float, vqvae, sr: int = 44100) -> int:
-    """Samples of audio for ``seconds``, rounded down to whole top-level codes."""
-    hop = vqvae.hps.hop_lengths[-1]
+    """Samples of audio for ``seconds``, rounded down to whole top-level codes of ``vqvae`` (the
+    model or its hparams)."""
+    hop = getattr(vqvae, "hps", vqvae).hop_lengths[-1]
     return int(validate.finite(seconds, "seconds") * sr) // hop * hop
 
 
 def check_hierarchy(vqvae, priors: Sequence, levels: Sequence[int]) -> None:
-    """Each prior to be sampled codes for this VQ-VAE's level: its place, hop and codebook."""
-    hops = vqvae.hps.hop_lengths
+    """Each prior to be sampled codes for this VQ-VAE's level (``vqvae`` the model or its
+    hparams): its place, hop and codebook."""
+    vqvae = getattr(vqvae, "hps", vqvae)
+    hops = vqvae.hop_lengths
     for level in levels:
         prior = priors[level]
-        if prior.level != level or prior.raw_to_tokens != hops[level] or prior.bins != vqvae.hps.l_bins:
+        if prior.level != level or prior.raw_to_tokens != hops[level] or prior.bins != vqvae.l_bins:
             raise ValueError(f"the prior given for level {level} codes for level {prior.level} with a hop of "
                              f"{prior.raw_to_tokens} samples and {prior.bins} codes; this VQ-VAE's level {level} has "
-                             f"a hop of {hops[level]} and {vqvae.hps.l_bins} codes: they were not trained together")
-
-
-def check_memory(vqvae, priors: Sequence, levels: Sequence[int], n_samples: int, total_length: int,
-                 sampling: Sampling) -> None:
-    """Refuse, before any work, a request whose plain size bound exceeds the memory left: every
-    level's codes (int64), the largest window's key and value caches, and the decoder's widest
-    activations for one sample (it decodes them one at a time)."""
-    from .devices import require_memory
-
-    device = next(vqvae.parameters()).device
-    codes = sum(n_samples * (total_length // hop) * 8 for hop in vqvae.hps.hop_lengths)
-    batch = min(n_samples, sampling.max_batch_size)
-    size = 2 if sampling.dtype in (torch.float16, torch.bfloat16) or device.type == "cuda" else 4
-    caches = 0  # one level's windows at a time: the largest level's caches
-    for level in levels:
-        ar = priors[level].prior
-        caches = max(caches, sum(2 * batch * layer.attn.n_state * size  # k and v [batch, slots, n_state]
-                                 * ops.CacheLayout(layer.attn.pattern, ar.length, priors[level].n_tokens).size
-                                 for layer in ar.transformer._attn_mods))
-    decoding = total_length * 4 * 2 * vqvae.hps.width * max(vqvae.hps.multipliers())
-    require_memory({"codes": codes, "caches": caches, "decoding": decoding}, device,
-                   f"{n_samples} sample(s) of {total_length / vqvae.hps.sr:.4g} s", "ask for fewer seconds or samples")
+                             f"a hop of {hops[level]} and {vqvae.l_bins} codes: they were not trained together")
 
 
 def check_levels(levels: Sequence[int], top: int) -> list[int]:
@@ -183,6 +173,44 @@ def sample_window(prior, context: torch.Tensor, sample_tokens: int, z_cond: torc
     return codes
 
 
+def windows(total_tokens: int, n_ctx: int, hop: int, have: int = 0) -> list[tuple[int, int]]:
+    """The windows (start, length) that sampling a level to ``total_tokens`` runs, in order, when
+    ``have`` codes exist already (those wholly sampled are left out: continue and resume)."""
+    if total_tokens >= n_ctx:
+        spans = [(start, n_ctx) for start in get_starts(total_tokens, n_ctx, hop)]
+    else:  # shorter than one window: the original's sample_partial_window adds total_tokens
+        spans = [(0, have + total_tokens)] if have < n_ctx - total_tokens else [(have - n_ctx + total_tokens, n_ctx)]
+    return [(start, length) for start, length in spans if have < start + length]
+
+
+def final_tokens(total_tokens: int, n_ctx: int, have: int = 0) -> int:
+    """The codes a level holds once sampled to ``total_tokens`` from ``have``: a request shorter
+    than a window adds its tokens to what is there (the original's sample_partial_window)."""
+    return have + total_tokens if total_tokens < n_ctx else max(have, total_tokens)
+
+
+def longest_context(total_tokens: int, n_ctx: int, hop: int, have: int = 0) -> tuple[int, int]:
+    """(context, length) of the window :func:`windows` runs with the most codes to continue
+    (what sizes its prefill), without listing the windows (a request may ask for millions): the
+    first window not sampled, the one after it, or the last, flush with the end. (0, 0): none."""
+    if total_tokens < n_ctx:
+        spans = windows(total_tokens, n_ctx, hop, have)
+        return max(((max(0, have - start), length) for start, length in spans), default=(0, 0))
+    count = len(range(0, total_tokens - n_ctx + hop, hop))
+
+    def start(k: int) -> int:
+        return min(k * hop, total_tokens - n_ctx)
+
+    first = min((have - n_ctx) // hop + 1 if have >= n_ctx else 0, count - 1)
+    if have >= total_tokens:
+        return 0, 0
+    best = (max(0, have - start(first)), n_ctx)
+    for k in {first + 1, count - 1} - {first}:
+        if k < count:
+            best = max(best, (start(k - 1) + n_ctx - start(k), n_ctx))
+    return best
+
+
 def sample_level(prior, zs: list[torch.Tensor], song: Song, total_tokens: int, *, hop_fraction: float = 0.5,
                  sampling: Sampling | None = None, checkpoint: str | os.PathLike | None = None,
                  settings: dict | None = None) -> list[torch.Tensor]:
@@ -200,18 +228,11 @@ def sample_level(prior, zs: list[torch.Tensor], song: Song, total_tokens: int, *
     n = zs[level].shape[0]
     if checkpoint is not None and Path(checkpoint).exists():
         zs = _resume(checkpoint, zs, s, settings)
-    hop = int(hop_fraction * n_ctx)
     cur = zs[level].shape[1]
-    if total_tokens >= n_ctx:
-        windows = [(start, n_ctx) for start in get_starts(total_tokens, n_ctx, hop)]
-        todo = max(0, total_tokens - cur)
-    else:  # shorter than one window: the original's sample_partial_window adds total_tokens
-        windows = [(0, cur + total_tokens)] if cur < n_ctx - total_tokens else [(cur - n_ctx + total_tokens, n_ctx)]
-        todo = total_tokens
+    spans = windows(total_tokens, n_ctx, int(hop_fraction * n_ctx), cur)
+    todo = max(0, total_tokens - cur) if total_tokens >= n_ctx else total_tokens
     with tqdm(total=todo * n, unit="tok", desc=f"level {level}", disable=not s.progress, leave=False) as bar:
-        for start, length in windows:
-            if zs[level].shape[1] >= start + length:  # already sampled (continue / resume)
-                continue
+        for start, length in spans:
             zs[level] = torch.cat([zs[level], _window(prior, zs, song, start, length, s, bar)], dim=1)
             if checkpoint is not None:
                 atomic_save({"zs": [z.cpu() for z in zs], "level": level, "settings": settings,
@@ -272,9 +293,13 @@ def run_settings(vqvae, priors: Sequence, song: Song, *, total_length: int, n_sa
         "top_k": int(sampling.top_k), "top_p": float(sampling.top_p), "max_batch_size": int(sampling.max_batch_size),
         "dtype": str(sampling.dtype), "seed": digest(gen.get_state()) if gen is not None else None,
         "prime": digest(prime), "vqvae": fingerprint(vqvae),
-        **{f"prior {level}": fingerprint(priors[level]) for level in levels},
-        **{f"labels {level}": _labels_digest(song, priors[level]) for level in levels},
+        **{f"prior {level}": _fingerprint(priors[level]) for level in levels},
+        **{f"labels {level}": _labels_digest(song, _spec(priors[level], vqvae.hps)) for level in levels},
     }
+
+
+def _fingerprint(prior) -> str:
+    return fingerprint(prior) if isinstance(prior, torch.nn.Module) else prior.fingerprint()
 
 
 def _labels_digest(song: Song, prior) -> str | None:
@@ -293,13 +318,15 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
              n_samples: int = 1, levels: Sequence[int] | None = None, prime: list[torch.Tensor] | None = None,
              hop_fraction: Sequence[float] = (0.5, 0.5, 0.125), sampling: Sampling | None = None,
              out_dir: str | os.PathLike | None = None, sr: int = 44100, overwrite: bool = False,
-             alignment: bool | tuple[int, int] = True) -> torch.Tensor:
+             alignment: bool | tuple[int, int] = True, max_memory: str | int | None = None) -> torch.Tensor:
     """The whole pipeline: sample the requested levels top-down, then decode the lowest to audio.
 
     Args:
         vqvae: the VQ-VAE whose codes the priors model.
-        priors: one prior per level, indexed by level (``priors[2]`` is the top prior); entries
-            for levels not sampled may be None.
+        priors: one prior per level, indexed by level (``priors[2]`` is the top prior): a loaded
+            prior, or a :class:`~jukebox_fast.checkpoint.PriorFile`, which the run loads when it
+            reaches that level and frees after it (levels in turn); entries for levels not
+            sampled may be None.
         song: conditioning (artist, genres, lyrics, song length, offset); each level labels it
             with its own tables (:class:`Song`).
         seconds / total_length: how much audio (rounded down to a multiple of the top hop).
@@ -318,34 +345,24 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
             level is sampled, save it as ``alignment.npz`` (atomically; a resumed run keeps it)
             and write ``index.html`` (:func:`jukebox_fast.page.write_page`). ``(layer, head)``
             reads that head (priors whose presets name none, as the tiny ones); False skips it.
+        max_memory: bytes (or "16GB") the run may hold. The run is planned before any work
+            (:func:`jukebox_fast.memory.plan_generate`) and, with this, takes the first way to
+            run that fits: 16-bit weights (priors given as files), 16-bit caches, fewer samples
+            per window pass. What fits nowhere, or (without it) does not fit in the memory the
+            device has free, is refused (:class:`~jukebox_fast.memory.MemoryPlanError`).
 
     Returns:
         audio [N, T, 1] decoded from the lowest level sampled.
     """
     s = sampling or Sampling()
-    top = vqvae.hps.levels - 1
-    hop = vqvae.hps.hop_lengths[top]
     if total_length is None:
         total_length = total_length_of(seconds if seconds is not None else float("nan"), vqvae, sr)
-    if total_length <= 0:
-        raise ValueError(f"nothing to sample: {total_length} samples (at least one top-level code, {hop} samples)")
-    validate.at_least(n_samples, "n_samples", 1)
-    levels = check_levels(levels if levels is not None else range(vqvae.hps.levels), top)
-    for level in levels:
-        if level < top and level + 1 not in levels and (prime is None or prime[level + 1].shape[1] == 0):
-            raise ValueError(f"level {level} is conditioned on level {level + 1}'s codes: sample level {level + 1} "
-                             f"too, or continue codes that hold it")
-        if priors[level] is None:
-            raise ValueError(f"level {level} is to be sampled but no prior was given for it")
-    if song.lyrics and not priors[levels[0]].n_tokens:
-        raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
-    check_hierarchy(vqvae, priors, levels)
-    first_hop = vqvae.hps.hop_lengths[levels[0]]  # the highest level sampled continues the prime's codes
-    if prime is not None and prime[levels[0]].shape[1] * first_hop >= total_length:
-        raise ValueError(f"the prime holds {prime[levels[0]].shape[1] * first_hop / sr:.2f} s at level {levels[0]}, as "
-                         f"long as the {total_length / sr:.2f} s asked for or longer, so nothing would be sampled: ask "
-                         "for more seconds than the prime holds")
-    check_memory(vqvae, priors, levels, n_samples, total_length, s)
+    prime_tokens = None if prime is None else [p.shape[1] for p in prime]
+    levels = check_request(vqvae.hps, priors, song, levels, total_length, n_samples, prime_tokens, sr)
+    plan = memory.plan_generate(vqvae, priors, levels, n_samples=n_samples, total_length=total_length,
+                                hop_fraction=hop_fraction, sampling=s, max_memory=max_memory,
+                                prime_tokens=prime_tokens)
+    s = dataclasses.replace(s, dtype=plan.choice.caches, max_batch_size=plan.choice.batch)
     device = next(vqvae.parameters()).device
     zs = [torch.zeros(n_samples, 0, dtype=torch.int64, device=device) for _ in range(vqvae.hps.levels)]
     if prime is not None:
@@ -353,7 +370,42 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
     out = Path(out_dir) if out_dir is not None else None
     with hold_output(out) if out is not None else contextlib.nullcontext():  # one writer per folder
         return _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr,
-                         overwrite, alignment)
+                         overwrite, alignment, plan.choice.weights)
+
+
+def check_request(vqvae_hps, priors: Sequence, song: Song, levels: Sequence[int] | None, total_length: int,
+                  n_samples: int, prime_tokens: Sequence[int] | None = None, sr: int = 44100) -> list[int]:
+    """:func:`generate`'s checks of a request, before anything is planned or loaded (priors as
+    models or :class:`~jukebox_fast.checkpoint.PriorFile`); returns the levels, top first."""
+    top = vqvae_hps.levels - 1
+    hop = vqvae_hps.hop_lengths[top]
+    if total_length <= 0:
+        raise ValueError(f"nothing to sample: {total_length} samples (at least one top-level code, {hop} samples)")
+    validate.at_least(n_samples, "n_samples", 1)
+    levels = check_levels(levels if levels is not None else range(vqvae_hps.levels), top)
+    for level in levels:
+        if level < top and level + 1 not in levels and (prime_tokens is None or prime_tokens[level + 1] == 0):
+            raise ValueError(f"level {level} is conditioned on level {level + 1}'s codes: sample level {level + 1} "
+                             f"too, or continue codes that hold it")
+        if priors[level] is None:
+            raise ValueError(f"level {level} is to be sampled but no prior was given for it")
+    specs = [_spec(p, vqvae_hps) for p in priors]  # what each level's prior is, none loaded
+    if song.lyrics and not specs[levels[0]].n_tokens:
+        raise ValueError("this prior takes no lyrics (use a *_lyrics model)")
+    check_hierarchy(vqvae_hps, specs, levels)
+    first_hop = vqvae_hps.hop_lengths[levels[0]]  # the highest level sampled continues the prime's codes
+    if prime_tokens is not None and prime_tokens[levels[0]] * first_hop >= total_length:
+        raise ValueError(f"the prime holds {prime_tokens[levels[0]] * first_hop / sr:.2f} s at level {levels[0]}, as "
+                         f"long as the {total_length / sr:.2f} s asked for or longer, so nothing would be sampled: ask "
+                         "for more seconds than the prime holds")
+    return levels
+
+
+def _spec(prior, vqvae_hps):
+    """The prior itself, or for a file its architecture built on the meta device (no memory)."""
+    from .checkpoint import PriorFile
+
+    return memory.meta_prior(prior.hparams(), vqvae_hps) if isinstance(prior, PriorFile) else prior
 
 
 def _align(prior, codes: torch.Tensor, song: Song, hop_fraction: float, alignment, out: Path, hop: int,
@@ -373,7 +425,7 @@ def _align(prior, codes: torch.Tensor, song: Song, hop_fraction: float, alignmen
 
 
 def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr, overwrite,
-              alignment):
+              alignment, weights):
     settings = None
     if out is not None:  # before any work
         settings = run_settings(vqvae, priors, song, total_length=total_length, n_samples=n_samples, levels=levels,
@@ -383,14 +435,19 @@ def _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, h
                      made=("codes.pt", "level_*_item_*.wav", "alignment.npz", "alignment_item_*.png", "index.html"),
                      recorded=lambda: read_checkpoint(codes).get("settings") if codes.exists() else None,
                      record=False, **_SAME)  # the settings are kept in codes.pt, with the codes
+    device = next(vqvae.parameters()).device
     for level in levels:
-        prior = priors[level]
+        given = priors[level]
+        prior = given if isinstance(given, torch.nn.Module) else given.load(vqvae, device, weights=weights)
         total = total_length // prior.raw_to_tokens
         zs = sample_level(prior, zs, song, total, hop_fraction=hop_fraction[level], sampling=s,
                           checkpoint=out / "codes.pt" if out is not None else None, settings=settings)
         if out is not None and alignment is not False and level == levels[0] and prior.n_tokens:
-            # now, while this prior is loaded: the memory plan frees it before the upsamplers
+            # now, while this prior is loaded: a prior given as a file is freed below
             _align(prior, zs[level], song, hop_fraction[level], alignment, out, vqvae.hps.hop_lengths[level], sr)
+        if not isinstance(given, torch.nn.Module):  # levels in turn: gone before the next level loads
+            del prior
+            release_memory(device)
     low = levels[-1]
     with torch.no_grad():
         audio = vqvae.decode(zs[low:], start_level=low, bs_chunks=n_samples).clamp(-1, 1)

@@ -17,7 +17,7 @@ from ..hparams import PriorHparams, VQVAEHparams
 from ..ops import Kind
 from .checks import require_all
 from .conditioners import Conditioner, LabelConditioner
-from .transformer import Conv1D, ConditionalAutoregressive2D, LayerNorm, bits
+from .transformer import Conv1D, ConditionalAutoregressive2D, LayerNorm, bits, cast_projections
 
 __all__ = ["SimplePrior", "make_prior"]
 
@@ -68,9 +68,7 @@ class SimplePrior(nn.Module):
             init_scale=hps.init_scale, res_scale=hps.res_scale,
             prime_len=self.n_tokens if hps.single_enc_dec else None, **common)
         if hps.fp16_params:  # the original keeps every Conv1D weight of these models in half
-            for m in self.modules():
-                if isinstance(m, Conv1D):
-                    m.w.data = m.w.data.half()
+            cast_projections(self, torch.float16)
 
     # -- conditioning ---------------------------------------------------------------------------
     def check_codes(self, z: torch.Tensor, length: int, bins: int, what: str) -> None:

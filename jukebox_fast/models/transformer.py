@@ -17,7 +17,7 @@ from .. import ops
 from ..ops import AttentionPattern, Kind, layer_kinds, prime_window
 
 __all__ = ["Conv1D", "LayerNorm", "MLP", "FactoredAttention", "ResAttnBlock", "Transformer",
-           "PositionEmbedding", "ConditionalAutoregressive2D"]
+           "PositionEmbedding", "ConditionalAutoregressive2D", "cast_projections"]
 
 
 class Conv1D(nn.Module):
@@ -37,6 +37,18 @@ class Conv1D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.addmm(self.b.to(x.dtype), x.reshape(-1, x.shape[-1]), self.w.to(x.dtype))  # [N·L, out]
         return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def cast_projections(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Every Conv1D weight of ``model`` in 16 bits, in place: ``dtype``, or (None) fp16 weights
+    kept and the others bf16 (fp32's range: no overflow). The original keeps the 5b priors'
+    weights in fp16 so; the memory plan's "16-bit weights" do it to any prior."""
+    for m in model.modules():
+        if isinstance(m, Conv1D) and m.w.element_size() > 2:
+            m.w.data = m.w.data.to(dtype or torch.bfloat16)
+        elif isinstance(m, Conv1D) and dtype is not None:
+            m.w.data = m.w.data.to(dtype)
+    return model
 
 
 class LayerNorm(nn.LayerNorm):

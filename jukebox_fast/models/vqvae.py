@@ -118,7 +118,7 @@ class VQVAE(nn.Module):
             if z.device != self._param().device:
                 raise ValueError(f"codes of level {level} are on {z.device} but the model is on {self._param().device}")
         z = zs[0]
-        if z.numel():
+        if z.numel() and z.device.type != "meta":  # (a memory plan traces on meta: no values)
             # Checked here because an out-of-range index is a device-side assert on CUDA.
             low, high = (int(v) for v in torch.aminmax(z))
             if low < 0 or high >= self.l_bins:

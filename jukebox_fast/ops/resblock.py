@@ -45,6 +45,11 @@ CPP_BF16_MAX_WIDTH = 128
 CUDA_MAX_HIDDEN = 2048
 
 
+def _autocast(device: torch.device) -> bool:
+    # meta tensors (a memory plan's trace) have no autocast state to ask for
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
+
+
 def check_inputs(x, w1, b1, w2, b2, dilation) -> None:
     """Raise ValueError, naming what was expected and what came, for inputs no backend takes."""
     for name, t in (("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
@@ -61,7 +66,7 @@ def check_inputs(x, w1, b1, w2, b2, dilation) -> None:
             raise ValueError(f"dilated_resblock: {name} must be {shape} for x with C={c}, got {tuple(t.shape)}")
     if x.dtype not in _FLOATS:
         raise ValueError(f"dilated_resblock: x must be float32, float16 or bfloat16, got {x.dtype}")
-    autocast = torch.is_autocast_enabled(x.device.type)  # the reference casts as conv1d does
+    autocast = _autocast(x.device)  # the reference casts as conv1d does
     for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         if (t.dtype != x.dtype and not autocast) or t.device != x.device:
             raise ValueError(f"dilated_resblock: {name} is {t.dtype} on {t.device}, "
@@ -92,7 +97,7 @@ def _inference_reasons(tensors) -> list[str]:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         reasons.append("the fused kernels are inference only; with autograd recording the block runs the "
                        "torch reference, which has the backward")
-    if torch.is_autocast_enabled(tensors[0].device.type):
+    if _autocast(tensors[0].device):
         reasons.append("autocast is on: the reference's convolutions follow its casting rules")
     return reasons
 
