@@ -34,7 +34,7 @@ from .files import (
 from .hf_keys import hf_to_openai, looks_hf, openai_to_hf, openai_to_hf_key
 from .hparams import PriorHparams, VQVAEHparams
 from .models.prior import SimplePrior, make_prior
-from .models.transformer import cast_projections
+from .models.transformer import weights_in
 from .models.vqvae import VQVAE, make_vqvae
 
 __all__ = [
@@ -254,9 +254,10 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         layers: keep only the LM's first ``layers`` blocks; the others are never built or
             loaded (layer 36 of the 5b prior: half its weights). Such a prior gives hidden
             states (:meth:`~jukebox_fast.models.prior.SimplePrior.hidden_states`), not logits.
-        weights: "stored" (each tensor in the dtype the architecture keeps it) or "16-bit": every
-            projection matrix in 16 bits (fp16 stays fp16, fp32 becomes bf16), cast tensor by
-            tensor as it loads (:func:`~jukebox_fast.models.transformer.cast_projections`).
+        weights: "stored" (each tensor in the dtype the architecture keeps it), "16-bit" (every
+            projection matrix in 16 bits: fp16 stays fp16, fp32 becomes bf16), "bf16" or "fp16"
+            (every projection matrix in that dtype), cast tensor by tensor as it loads
+            (:func:`~jukebox_fast.models.transformer.weights_in`).
 
     Loading holds the file's tensors and at most one converted tensor beside them: each is
     dropped from the file's dict as soon as the model has its copy (what the memory plan counts).
@@ -264,8 +265,7 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
     Raises FileNotFoundError, or :class:`CheckpointError` naming the file and the key when the
     file is unreadable, does not fit the architecture, or unties a tied output projection.
     """
-    if weights not in ("stored", "16-bit"):
-        raise ValueError(f"weights is 'stored' or '16-bit', got {weights!r}")
+    weights_in(torch.nn.Module(), weights)  # an unknown form fails before the file is read
     path = Path(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     state_dict = _state_dict_of(obj, path)
@@ -290,8 +290,7 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
     del obj  # the state dict is all that is left of the file: loading empties it as it goes
     with torch.device("meta"):
         model = make_prior(name_or_hparams, vqvae)
-    if weights == "16-bit":
-        cast_projections(model)
+    weights_in(model, weights)
     if layers is not None:
         depth = len(model.prior.transformer._attn_mods)
         if not isinstance(layers, int) or not 1 <= layers <= depth:

@@ -335,7 +335,7 @@ def _embed(args) -> int:
         return 0
     vqvae = load_vqvae(vqvae_path, device=device)
     prior = load_prior(prior_path, args.model, vqvae.hps if args.model else None, device=device,
-                       layers=max(args.layers), weights=plan.choice.weights)
+                       layers=max(args.layers), weights=plan.choice.weight_form(device))
     try:
         result = embed_files(vqvae, prior, args.inputs, args.out, args.layers, args.meanpool,
                              downsample_target_rate=args.downsample_rate, dtype=dtype, batch_size=plan.choice.batch,

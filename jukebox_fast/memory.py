@@ -17,6 +17,7 @@ peak fits; nothing fits: a :class:`MemoryPlanError` naming the largest items.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -29,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from . import dispatch
 from .devices import size_text
 
 __all__ = ["Tracker", "Choice", "Item", "Phase", "Plan", "MemoryPlanError", "parse_size", "model_bytes",
@@ -144,6 +146,14 @@ class Choice:
     caches: torch.dtype | None = None
     batch: int | None = None
 
+    def weight_form(self, device: str | torch.device) -> str:
+        """How a prior is loaded for this choice (``load_prior``'s ``weights``): 16-bit weights
+        are in the caches' dtype where that is 16-bit, so the decode step reads them with no copy."""
+        if self.weights == "stored":
+            return "stored"
+        caches = self.caches or (torch.bfloat16 if torch.device(device).type == "cuda" else None)
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(caches, "16-bit")
+
     def describe(self) -> str:
         parts = ["levels in turn" if self.in_turn else "all levels held at once",
                  "16-bit weights" if self.weights == "16-bit" else "weights as stored"]
@@ -210,13 +220,10 @@ class Plan:
 def meta_prior(hps, vqvae_hps, weights: str = "stored"):
     """The prior of these hparams built on the meta device (cached: nothing may change it)."""
     from .models.prior import make_prior
-    from .models.transformer import cast_projections
+    from .models.transformer import weights_in
 
     with torch.device("meta"):
-        prior = make_prior(hps, vqvae_hps).eval()
-    if weights == "16-bit":
-        cast_projections(prior)
-    return prior
+        return weights_in(make_prior(hps, vqvae_hps).eval(), weights)
 
 
 @functools.lru_cache(maxsize=4)
@@ -247,8 +254,11 @@ def _window_peak(prior_hps, vqvae_hps, weights: str, window: tuple[int, int], ba
         z_cond = None
         if prior.x_cond:
             z_cond = torch.zeros(batch, prior.hps.n_ctx // prior.cond_downsample, dtype=torch.int64, device="meta")
-        sample_window(prior, ctx, min(context + 1, length), z_cond, None if y is None else y.to("meta"),
-                      Sampling(dtype=caches, progress=False))
+        # The decode step as the device runs it: on a CPU the C++ step (when built) streams the
+        # weights as they are; on a GPU the step first puts them in the caches' dtype.
+        with dispatch.use_backend(decode_layers="torch") if device == "cuda" else contextlib.nullcontext():
+            sample_window(prior, ctx, min(context + 1, length), z_cond, None if y is None else y.to("meta"),
+                          Sampling(dtype=caches, progress=False))
 
     return traced_peak(run, list(prior.state_dict().values()), device)
 
@@ -298,15 +308,16 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
               for level, (hop, prior) in enumerate(zip(hops, [getattr(p, "hps", p) for p in priors]))]
     codes = Item("codes", sum(n_samples * t * 8 for t in tokens))  # int64, every level
     hps = {level: getattr(priors[level], "hps", priors[level]) for level in levels}
+    form = choice.weight_form(device)
     weights = {}
     for level in levels:
         given = priors[level] if isinstance(priors[level], torch.nn.Module) else None
-        built = meta_prior(hps[level], vqvae_hps, choice.weights)
+        built = meta_prior(hps[level], vqvae_hps, form)
         weights[level] = Item(f"level-{level} prior weights", model_bytes(given if given is not None else built))
 
     def loading(level: int) -> Item:  # the file's tensors, and the one being cast beside them
         read = (stored or {}).get(level, weights[level].nbytes)
-        cast = _largest_tensor(meta_prior(hps[level], vqvae_hps, choice.weights)) if choice.weights != "stored" else 0
+        cast = _largest_tensor(meta_prior(hps[level], vqvae_hps, form)) if form != "stored" else 0
         return Item(f"level-{level} prior file (loading)", max(read + cast, weights[level].nbytes))
 
     plan = Plan(choice, device, [Phase("load the VQ-VAE", [vq])])
@@ -321,7 +332,7 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
             held = [weights[level]]
         n_ctx = hps[level].n_ctx
         window = longest_context(total_length // hops[level], n_ctx, int(hop_fraction[level] * n_ctx), have[level])
-        peak = _window_peak(hps[level], vqvae_hps, choice.weights, window, batch, caches, device.type) if trace else 0
+        peak = _window_peak(hps[level], vqvae_hps, form, window, batch, caches, device.type) if trace else 0
         plan.phases.append(Phase(f"sample level {level}", [vq, *held, codes, Item(
             f"level-{level} window (caches, prefill of {window[0]} tokens, {batch} sample(s))", peak)]))
     low = levels[-1]
@@ -415,7 +426,7 @@ def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype:
     w = Item(f"prior weights ({layers} blocks)", model_bytes(prior))
     cast = _largest_tensor(prior) if weights != "stored" else 0
     read = Item("prior file (loading)", max(w.nbytes, (stored or w.nbytes) + cast))
-    return Plan(Choice(weights=weights, batch=batch_size), device, [
+    return Plan(Choice(weights="stored" if weights == "stored" else "16-bit", caches=dtype, batch=batch_size), device, [
         Phase("load the VQ-VAE", [vq]), Phase("load the prior", [vq, read]),
         Phase(f"a batch of {batch_size} clip(s)", [vq, w, Item("encode and forward", peak)])])
 
@@ -431,15 +442,15 @@ def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.d
     device = torch.device(device)
     hps = prior.hparams() if isinstance(prior, PriorFile) else prior
     stored = prior.nbytes if isinstance(prior, PriorFile) else None
-    choices = [Choice(batch=batch_size)]
+    choices = [Choice(caches=dtype, batch=batch_size)]  # (the blocks' dtype: what 16-bit weights follow)
     if max_memory is not None:
-        choices.append(Choice(weights="16-bit", batch=batch_size))
+        choices.append(Choice(weights="16-bit", caches=dtype, batch=batch_size))
         while choices[-1].batch > 1:
-            choices.append(Choice(weights="16-bit", batch=(choices[-1].batch + 1) // 2))
+            choices.append(Choice(weights="16-bit", caches=dtype, batch=(choices[-1].batch + 1) // 2))
 
     def make(choice: Choice, trace: bool = True) -> Plan:
         return plan_embedding(vqvae_hps, hps, layers=layers, batch_size=choice.batch, dtype=dtype,
-                              weights=choice.weights, stored=stored, device=device, trace=trace)
+                              weights=choice.weight_form(device), stored=stored, device=device, trace=trace)
 
     free = available_memory(device)
     limits = [v for v in (None if max_memory is None else parse_size(max_memory), free) if v is not None]

@@ -370,7 +370,7 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
     out = Path(out_dir) if out_dir is not None else None
     with hold_output(out) if out is not None else contextlib.nullcontext():  # one writer per folder
         return _generate(vqvae, priors, song, zs, total_length, n_samples, levels, prime, hop_fraction, s, out, sr,
-                         overwrite, alignment, plan.choice.weights)
+                         overwrite, alignment, plan.choice.weight_form(device))
 
 
 def check_request(vqvae_hps, priors: Sequence, song: Song, levels: Sequence[int] | None, total_length: int,

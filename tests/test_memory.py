@@ -107,15 +107,15 @@ def test_plan_weights_are_the_models_bytes():
 RELEASED = [None, hparams.get("upsampler_level_0"), hparams.get("upsampler_level_1"), hparams.get("prior_5b_lyrics")]
 
 
-def test_released_5b_lyrics_fits_24gb_in_16_bits_levels_in_turn():
+def test_released_5b_lyrics_fits_16gb_in_16_bits_levels_in_turn():
     vq = hparams.get("vqvae")
     priors = RELEASED[1:]
     total = 20 * 44100 // 128 * 128
-    plan = memory.plan_generate(vq, priors, [2, 1, 0], n_samples=3, total_length=total, max_memory="24GB",
+    plan = memory.plan_generate(vq, priors, [2, 1, 0], n_samples=3, total_length=total, max_memory="16GB",
                                 device="cuda")
-    assert plan.peak <= 24 * 2**30 and plan.choice.in_turn
+    assert plan.peak <= 16 * 2**30 and plan.choice.in_turn and plan.choice.weight_form("cuda") == "bf16"
     at_once = memory.plan_sampling(vq, priors, [2, 1, 0], n_samples=3, total_length=total, device="cuda")
-    assert at_once.peak > 24 * 2**30  # held at once in their stored dtypes, they do not fit
+    assert at_once.peak > 24 * 2**30  # held at once as stored (and the step's bf16 copy of them): no fit
 
 
 def test_nothing_fits_is_refused_fast_naming_the_largest_items():
@@ -275,3 +275,31 @@ def test_max_memory_chooses_and_the_run_follows(files, monkeypatch):
     audio = generate(vq, priors, Song(0, [0], 2 * 44100), total_length=total, n_samples=2, levels=[2],
                      prime=prime, sampling=Sampling(progress=False), max_memory=full.peak - 1)
     assert loaded == ["16-bit"] and audio.shape == (2, total, 1)
+
+
+@pytest.mark.gpu
+def test_plan_is_the_cuda_peak(files):
+    """On a GPU the plan is held to torch.cuda.max_memory_allocated: the tensors the run
+    allocates (cuDNN's convolution workspace included, which the plan does not model: this
+    test says whether it must)."""
+    from jukebox_fast.checkpoint import load_vqvae
+    from jukebox_fast.sample import Sampling, Song, generate
+
+    root, _ = files
+    vq = load_vqvae(root / "vqvae.pt", device="cuda")
+    priors = [None, None, PriorFile(root / "reduced.pt")]
+    total, have = 128 * 264, [0, 0, 240]
+    prime = [torch.zeros(2, 0, dtype=torch.int64, device="cuda")] * 2
+    prime.append(torch.randint(0, vq.hps.l_bins, (2, 240), device="cuda"))
+    song = Song(0, [0], 2 * 44100)
+    generate(vq, priors, song, total_length=128 * 16, levels=[2], sampling=Sampling(progress=False))  # warm-up
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    generate(vq, priors, song, total_length=total, n_samples=2, levels=[2], prime=prime,
+             sampling=Sampling(progress=False, cuda_graph=False))
+    measured = torch.cuda.max_memory_allocated() - base
+    plan = memory.plan_generate(vq, priors, [2], n_samples=2, total_length=total, prime_tokens=have)
+    # the VQ-VAE (loaded before the baseline) is in the plan, not in the measurement
+    vq_bytes = plan.phases[0].nbytes
+    assert within(plan.peak - vq_bytes, measured), f"plan {plan.peak / MB:.1f} MiB, measured {measured / MB:.1f}\n{plan.table()}"

@@ -17,7 +17,7 @@ from .. import ops
 from ..ops import AttentionPattern, Kind, layer_kinds, prime_window
 
 __all__ = ["Conv1D", "LayerNorm", "MLP", "FactoredAttention", "ResAttnBlock", "Transformer",
-           "PositionEmbedding", "ConditionalAutoregressive2D", "cast_projections"]
+           "PositionEmbedding", "ConditionalAutoregressive2D", "cast_projections", "WEIGHT_FORMS", "weights_in"]
 
 
 class Conv1D(nn.Module):
@@ -39,16 +39,28 @@ class Conv1D(nn.Module):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
+WEIGHT_FORMS = {"stored": None, "16-bit": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def cast_projections(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Every Conv1D weight of ``model`` in 16 bits, in place: ``dtype``, or (None) fp16 weights
     kept and the others bf16 (fp32's range: no overflow). The original keeps the 5b priors'
-    weights in fp16 so; the memory plan's "16-bit weights" do it to any prior."""
+    weights in fp16 so; the memory plan's "16-bit weights" do it to any prior, in the decode
+    step's dtype where that is 16-bit (so the step reads them as they are, with no copy)."""
     for m in model.modules():
         if isinstance(m, Conv1D) and m.w.element_size() > 2:
             m.w.data = m.w.data.to(dtype or torch.bfloat16)
         elif isinstance(m, Conv1D) and dtype is not None:
             m.w.data = m.w.data.to(dtype)
     return model
+
+
+def weights_in(model: nn.Module, form: str) -> nn.Module:
+    """``model`` with its projection weights in ``form`` (a key of ``WEIGHT_FORMS``: "stored"
+    leaves them, "16-bit" is :func:`cast_projections` with no dtype, "bf16"/"fp16" that dtype)."""
+    if form not in WEIGHT_FORMS:
+        raise ValueError(f"weights is one of {', '.join(map(repr, WEIGHT_FORMS))}, got {form!r}")
+    return model if form == "stored" else cast_projections(model, WEIGHT_FORMS[form])
 
 
 class LayerNorm(nn.LayerNorm):

@@ -289,7 +289,7 @@ def _cpp_call(x, stack: DecodeStack, position) -> torch.Tensor:
 def _cpp_supports(x, stack, position) -> list[str]:
     reasons = []
     tensors = [x, position] + [t for layer in stack.layers for t in (*layer.weights, layer.k, layer.v)]
-    if any(t.device.type != "cpu" for t in tensors):
+    if any(t.device.type not in ("cpu", "meta") for t in tensors):  # (meta: a memory plan traces a CPU run)
         reasons.append("the C++ decode step runs on the CPU; a tensor is elsewhere")
     vectors = [x] + [t for layer in stack.layers for i, t in enumerate(layer.weights) if i not in _MATRICES]
     vectors += [t for layer in stack.layers for t in (layer.k, layer.v)]
