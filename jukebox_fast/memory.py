@@ -190,6 +190,10 @@ class Plan:
     choice: Choice
     device: torch.device
     phases: list[Phase] = field(default_factory=list)
+    label: str | None = None  # how the run spends memory, in words (default: the choice's)
+
+    def describe(self) -> str:
+        return self.label or self.choice.describe()
 
     @property
     def peak(self) -> int:
@@ -205,7 +209,7 @@ class Plan:
 
     def table(self) -> str:
         """A Markdown table: one row per phase, its items and total; the peak marked."""
-        rows = [f"Plan on {self.device}: {self.choice.describe()}. Peak {size_text(self.peak)} "
+        rows = [f"Plan on {self.device}: {self.describe()}. Peak {size_text(self.peak)} "
                 f"({self.peak:,} bytes), in '{self.peak_phase.name}'.", "",
                 "| phase | alive | total |", "|---|---|---:|"]
         for p in self.phases:
@@ -426,9 +430,11 @@ def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype:
     w = Item(f"prior weights ({layers} blocks)", model_bytes(prior))
     cast = _largest_tensor(prior) if weights != "stored" else 0
     read = Item("prior file (loading)", max(w.nbytes, (stored or w.nbytes) + cast))
+    label = (f"{'weights as stored' if weights == 'stored' else '16-bit weights'}, "
+             f"{str(dtype).removeprefix('torch.')} blocks, {batch_size} clip(s) a batch")
     return Plan(Choice(weights="stored" if weights == "stored" else "16-bit", caches=dtype, batch=batch_size), device, [
         Phase("load the VQ-VAE", [vq]), Phase("load the prior", [vq, read]),
-        Phase(f"a batch of {batch_size} clip(s)", [vq, w, Item("encode and forward", peak)])])
+        Phase(f"a batch of {batch_size} clip(s)", [vq, w, Item("encode and forward", peak)])], label)
 
 
 def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.dtype | None = None,
@@ -480,5 +486,5 @@ def choose(make: Callable[..., Plan], limit: int, choices: Sequence[Choice], wha
 def _refusal(plan: Plan, limit: int, what: str, room: str, bound: str) -> MemoryPlanError:
     items = ", ".join(f"{i.name} {size_text(i.nbytes)}" for i in plan.largest())
     return MemoryPlanError(f"{what} does not fit in {size_text(limit)} ({room}): the smallest plan "
-                           f"({plan.choice.describe()}) needs {bound}{size_text(plan.peak)} in "
+                           f"({plan.describe()}) needs {bound}{size_text(plan.peak)} in "
                            f"'{plan.peak_phase.name}'; largest: {items}")

@@ -3,9 +3,10 @@ baseline after imports (``ru_maxrss``): what tests/test_memory.py holds the memo
 
     python tests/memory_run.py JOB.json   ->   prints {"baseline": bytes, "peak": bytes}
 
-JOB: {"vqvae": path, "priors": {level: path}, "levels": [...], "n_samples": n,
+JOB (sampling): {"vqvae": path, "priors": {level: path}, "levels": [...], "n_samples": n,
 "total_length": samples, "warmup_length": samples, "song_length": samples, "prime_tokens": top-level codes
 to continue, "in_turn": bool, "weights": "stored" | "16-bit", "max_memory": "16GB"}.
+JOB (embedding): {"embed": true, "vqvae": path, "prior": path, "layers": n, "clips": n, "seconds": s}.
 """
 import importlib
 import json
@@ -38,13 +39,29 @@ def main(path: str) -> None:
     extension.load()
     # A process pays once for library set-up and first-use code (oneDNN's kernels, thread pools):
     # a small run of the same job pays it, then the peak is reset (clear_refs 5: VmHWM = VmRSS).
-    run(job, job["warmup_length"], 1, primed=False)
+    if job.get("embed"):
+        embed(job, 1, 0.1)
+    else:
+        run(job, job["warmup_length"], 1, primed=False)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     baseline = status("VmRSS")
-    run(job, job["total_length"], job["n_samples"])
+    if job.get("embed"):
+        embed(job, job["clips"], job["seconds"])
+    else:
+        run(job, job["total_length"], job["n_samples"])
     print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "ru_maxrss": resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def embed(job: dict, clips: int, seconds: float) -> None:
+    """Load the VQ-VAE and the prior cut to ``layers`` blocks, then extract: one batch of clips."""
+    from jukebox_fast.embed import extract
+
+    vqvae = load_vqvae(job["vqvae"])
+    prior = load_prior(job["prior"], layers=job["layers"])
+    audio = [0.1 * torch.randn(int(seconds * vqvae.hps.sr)).numpy() for _ in range(clips)]
+    extract(vqvae, prior, audio, layers=[job["layers"]], batch_size=clips)
 
 
 def run(job: dict, total_length: int, n_samples: int, primed: bool = True) -> None:

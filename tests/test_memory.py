@@ -200,6 +200,16 @@ def test_plan_is_the_measured_peak(files, tmp_path, case):
         assert not within(plan.peak - weights, measured)  # a plan that forgets the weights fails
 
 
+def test_embedding_plan_is_the_measured_peak(files, tmp_path):
+    root, vq = files
+    n_ctx = hparams.get("tiny_top_prior", n_ctx=256).n_ctx
+    job = dict(embed=True, vqvae=str(root / "vqvae.pt"), prior=str(root / "reduced.pt"), layers=3, clips=3,
+               seconds=(n_ctx + 8) * vq.hps.hop_lengths[-1] / vq.hps.sr)  # whole contexts: the largest batch
+    plan = memory.plan_embed(vq.hps, PriorFile(root / "reduced.pt"), layers=3, batch_size=3)
+    measured = measure(job, tmp_path)
+    assert within(plan.peak, measured), f"plan {plan.peak / MB:.1f} MiB, measured {measured / MB:.1f} MiB\n{plan.table()}"
+
+
 # -- the command line ----------------------------------------------------------------------------------
 @pytest.fixture()
 def no_loading(monkeypatch):
