@@ -10,10 +10,11 @@ moves dispatch to a kernel (:mod:`jukebox_fast.measured`): the torch reference's
 the decode step's weight preparation.
 
 The run's order decides the peak: weights held at once (every level loaded, then sampled) or in
-turn (each prior loaded for its level and freed after it), plus the codes, plus the phase's own
-transient peak. :func:`choose` tries the ways to run from the fastest to the smallest (levels in
-turn, 16-bit weights, 16-bit caches, fewer samples decoded together) and returns the first whose
-peak fits; nothing fits: a :class:`MemoryPlanError` naming the largest items.
+turn (each prior loaded for its level and freed after it: priors given as files), plus the
+codes, plus the phase's own transient peak. :func:`choose` tries the ways to run from the
+fastest to the smallest (16-bit weights, 16-bit caches, fewer samples decoded together) and
+returns the first whose peak fits; nothing fits: a :class:`MemoryPlanError` naming the largest
+items.
 """
 from __future__ import annotations
 
@@ -35,9 +36,6 @@ from .devices import size_text
 
 __all__ = ["Tracker", "Choice", "Item", "Phase", "Plan", "MemoryPlanError", "parse_size", "model_bytes",
            "meta_prior", "plan_sampling", "plan_generate", "plan_embedding", "plan_embed", "choose"]
-
-HALF = torch.bfloat16  # the 16-bit type for weights stored in fp32 (fp32's range: no overflow)
-
 
 class MemoryPlanError(ValueError):
     """Nothing the planner can choose fits the memory given."""
@@ -136,7 +134,8 @@ class Choice:
 
     in_turn: each prior is loaded for its level and freed after it (else all are held at once).
     weights: "stored" (as the checkpoint keeps them) or "16-bit" (projection matrices in 16 bits:
-        fp16 stays fp16, fp32 becomes bf16).
+        the caches' dtype where that is 16-bit, else fp16 kept and fp32 made bf16; see
+        :meth:`weight_form`).
     caches: the decoder's body and KV-cache dtype; None: its default (bf16 on a GPU, else fp32).
     batch: most samples one window decodes together (the original's max_batch_size).
     """
@@ -354,10 +353,10 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
 
     ``vqvae`` is the model or its hparams; ``priors`` per level a loaded prior, a
     :class:`~jukebox_fast.checkpoint.PriorFile`, hparams (a plan only) or None. Priors given as
-    files are loaded in turn. Without ``max_memory`` the plan is the run as asked (``sampling``'s dtype and batch);
-    with it, the first way to run that fits in ``max_memory`` and in what the device has free:
-    16-bit weights (files only), then 16-bit caches, then fewer samples per window pass.
-    Raises :class:`MemoryPlanError` when the plan does not fit.
+    files are loaded in turn. Without ``max_memory`` the plan is the run as asked (``sampling``'s
+    dtype and batch); with it, the first way to run that fits in ``max_memory`` and in what the
+    device has free: 16-bit weights (files only), then 16-bit caches, then fewer samples per
+    window pass. Raises :class:`MemoryPlanError` when the plan does not fit.
     """
     from .checkpoint import PriorFile
     from .devices import available_memory
