@@ -53,7 +53,7 @@ def _train_config(args):
 
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                        grad_clip=args.grad_clip, precision=args.precision, checkpoint_every=args.checkpoint_every,
-                       seed=args.seed, fsdp=getattr(args, "fsdp", False))
+                       seed=args.seed, fsdp=getattr(args, "fsdp", False), recompute=getattr(args, "recompute", "auto"))
 
 
 def _train_vqvae(args) -> int:
@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artist", type=int, default=0, help="artist id of the training songs")
     p.add_argument("--genre", type=int, action="append", default=None, help="genre id (repeatable)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights (big priors)")
+    p.add_argument("--recompute", choices=("auto", "on", "off"), default="auto",
+                   help="recompute the upsampler conditioner's blocks in backward (the original's checkpointing): "
+                        "auto does it only where the step would not fit in memory otherwise")
     p.set_defaults(func=_train_prior, genre=None)
 
     p = sub.add_parser("encode", help="audio file -> codes file", formatter_class=defaults)

@@ -35,7 +35,8 @@ from . import dispatch
 from .devices import size_text
 
 __all__ = ["Tracker", "Choice", "Item", "Phase", "Plan", "MemoryPlanError", "parse_size", "model_bytes",
-           "meta_prior", "plan_sampling", "plan_generate", "plan_embedding", "plan_embed", "choose"]
+           "meta_prior", "plan_sampling", "plan_generate", "plan_embedding", "plan_embed", "training_step_peak",
+           "choose"]
 
 class MemoryPlanError(ValueError):
     """Nothing the planner can choose fits the memory given."""
@@ -434,6 +435,35 @@ def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype:
     return Plan(Choice(weights="stored" if weights == "stored" else "16-bit", caches=dtype, batch=batch_size), device, [
         Phase("load the VQ-VAE", [vq]), Phase("load the prior", [vq, read]),
         Phase(f"a batch of {batch_size} clip(s)", [vq, w, Item("encode and forward", peak)])], label)
+
+
+@functools.lru_cache(maxsize=16)
+def training_step_peak(prior_hps, vqvae_hps, batch: int, recompute: bool, device: str = "cpu") -> int:
+    """The most one training step of this prior holds beyond its weights, traced on meta: the
+    forward's activations kept for backward, the backward's own, and the gradients (what
+    ``train_prior`` runs, fp32 master weights, the conditioner's blocks recomputed or not)."""
+    from .models.prior import make_prior
+    from .models.resnet import set_recompute
+
+    with torch.device("meta"):
+        prior = set_recompute(make_prior(prior_hps, vqvae_hps).float().train(), recompute)
+    n_ctx, level = prior_hps.n_ctx, prior_hps.level
+    tokens = [n_ctx * vqvae_hps.hop_lengths[level] // hop for hop in vqvae_hps.hop_lengths[level:]]
+    zs = [torch.zeros(batch, t, dtype=torch.int64, device="meta") for t in tokens[:2]]
+    y = None
+    if prior_hps.labels:
+        from .sample import Song
+
+        y = Song(0, [0], 0, _SIZING_LYRICS if prior.n_tokens else ()).labels(prior, 0, batch).to("meta")
+    known = list(prior.state_dict().values())
+
+    def run():
+        loss, _ = prior(zs, y)
+        loss.backward()
+
+    with Tracker(known, device) as tracker:
+        run()
+    return tracker.peak
 
 
 def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.dtype | None = None,

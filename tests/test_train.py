@@ -340,3 +340,37 @@ def test_mixed_precision_trains(precision, folder, vqvae_path, tmp_path):
     assert saved["step"] == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
     # fp16 carries a gradient scaler, whose state resumes with the run
     assert (saved["scaler"] != {}) == (precision == "fp16")
+
+
+def test_the_conditioner_recomputes_only_where_memory_is_short(folder, vqvae_path, tmp_path, monkeypatch):
+    from jukebox_fast import hparams, memory
+    from jukebox_fast.models.prior import make_prior
+    from jukebox_fast.models.resnet import Resnet1D, set_recompute
+    from jukebox_fast.train import models as train_models
+
+    def recomputing(model) -> list[bool]:
+        return [m.recompute for m in model.modules() if isinstance(m, Resnet1D) and m.checkpoint_res == 1]
+
+    # the same gradients either way: recomputing trades time for memory, nothing else
+    torch.manual_seed(0)
+    prior = make_prior("tiny_upsampler").train()
+    zs = [torch.randint(0, prior.bins, (2, prior.hps.n_ctx)),
+          torch.randint(0, prior.bins, (2, prior.hps.n_ctx // prior.cond_downsample))]
+    y = torch.tensor([[44100 * 60, 0, 44100, 0, 0, -1, -1, -1, -1]] * 2)
+    grads = []
+    for on in (True, False):
+        prior.zero_grad()
+        set_recompute(prior, on)
+        prior(zs, y)[0].backward()
+        grads.append([p.grad.clone() for p in prior.parameters() if p.grad is not None])
+    assert all(torch.equal(a, b) for a, b in zip(*grads)) and len(grads[0]) == len(grads[1]) > 0
+    hps, vq = hparams.get("tiny_upsampler"), hparams.get("tiny_vqvae")
+    assert memory.training_step_peak(hps, vq, 4, True) < memory.training_step_peak(hps, vq, 4, False)
+
+    cfg = TrainConfig(steps=1, **CFG)
+    model, _ = train_prior(folder, tmp_path / "plenty", vqvae_path, "tiny_upsampler", cfg, progress=False)
+    assert recomputing(model) and not any(recomputing(model))  # memory to spare: activations kept
+    step = memory.training_step_peak(hps, vq, cfg.batch_size, False)
+    monkeypatch.setattr(train_models, "available_memory", lambda device: int(1.05 * step) + 2**20)
+    model, _ = train_prior(folder, tmp_path / "short", vqvae_path, "tiny_upsampler", cfg, progress=False)
+    assert all(recomputing(model))

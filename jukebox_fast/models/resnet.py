@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 
-__all__ = ["ResConv1DBlock", "Resnet1D", "dilations"]
+__all__ = ["ResConv1DBlock", "Resnet1D", "dilations", "set_recompute"]
 
 
 def dilations(depth: int, growth: int, cycle: int | None = None, reverse: bool = False) -> list[int]:
@@ -66,7 +66,10 @@ class Resnet1D(nn.Module):
             ResConv1DBlock(n_in, int(m_conv * n_in), d, zero_out, scale)
             for d in dilations(n_depth, dilation_growth_rate, dilation_cycle, reverse_dilation)
         ]
-        self.checkpoint_res = checkpoint_res
+        self.checkpoint_res = checkpoint_res  # structural: the original's key names (blocks vs model)
+        # Recompute each block's activations during backward (the original's gradient
+        # checkpointing with checkpoint_res=1): memory for time, switched by set_recompute.
+        self.recompute = checkpoint_res == 1
         if checkpoint_res == 1:
             self.blocks = nn.ModuleList(blocks)
         else:
@@ -76,8 +79,18 @@ class Resnet1D(nn.Module):
         if self.checkpoint_res != 1:
             return self.model(x)
         for block in self.blocks:
-            if torch.is_grad_enabled() and self.training:
+            if self.recompute and torch.is_grad_enabled() and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
         return x
+
+
+def set_recompute(model: nn.Module, on: bool) -> nn.Module:
+    """Switch gradient checkpointing of every :class:`Resnet1D` in ``model`` (the upsamplers'
+    conditioner recomputes its blocks in backward, as the original, to save memory at full size;
+    where memory allows, keeping the activations is faster). Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, Resnet1D):
+            m.recompute = bool(on) and m.checkpoint_res == 1
+    return model

@@ -44,8 +44,13 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     fsdp: bool = False  # shard weights and optimiser state across ranks (big priors)
+    # Priors: recompute the upsampler conditioner's blocks in backward (the original's gradient
+    # checkpointing): "on", "off", or "auto" (only where the step would not fit otherwise).
+    recompute: str = "auto"
 
     def __post_init__(self):
+        if self.recompute not in ("auto", "on", "off"):
+            raise ValueError(f"recompute must be 'auto', 'on' or 'off', got {self.recompute!r}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size", "checkpoint_every"):

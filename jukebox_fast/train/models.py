@@ -7,15 +7,16 @@ from pathlib import Path
 
 import torch
 
-from .. import hparams
+from .. import hparams, memory
 from ..checkpoint import load_vqvae, save_prior, save_vqvae
 from ..models.losses import DEFAULT_STFT, calculate_bandwidth
 from ..models.prior import make_prior
+from ..models.resnet import set_recompute
 from ..models.vqvae import make_vqvae
 from ..conditioning import Song
+from ..devices import available_memory, process_device, require_memory
 from ..runs import claim_output, fingerprint, hold_output
 from .data import AudioFolder
-from ..devices import process_device, require_memory
 from .loop import TrainConfig, distributed_setup, fit
 
 __all__ = ["train_vqvae", "train_prior"]
@@ -28,9 +29,10 @@ def _rank() -> int | None:
 
 def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> None:
     """Refuse to train over a run in ``out_dir`` unless asked to go on with it (with the same
-    settings) or start over. ``steps`` is not a setting: a resumed run may go on for longer."""
+    settings) or start over. ``steps`` is not a setting: a resumed run may go on for longer, and
+    ``recompute`` trades memory for time without changing what is learnt."""
     cfg = dataclasses.asdict(settings.pop("cfg"))
-    for name in ("steps", "checkpoint_every"):
+    for name in ("steps", "checkpoint_every", "recompute"):
         cfg.pop(name)
     claim_output(out_dir, {**settings, **cfg}, resume=resume, overwrite=overwrite and not resume,
                  made=("checkpoint.pt", final), what="a run trained", names={"vqvae": "the VQ-VAE"},
@@ -103,18 +105,29 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     vq = load_vqvae(vqvae, device=dev).eval()
     folder = data if isinstance(data, AudioFolder) else AudioFolder(data, vq.hps.sr, bad_files)  # before the claim
     # The batch's audio, the encoder's first activations [batch, width, window] that give its codes,
-    # and the residual stream [batch, n_ctx, width] each layer keeps for the backward pass; fp32.
+    # and the step (memory.training_step_peak: activations, gradients, traced) with the weights
+    # and AdamW's two moments; fp32. The conditioner recomputes its blocks only where needed.
     window = hps.n_ctx * vq.hps.hop_lengths[hps.level]
-    require_memory({"audio": cfg.batch_size * window * 4, "encoding": cfg.batch_size * window * vq.hps.width * 4,
-                    "activations": cfg.batch_size * hps.n_ctx * hps.prior_width * hps.prior_depth * 4},
-                   dev, f"a batch of {cfg.batch_size} windows of {hps.n_ctx} codes", "lower --batch-size")
+    with torch.device("meta"):
+        weights = 4 * sum(p.numel() for p in make_prior(hps, vq.hps).parameters())  # fp32 master weights
+    recompute = cfg.recompute == "on"
+    parts = {"audio": cfg.batch_size * window * 4, "encoding": cfg.batch_size * window * vq.hps.width * 4,
+             "weights and AdamW state": 3 * weights}
+    step = memory.training_step_peak(hps, vq.hps, cfg.batch_size, recompute, dev.type)
+    if cfg.recompute == "auto" and not recompute:
+        left = available_memory(dev)
+        if left is not None and sum(parts.values()) + step > 0.9 * left:
+            recompute = True
+            step = memory.training_step_peak(hps, vq.hps, cfg.batch_size, True, dev.type)
+    require_memory({**parts, "training step": step}, dev, f"a batch of {cfg.batch_size} windows of {hps.n_ctx} codes",
+                   "lower --batch-size")
     with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
         _claim(out_dir, "prior_level_*.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg, vqvae=fingerprint(vq),
                artist=artist, genres=list(genres))
         torch.manual_seed(cfg.seed)
         # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
         # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
-        prior = make_prior(preset, vq).to(dev).float()
+        prior = set_recompute(make_prior(preset, vq).to(dev).float(), recompute)
         folder.drop_shorter(prior.sample_length)
         level = prior.hps.level
 
