@@ -124,8 +124,12 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-def _largest_tensor(model: torch.nn.Module) -> int:
-    return max((t.untyped_storage().nbytes() for t in model.state_dict().values()), default=0)
+def _largest_cast(stored: torch.nn.Module, loaded: torch.nn.Module) -> int:
+    """The largest tensor loading converts (``stored`` -> ``loaded`` dtypes), in its new dtype:
+    what loading holds beside the file's tensors at its worst moment."""
+    before = stored.state_dict()
+    return max((t.numel() * t.element_size() for k, t in loaded.state_dict().items() if t.dtype != before[k].dtype),
+               default=0)
 
 
 # -- the ways to run --------------------------------------------------------------------------------
@@ -321,7 +325,7 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
 
     def loading(level: int) -> Item:  # the file's tensors, and the one being cast beside them
         read = (stored or {}).get(level, weights[level].nbytes)
-        cast = _largest_tensor(meta_prior(hps[level], vqvae_hps, form)) if form != "stored" else 0
+        cast = _largest_cast(meta_prior(hps[level], vqvae_hps), meta_prior(hps[level], vqvae_hps, form))
         return Item(f"level-{level} prior file (loading)", max(read + cast, weights[level].nbytes))
 
     plan = Plan(choice, device, [Phase("load the VQ-VAE", [vq])])
@@ -428,7 +432,7 @@ def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype:
     peak = traced_peak(run, known, device) if trace else 0
     vq = Item("VQ-VAE weights", model_bytes(vqvae))
     w = Item(f"prior weights ({layers} blocks)", model_bytes(prior))
-    cast = _largest_tensor(prior) if weights != "stored" else 0
+    cast = _largest_cast(meta_prior(prior_hps, vqvae_hps), meta_prior(prior_hps, vqvae_hps, weights))
     read = Item("prior file (loading)", max(w.nbytes, (stored or w.nbytes) + cast))
     label = (f"{'weights as stored' if weights == 'stored' else '16-bit weights'}, "
              f"{str(dtype).removeprefix('torch.')} blocks, {batch_size} clip(s) a batch")
