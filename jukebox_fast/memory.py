@@ -300,8 +300,9 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
         stored: per level, the bytes loading its file reads at once (default: its weights).
         prime_tokens: per level, codes the run continues (primed, continued or resumed runs).
         device: where the run holds its tensors.
-        trace: False leaves out the traced transients (windows, decode): a lower bound in
-            milliseconds, for refusing what cannot fit before tracing anything.
+        trace: False leaves out the transients (the windows, the decode, the tensor loading
+            converts): a lower bound from one meta build per prior, for refusing what cannot fit
+            before tracing anything.
     """
     from .sample import final_tokens, longest_context
 
@@ -325,7 +326,7 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
 
     def loading(level: int) -> Item:  # the file's tensors, and the one being cast beside them
         read = (stored or {}).get(level, weights[level].nbytes)
-        cast = _largest_cast(meta_prior(hps[level], vqvae_hps), meta_prior(hps[level], vqvae_hps, form))
+        cast = _largest_cast(meta_prior(hps[level], vqvae_hps), meta_prior(hps[level], vqvae_hps, form)) if trace else 0
         return Item(f"level-{level} prior file (loading)", max(read + cast, weights[level].nbytes))
 
     plan = Plan(choice, device, [Phase("load the VQ-VAE", [vq])])

@@ -27,7 +27,9 @@ class Conv1D(nn.Module):
     def __init__(self, n_in: int, n_out: int, zero_out: bool = False, init_scale: float = 1.0):
         super().__init__()
         w = torch.empty(n_in, n_out)
-        if zero_out:
+        if w.device.type == "meta":
+            pass  # nothing to fill (a model built for its shapes; meta's normal_ takes milliseconds each)
+        elif zero_out:
             nn.init.zeros_(w)
         else:
             nn.init.normal_(w, std=0.02 * init_scale)
