@@ -7,8 +7,9 @@ asked). The plan's accuracy is tested against measured peaks in ``tests/test_mem
 (CPU, tiny and reduced models) and by the GPU evidence run (``torch.cuda.max_memory_allocated``).
 
 Weights as stored: 5b_lyrics keeps its projection matrices in fp16 (10.7 GiB), the upsamplers
-in fp32 (3.7 GiB each). 16-bit weights: every projection matrix in 16 bits. 8-bit weights come
-with the decode-step issue (weight-only int8) and are not a row yet.
+in fp32 (3.7 GiB each). 16-bit weights: every projection matrix in 16 bits (the decode step's
+dtype). int8: weight-only, one fp32 scale per output column (embeddings, LayerNorms and biases
+stay); on a GPU the reference decode step reads them until the Triton step does.
 
     python benchmarks/bench_memory.py --out benchmarks/results/memory_plan.md
     python benchmarks/bench_memory.py --smoke
@@ -29,6 +30,7 @@ ROWS = [  # (label, in_turn, weights, caches, batch)
     ("levels in turn, 16-bit weights", True, "16-bit", None, None),
     ("levels in turn, 16-bit weights, bf16 caches", True, "16-bit", torch.bfloat16, None),
     ("levels in turn, 16-bit weights, bf16 caches, 1 sample per window pass", True, "16-bit", torch.bfloat16, 1),
+    ("levels in turn, int8 weights, bf16 caches", True, "int8", torch.bfloat16, None),
 ]
 
 

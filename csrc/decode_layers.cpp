@@ -3,7 +3,9 @@
 // (jukebox_fast/ops/decode_layers.py holds the reference and the argument layout).
 //
 // Per layer, for the N samples' rows x [N, W] (weights in the original's Conv1D layout [in, out];
-// the four projection matrices fp32, fp16 or bf16, streamed as stored with fp32 accumulation):
+// the four projection matrices fp32, fp16, bf16 or int8 with one fp32 scale per output column,
+// streamed as stored and widened in registers, with fp32 accumulation; an int8 product is
+// scaled once per column at the end: b + s * (x q), the factor of the dequantised x (q s)):
 //   h = LN0(x);  q | k | v = h Wa + ba;  k, v -> the cache slot of this position
 //   a = softmax(q K[lo:hi]^T scale) V[lo:hi] per head;  a = a Wp + bp
 //   m = quick_gelu(LN1(x + a) Wf + bf) Wm + bm;  x = x + a + m  (or x + rs (a + m))
@@ -32,6 +34,8 @@ constexpr int64_t kCols = 64;  // output columns per register tile: kRows x kCol
 // fork-join of smaller splits measured no faster than one core.
 constexpr int64_t kWeightsPerTask = 1 << 16;
 constexpr int64_t kWeightsPerLayer = 12;      // see WEIGHT_NAMES in ops/decode_layers.py
+constexpr int64_t kMatrices = 4;              // the projections, in that order: one scale slot each
+constexpr int64_t kMatrix[kMatrices] = {2, 4, 8, 10};
 
 // acc[r][j] += x[r, :K] w[:K, j] for r < n <= kRows, j < cols <= kCols: x rows ldx apart, w rows
 // ldw apart (its first column at w). Compiled once per vector ISA and picked at load time.
@@ -91,27 +95,34 @@ void widen_bf16(const uint16_t* src, float* dst, int64_t count) {
   }
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void widen_int8(const int8_t* src, float* dst, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 // y[r, j0:j0+cols] = b[j0:j0+cols] + x[r, :K] w[:K, j0:j0+cols] for r < n <= kRows; x rows are K
-// apart, w (fp32, fp16 or bf16, `type`) rows J apart, y rows J apart.
-void rows_times(const float* x, const void* w, at::ScalarType type, const float* b, float* y, int64_t n, int64_t K,
-                int64_t J, int64_t j0, int64_t cols) {
+// apart, w (fp32, fp16, bf16 or int8, `type`; int8 columns times `scale`) rows J apart, y rows J apart.
+void rows_times(const float* x, const void* w, at::ScalarType type, const float* scale, const float* b, float* y,
+                int64_t n, int64_t K, int64_t J, int64_t j0, int64_t cols) {
   float acc[kRows][kCols] = {};
   if (type == at::kFloat) {
     accumulate(x, K, static_cast<const float*>(w) + j0, J, acc, n, K, cols);
   } else {
     alignas(64) float wide[kRowsWide * kCols];
-    const uint16_t* w16 = static_cast<const uint16_t*>(w) + j0;
     for (int64_t k0 = 0; k0 < K; k0 += kRowsWide) {
       const int64_t rows = std::min(kRowsWide, K - k0);
       for (int64_t k = 0; k < rows; ++k) {
-        if (type == at::kBFloat16) widen_bf16(w16 + (k0 + k) * J, wide + k * kCols, cols);
-        else widen_half(w16 + (k0 + k) * J, wide + k * kCols, cols);
+        const int64_t at = (k0 + k) * J + j0;
+        if (type == at::kChar) widen_int8(static_cast<const int8_t*>(w) + at, wide + k * kCols, cols);
+        else if (type == at::kBFloat16) widen_bf16(static_cast<const uint16_t*>(w) + at, wide + k * kCols, cols);
+        else widen_half(static_cast<const uint16_t*>(w) + at, wide + k * kCols, cols);
       }
       accumulate(x + k0, K, wide, kCols, acc, n, rows, cols);
     }
   }
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = 0; j < cols; ++j) y[r * J + j0 + j] = acc[r][j] + b[j0 + j];
+    for (int64_t j = 0; j < cols; ++j)
+      y[r * J + j0 + j] = (scale ? acc[r][j] * scale[j0 + j] : acc[r][j]) + b[j0 + j];
 }
 
 // acc[r, :cols] += x[r, k] w[k, :cols] over rows k of one weight row chunk at a time: the
@@ -180,12 +191,53 @@ void axpy_rows_16(const float* xk, int64_t ldx, const uint16_t* wk, bool bf16, f
   axpy_rows(xk, ldx, wide, acc, n, cols);
 }
 
+// As axpy_rows for an int8 weight row, widened in registers (sign-extended to int32, converted
+// to fp32): a quarter of the fp32 row's bytes. Its column scales are applied by the caller.
+__attribute__((target("avx512f"))) void axpy_rows_8_avx512(const float* xk, int64_t ldx, const int8_t* wk, float* acc,
+                                                          int64_t n, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + j))));
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = acc + r * cols + j;
+      _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx]), w, _mm512_loadu_ps(a)));
+    }
+  }
+  for (; j < cols; ++j)
+    for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * static_cast<float>(wk[j]);
+}
+
+__attribute__((target("avx2,fma"))) void axpy_rows_8_avx2(const float* xk, int64_t ldx, const int8_t* wk, float* acc,
+                                                         int64_t n, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wk + j))));
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = acc + r * cols + j;
+      _mm256_storeu_ps(a, _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx]), w, _mm256_loadu_ps(a)));
+    }
+  }
+  for (; j < cols; ++j)
+    for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * static_cast<float>(wk[j]);
+}
+
+void axpy_rows_8(const float* xk, int64_t ldx, const int8_t* wk, float* acc, int64_t n, int64_t cols, float* wide) {
+  static const int isa = __builtin_cpu_supports("avx512f") ? 2
+                         : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+  if (isa == 2) return axpy_rows_8_avx512(xk, ldx, wk, acc, n, cols);
+  if (isa == 1) return axpy_rows_8_avx2(xk, ldx, wk, acc, n, cols);
+  widen_int8(wk, wide, cols);
+  axpy_rows(xk, ldx, wide, acc, n, cols);
+}
+
 // acc[:n, :J] += x[:n, k0:k1] w[k0:k1, :]: a run of whole weight rows, read in address order.
 void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc, int64_t n, int64_t K, int64_t J,
                  int64_t k0, int64_t k1, float* wide) {
   for (int64_t k = k0; k < k1; ++k) {
     if (type == at::kFloat)
       axpy_rows(x + k, K, static_cast<const float*>(w) + k * J, acc, n, J);
+    else if (type == at::kChar)
+      axpy_rows_8(x + k, K, static_cast<const int8_t*>(w) + k * J, acc, n, J, wide);
     else
       axpy_rows_16(x + k, K, static_cast<const uint16_t*>(w) + k * J, type == at::kBFloat16, acc, n, J, wide);
   }
@@ -196,12 +248,13 @@ void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc,
 // 256-byte reads) into accumulators of its own, summed in thread order at the end.
 constexpr int64_t kStreamBytes = 1 << 20;
 
-// y[N, J] = x[N, K] w[K, J] + b: column tiles shared between threads for a matrix in the cache,
-// runs of rows for one streamed from memory.
-void linear(const float* x, const at::Tensor& w, const at::Tensor& b, float* y, int64_t N) {
+// y[N, J] = x[N, K] w[K, J] + b (int8 w: x (w s) + b, `scale` s [J]): column tiles shared between
+// threads for a matrix in the cache, runs of rows for one streamed from memory.
+void linear(const float* x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& b, float* y, int64_t N) {
   const int64_t K = w.size(0), J = w.size(1);
   const void* wp = w.const_data_ptr();
   const float* bp = b.const_data_ptr<float>();
+  const float* sp = scale.numel() ? scale.const_data_ptr<float>() : nullptr;
   if (K * J * w.element_size() > kStreamBytes) {
     const int64_t parts = std::min<int64_t>(at::get_num_threads(), K);
     std::vector<float> acc(parts * kRows * J), wide(parts * J);
@@ -215,9 +268,9 @@ void linear(const float* x, const at::Tensor& w, const at::Tensor& b, float* y, 
       });
       for (int64_t r = 0; r < n; ++r)
         for (int64_t j = 0; j < J; ++j) {
-          float sum = bp[j];
+          float sum = 0.f;
           for (int64_t t = 0; t < parts; ++t) sum += acc[(t * kRows + r) * J + j];
-          y[(r0 + r) * J + j] = sum;
+          y[(r0 + r) * J + j] = (sp ? sum * sp[j] : sum) + bp[j];
         }
     }
     return;
@@ -228,7 +281,7 @@ void linear(const float* x, const at::Tensor& w, const at::Tensor& b, float* y, 
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j0 = t * kCols, cols = std::min(kCols, J - j0);
       for (int64_t r0 = 0; r0 < N; r0 += kRows)  // later row groups find the tile in cache
-        rows_times(x + r0 * K, wp, w.scalar_type(), bp, y + r0 * J, std::min(kRows, N - r0), K, J, j0, cols);
+        rows_times(x + r0 * K, wp, w.scalar_type(), sp, bp, y + r0 * J, std::min(kRows, N - r0), K, J, j0, cols);
     }
   });
 }
@@ -298,10 +351,23 @@ void attend(const float* q, int64_t ldq, const float* kc, const float* vc, float
 
 void check_float_cpu(const at::Tensor& t, const char* what, int64_t layer, bool matrix = false) {
   const auto type = t.scalar_type();
-  const bool ok = type == at::kFloat || (matrix && (type == at::kHalf || type == at::kBFloat16));
+  const bool ok = type == at::kFloat || (matrix && (type == at::kHalf || type == at::kBFloat16 || type == at::kChar));
   TORCH_CHECK(t.device().is_cpu() && ok && t.is_contiguous(), "decode_layers (cpp): layer ", layer, "'s ", what,
-              " must be a contiguous ", matrix ? "float32, float16 or bfloat16" : "float32", " CPU tensor, got ",
+              " must be a contiguous ", matrix ? "float32, float16, bfloat16 or int8" : "float32", " CPU tensor, got ",
               type, " on ", t.device(), t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+// An int8 matrix [K, J] needs its fp32 column scales [J]; any other matrix an empty tensor.
+void check_scale(const at::Tensor& s, const at::Tensor& w, const char* what, int64_t layer) {
+  if (w.scalar_type() != at::kChar) {
+    TORCH_CHECK(s.numel() == 0, "decode_layers (cpp): layer ", layer, "'s ", what, " is ", w.scalar_type(),
+                " and takes no scales, got ", s.sizes());
+    return;
+  }
+  TORCH_CHECK(s.dim() == 1 && s.size(0) == w.size(1) && s.scalar_type() == at::kFloat && s.device().is_cpu() &&
+                  s.is_contiguous(),
+              "decode_layers (cpp): layer ", layer, "'s ", what, " is int8 and needs contiguous float32 CPU scales [",
+              w.size(1), "], got ", s.scalar_type(), " ", s.sizes());
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* what, int64_t layer) {
@@ -311,8 +377,8 @@ void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* what, i
 
 // Checks a whole layer before any memory is touched, so bad input is an error, never a crash.
 // Returns the attention width S (= heads * d) and whether the layer is cross-attention.
-std::pair<int64_t, bool> check_layer(const at::Tensor* wt, const at::Tensor& kc, const at::Tensor& vc, int64_t l,
-                                     int64_t N, int64_t W, int64_t H) {
+std::pair<int64_t, bool> check_layer(const at::Tensor* wt, const at::Tensor* sc, const at::Tensor& kc,
+                                     const at::Tensor& vc, int64_t l, int64_t N, int64_t W, int64_t H) {
   static const char* names[kWeightsPerLayer] = {"ln_0.weight", "ln_0.bias", "attn.c_attn.w", "attn.c_attn.b",
                                                 "attn.c_proj.w", "attn.c_proj.b", "ln_1.weight", "ln_1.bias",
                                                 "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b"};
@@ -332,13 +398,14 @@ std::pair<int64_t, bool> check_layer(const at::Tensor* wt, const at::Tensor& kc,
               "decode_layers (cpp): layer ", l, "'s attn.c_attn.w must be [", W, ", ", 3 * S, "] (or [", W, ", ",
               S, "] for cross-attention), got ", wt[2].sizes());
   check_shape(wt[3], {wt[2].size(1)}, names[3], l);
+  for (int64_t m = 0; m < kMatrices; ++m) check_scale(sc[m], wt[kMatrix[m]], names[kMatrix[m]], l);
   TORCH_CHECK(kc.dim() == 4 && kc.size(0) == N && kc.size(1) == H && kc.size(3) == S / H && vc.sizes() == kc.sizes(),
               "decode_layers (cpp): layer ", l, "'s caches must be [", N, ", ", H, ", slots, ", S / H, "], got ",
               kc.sizes(), " and ", vc.sizes());
   return {S, wt[2].size(1) == S};
 }
 
-void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::TensorList k_cache,
+void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::TensorList scales, at::TensorList k_cache,
                        at::TensorList v_cache, const at::Tensor& schedule, at::IntArrayRef heads,
                        at::ArrayRef<double> res_scale, double eps, const at::Tensor& position, at::Tensor& out) {
   const int64_t layers = static_cast<int64_t>(heads.size());
@@ -349,6 +416,9 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
                   out.device().is_cpu(),
               "decode_layers (cpp): out must be a contiguous float32 CPU tensor ", x_in.sizes(), ", got ",
               out.scalar_type(), " ", out.sizes());
+  TORCH_CHECK(static_cast<int64_t>(scales.size()) == kMatrices * layers, "decode_layers (cpp): for ", layers,
+              " layers expected ", kMatrices * layers, " scales (an empty tensor for a matrix that is not int8), got ",
+              scales.size());
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == kWeightsPerLayer * layers &&
                   static_cast<int64_t>(k_cache.size()) == layers && static_cast<int64_t>(v_cache.size()) == layers &&
                   static_cast<int64_t>(res_scale.size()) == layers,
@@ -372,7 +442,8 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
   const int64_t* sched = schedule.const_data_ptr<int64_t>();
   int64_t widest = 0, hidden = 0;
   for (int64_t l = 0; l < layers; ++l) {
-    const auto [S, is_cross] = check_layer(&weights[kWeightsPerLayer * l], k_cache[l], v_cache[l], l, N, W, heads[l]);
+    const auto [S, is_cross] = check_layer(&weights[kWeightsPerLayer * l], &scales[kMatrices * l], k_cache[l],
+                                           v_cache[l], l, N, W, heads[l]);
     widths[l] = S;
     cross[l] = is_cross;
     widest = std::max(widest, S);
@@ -394,13 +465,14 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
   std::vector<float> hn(N * W), qkv(N * 3 * widest), att(N * widest), proj(N * W), mid(N * hidden), mlp(N * W);
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* wt = &weights[kWeightsPerLayer * l];
+    const at::Tensor* sc = &scales[kMatrices * l];
     const int64_t S = widths[l], H = heads[l], d = S / H, J = wt[2].size(1), F = wt[8].size(1);
     float* kc = k_cache[l].mutable_data_ptr<float>();
     float* vc = v_cache[l].mutable_data_ptr<float>();
     const int64_t slots = k_cache[l].size(2);
 
     layer_norm(xs.data(), wt[0], wt[1], eps, hn.data(), N, W);
-    linear(hn.data(), wt[2], wt[3], qkv.data(), N);  // [N, J]: q | k | v, heads contiguous in each
+    linear(hn.data(), wt[2], sc[0], wt[3], qkv.data(), N);  // [N, J]: q | k | v, heads contiguous in each
     if (!cross[l]) {
       for (int64_t n = 0; n < N; ++n)
         for (int64_t h = 0; h < H; ++h) {
@@ -411,12 +483,12 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
         }
     }
     attend(qkv.data(), J, kc, vc, att.data(), N, H, slots, d, visits[l], static_cast<float>(1.0 / std::sqrt(d)));
-    linear(att.data(), wt[4], wt[5], proj.data(), N);  // a [N, W]
+    linear(att.data(), wt[4], sc[1], wt[5], proj.data(), N);  // a [N, W]
     for (int64_t i = 0; i < N * W; ++i) hn[i] = xs[i] + proj[i];
     layer_norm(hn.data(), wt[6], wt[7], eps, hn.data(), N, W);
-    linear(hn.data(), wt[8], wt[9], mid.data(), N);  // [N, F]
+    linear(hn.data(), wt[8], sc[2], wt[9], mid.data(), N);  // [N, F]
     for (int64_t i = 0; i < N * F; ++i) mid[i] = mid[i] / (1.f + std::exp(-1.702f * mid[i]));
-    linear(mid.data(), wt[10], wt[11], mlp.data(), N);  // m [N, W]
+    linear(mid.data(), wt[10], sc[3], wt[11], mlp.data(), N);  // m [N, W]
     const float rs = static_cast<float>(res_scale[l]);
     if (rs == 1.f) {
       for (int64_t i = 0; i < N * W; ++i) xs[i] = xs[i] + proj[i] + mlp[i];
@@ -431,7 +503,8 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
 
 TORCH_LIBRARY_FRAGMENT(jukebox_fast_ext, m) {
   m.def(
-      "decode_layers(Tensor x, Tensor[] weights, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor schedule, "
+      "decode_layers(Tensor x, Tensor[] weights, Tensor[] scales, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, "
+      "Tensor schedule, "
       "int[] heads, float[] res_scale, float eps, Tensor position, Tensor(c!) out) -> ()");
 }
 

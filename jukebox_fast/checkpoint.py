@@ -256,7 +256,9 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
             states (:meth:`~jukebox_fast.models.prior.SimplePrior.hidden_states`), not logits.
         weights: "stored" (each tensor in the dtype the architecture keeps it), "16-bit" (every
             projection matrix in 16 bits: fp16 stays fp16, fp32 becomes bf16), "bf16" or "fp16"
-            (every projection matrix in that dtype), cast tensor by tensor as it loads
+            (every projection matrix in that dtype), or "int8" (weight-only int8, one scale per
+            output column: :func:`~jukebox_fast.models.transformer.quantize_int8`; embeddings,
+            LayerNorms and biases stay), converted tensor by tensor as it loads
             (:func:`~jukebox_fast.models.transformer.weights_in`).
 
     Loading holds the file's tensors and at most one converted tensor beside them: each is
@@ -299,7 +301,10 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         dropped = re.compile(r"prior\.transformer\._attn_mods\.(\d+)\.")
         state_dict = {k: v for k, v in state_dict.items()
                       if not ((m := dropped.match(k)) and int(m.group(1)) >= layers)}
+    scales = _quantize_in_place(model, state_dict) if weights == "int8" else {}
     load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu", consume=True)
+    for name, scale in scales.items():
+        model.get_submodule(name).w_scale = scale.to(device or "cpu")
     lm = model.prior
     if not model.hps.merged_decoder:  # x_out is x_emb in this architecture: keep it one tensor
         if not torch.equal(lm.x_out.weight, lm.x_emb.weight):
@@ -377,6 +382,18 @@ class PriorFile:
 
     def load(self, vqvae=None, device: torch.device | str | None = None, weights: str = "stored") -> SimplePrior:
         return load_prior(self.path, self.preset, vqvae, device, weights=weights)
+
+
+def _quantize_in_place(model: torch.nn.Module, state_dict: dict) -> dict[str, torch.Tensor]:
+    """Replace each Conv1D weight in ``state_dict`` by its int8 form, one tensor at a time (the
+    file's fp32 copy goes as its int8 one arrives); returns the modules' column scales."""
+    from .models.transformer import Conv1D, quantize_int8
+
+    scales = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1D) and f"{name}.w" in state_dict:
+            state_dict[f"{name}.w"], scales[name] = quantize_int8(state_dict[f"{name}.w"])
+    return scales
 
 
 def save_prior(model: SimplePrior, path: str | os.PathLike, **extra: Any) -> Path:

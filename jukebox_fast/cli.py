@@ -265,7 +265,8 @@ def _sample(args) -> int:
     prime_tokens = None if clip is None else [len(clip) // hop for hop in vqvae_hps.hop_lengths]
     check_request(vqvae_hps, priors, song, levels, total, args.n_samples, prime_tokens, sr)
     plan = plan_generate(vqvae_hps, priors, levels, n_samples=args.n_samples, total_length=total, sampling=sampling,
-                         prime_tokens=prime_tokens, max_memory=args.max_memory, device=device or "cpu")
+                         prime_tokens=prime_tokens, max_memory=args.max_memory, device=device or "cpu",
+                         weights=args.weights)
     if args.plan:
         print(plan.table())
         return 0
@@ -274,7 +275,8 @@ def _sample(args) -> int:
     try:
         generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
                  sampling=sampling, out_dir=args.out, sr=sr, overwrite=args.overwrite,
-                 alignment=False if args.no_alignment else args.alignment or True, max_memory=args.max_memory)
+                 alignment=False if args.no_alignment else args.alignment or True, max_memory=args.max_memory,
+                 weights=args.weights)
     except KeyboardInterrupt:
         print(f"jukebox-fast sample: interrupted; the codes sampled so far are in {Path(args.out) / 'codes.pt'}: "
               "run the same command to resume", file=sys.stderr)
@@ -511,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--weights", choices=("stored", "16-bit", "int8"), default="stored",
+                   help="the priors' projection weights: as stored, 16-bit, or int8 (weight-only, per output "
+                        "channel: a quarter of fp32's bytes; the decode step reads them on the CPU)")
     _add_memory(p)
     p.set_defaults(func=_sample)
 

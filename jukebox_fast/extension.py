@@ -157,7 +157,7 @@ def _register_fake() -> None:
         return None
 
     @torch.library.register_fake(f"{NAMESPACE}::decode_layers")
-    def _(x, weights, k_cache, v_cache, schedule, heads, res_scale, eps, position, out):
+    def _(x, weights, scales, k_cache, v_cache, schedule, heads, res_scale, eps, position, out):
         return None
 
 

@@ -138,9 +138,9 @@ class Choice:
     """How a run spends memory.
 
     in_turn: each prior is loaded for its level and freed after it (else all are held at once).
-    weights: "stored" (as the checkpoint keeps them) or "16-bit" (projection matrices in 16 bits:
+    weights: "stored" (as the checkpoint keeps them), "16-bit" (projection matrices in 16 bits:
         the caches' dtype where that is 16-bit, else fp16 kept and fp32 made bf16; see
-        :meth:`weight_form`).
+        :meth:`weight_form`) or "int8" (weight-only int8, one scale per output column).
     caches: the decoder's body and KV-cache dtype; None: its default (bf16 on a GPU, else fp32).
     batch: most samples one window decodes together (the original's max_batch_size).
     """
@@ -153,14 +153,14 @@ class Choice:
     def weight_form(self, device: str | torch.device) -> str:
         """How a prior is loaded for this choice (``load_prior``'s ``weights``): 16-bit weights
         are in the caches' dtype where that is 16-bit, so the decode step reads them with no copy."""
-        if self.weights == "stored":
-            return "stored"
+        if self.weights in ("stored", "int8"):
+            return self.weights
         caches = self.caches or (torch.bfloat16 if torch.device(device).type == "cuda" else None)
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(caches, "16-bit")
 
     def describe(self) -> str:
         parts = ["levels in turn" if self.in_turn else "all levels held at once",
-                 "16-bit weights" if self.weights == "16-bit" else "weights as stored"]
+                 {"16-bit": "16-bit weights", "int8": "int8 weights"}.get(self.weights, "weights as stored")]
         if self.caches is not None:
             parts.append(f"{str(self.caches).replace('torch.', '')} caches")
         if self.batch is not None:
@@ -354,7 +354,7 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
 def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: int, total_length: int,
                   hop_fraction: Sequence[float] = (0.5, 0.5, 0.125), sampling=None,
                   prime_tokens: Sequence[int] | None = None, max_memory: str | int | None = None,
-                  device: str | torch.device | None = None) -> Plan:
+                  device: str | torch.device | None = None, weights: str = "stored") -> Plan:
     """The plan :func:`jukebox_fast.sample.generate` runs, made before any weight loads.
 
     ``vqvae`` is the model or its hparams; ``priors`` per level a loaded prior, a
@@ -362,7 +362,9 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
     files are loaded in turn. Without ``max_memory`` the plan is the run as asked (``sampling``'s
     dtype and batch); with it, the first way to run that fits in ``max_memory`` and in what the
     device has free: 16-bit weights (files only), then 16-bit caches, then fewer samples per
-    window pass. Raises :class:`MemoryPlanError` when the plan does not fit.
+    window pass, then int8 weights (files only; the GPU's Triton step does not take them yet, so
+    there the reference step runs). ``weights`` asks for a form from the start ("16-bit", "int8").
+    Raises :class:`MemoryPlanError` when the plan does not fit.
     """
     from .checkpoint import PriorFile
     from .devices import available_memory
@@ -377,14 +379,18 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
     files = all(isinstance(priors[level], (PriorFile, PriorHparams)) for level in levels)  # not loaded yet
     specs = [p.hparams() if isinstance(p, PriorFile) else p for p in priors]
     stored = {level: priors[level].nbytes for level in levels if isinstance(priors[level], PriorFile)}
-    base = Choice(in_turn=files, caches=s.dtype, batch=min(n_samples, s.max_batch_size))
+    if weights != "stored" and not files:
+        raise ValueError(f"weights={weights!r} takes priors given as files (PriorFile): loaded priors are as they are")
+    base = Choice(in_turn=files, weights=weights, caches=s.dtype, batch=min(n_samples, s.max_batch_size))
     choices = [base]
     if max_memory is not None:
-        if files:
+        if files and weights == "stored":
             choices.append(dataclasses.replace(choices[-1], weights="16-bit"))
         default = torch.bfloat16 if device.type == "cuda" else torch.float32
         if (base.caches or default).itemsize > 2:
             choices.append(dataclasses.replace(choices[-1], caches=torch.bfloat16))
+        if files and choices[-1].weights != "int8":
+            choices.append(dataclasses.replace(choices[-1], weights="int8"))
         batch = choices[-1].batch
         while batch > 1:
             batch = (batch + 1) // 2

@@ -318,7 +318,8 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
              n_samples: int = 1, levels: Sequence[int] | None = None, prime: list[torch.Tensor] | None = None,
              hop_fraction: Sequence[float] = (0.5, 0.5, 0.125), sampling: Sampling | None = None,
              out_dir: str | os.PathLike | None = None, sr: int = 44100, overwrite: bool = False,
-             alignment: bool | tuple[int, int] = True, max_memory: str | int | None = None) -> torch.Tensor:
+             alignment: bool | tuple[int, int] = True, max_memory: str | int | None = None,
+             weights: str = "stored") -> torch.Tensor:
     """The whole pipeline: sample the requested levels top-down, then decode the lowest to audio.
 
     Args:
@@ -350,6 +351,8 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
             run that fits: 16-bit weights (priors given as files), 16-bit caches, fewer samples
             per window pass. What fits nowhere, or (without it) does not fit in the memory the
             device has free, is refused (:class:`~jukebox_fast.memory.MemoryPlanError`).
+        weights: how priors given as files are loaded: "stored", "16-bit" or "int8"
+            (weight-only, one scale per output column; :func:`~jukebox_fast.load_prior`).
 
     Returns:
         audio [N, T, 1] decoded from the lowest level sampled.
@@ -361,7 +364,7 @@ def generate(vqvae, priors: Sequence, song: Song, *, seconds: float | None = Non
     levels = check_request(vqvae.hps, priors, song, levels, total_length, n_samples, prime_tokens, sr)
     plan = memory.plan_generate(vqvae, priors, levels, n_samples=n_samples, total_length=total_length,
                                 hop_fraction=hop_fraction, sampling=s, max_memory=max_memory,
-                                prime_tokens=prime_tokens)
+                                prime_tokens=prime_tokens, weights=weights)
     s = dataclasses.replace(s, dtype=plan.choice.caches, max_batch_size=plan.choice.batch)
     device = next(vqvae.parameters()).device
     zs = [torch.zeros(n_samples, 0, dtype=torch.int64, device=device) for _ in range(vqvae.hps.levels)]

@@ -39,5 +39,5 @@ def random_stack(n, width, heads, d, hidden, res_scale=1.0, layouts=LAYOUTS, see
 
 
 def copy_caches(stack: DecodeStack) -> DecodeStack:
-    return DecodeStack([DecodeLayer(l.weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale)
-                        for l in stack.layers])
+    return DecodeStack([DecodeLayer(l.weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale, l.eps,
+                                    l.scales) for l in stack.layers])

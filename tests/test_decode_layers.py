@@ -73,13 +73,52 @@ def test_bad_input_is_an_error_that_says_what_came():
 def test_a_schedule_outside_the_cache_is_refused():
     stack = random_stack(1, 40, 3, 5, 71, layouts=LAYOUTS[1:2])
     decode_layers(torch.randn(1, 40), stack, torch.tensor([0]), backend="cpp")  # packs the stack
-    weights, k, v, schedule, heads, res_scale, eps = stack.state["cpp"]
+    weights, scales, k, v, schedule, heads, res_scale, eps = stack.state["cpp"]
     schedule = schedule.clone()
     schedule[0, 5, 2] = stack.layers[0].k.shape[2] + 1  # hi past the block's 8 slots
     out = torch.empty(1, 40)
     with pytest.raises(RuntimeError, match="outside its 8 cache slots"):
-        torch.ops.jukebox_fast_ext.decode_layers(torch.randn(1, 40), weights, k, v, schedule, heads, res_scale, eps,
-                                                 torch.tensor([5]), out)
+        torch.ops.jukebox_fast_ext.decode_layers(torch.randn(1, 40), weights, scales, k, v, schedule, heads, res_scale,
+                                                 eps, torch.tensor([5]), out)
+
+
+def int8_stack(exact: DecodeStack) -> DecodeStack:
+    """``exact`` with its four projection matrices in weight-only int8 (per-column scales)."""
+    from jukebox_fast.models.transformer import quantize_int8
+
+    layers = []
+    for l in exact.layers:
+        quantized = {i: quantize_int8(l.weights[i]) for i in (2, 4, 8, 10)}
+        weights = tuple(quantized[i][0] if i in quantized else w for i, w in enumerate(l.weights))
+        scales = tuple(quantized[i][1] for i in (2, 4, 8, 10))
+        layers.append(DecodeLayer(weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale, l.eps, scales))
+    return DecodeStack(layers)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], (3, 1024, 4, 16, 1100)], ids=str)
+def test_int8_matrices_are_streamed_and_scaled_per_column(shape, poisoned):
+    # Weight-only int8: the C++ step reads a quarter of the fp32 bytes, widens each value exactly
+    # and scales each output column once, so it gives what the reference gives with the matrices
+    # dequantised (x (q s) + b), up to fp32 rounding; (3, 1024, ..., 1100) streams from memory.
+    exact = random_stack(*shape, seed=12)
+    quantized = int8_stack(exact)
+    ref = copy_caches(quantized)
+    g = torch.Generator().manual_seed(4)
+    for p in (0, 7, 13, 39):
+        x = torch.randn(shape[0], shape[1], generator=g)
+        position = torch.tensor([p])
+        got = decode_layers(x, quantized, position, backend="cpp")
+        want = decode_layers(x, ref, position, backend="torch")
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        oracle = decode_layers(x, exact, position, backend="torch")
+        assert (got - oracle).abs().max() < 0.05 * oracle.abs().max()  # int8's own error, small
+
+
+def test_int8_matrices_need_their_scales():
+    stack = int8_stack(random_stack(2, 40, 3, 5, 71))
+    stack.layers[0].scales = (None,) + stack.layers[0].scales[1:]
+    with pytest.raises(BackendUnavailableError, match="scales for its int8 matrices, and only for them"):
+        decode_layers(torch.randn(2, 40), stack, torch.tensor([0]), backend="cpp")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -243,6 +243,16 @@ def test_cli_plan_prints_the_plan_before_any_weight_loads(files, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_plan_with_int8_weights(files, tmp_path, capsys, no_loading):
+    weights = {}
+    for form in ("stored", "int8"):
+        assert main(sample_args(files[0], tmp_path, "--plan", "--weights", form)) == 0
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.startswith("| sample level 2"))
+        weights[form] = row.split("level-2 prior weights ")[1].split(";")[0]
+    assert "int8 weights" in out and weights["int8"] != weights["stored"]
+
+
 def test_cli_max_memory_refuses_in_a_second_before_any_weight_loads(files, tmp_path, capsys, no_loading):
     t0 = time.perf_counter()
     assert main(sample_args(files[0], tmp_path, "--max-memory", "1MB")) == 2

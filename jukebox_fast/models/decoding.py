@@ -76,7 +76,9 @@ class IncrementalDecoder:
             k.copy_(attn._heads(ek))
             v.copy_(attn._heads(ev))
         weights = tuple(layer.get_parameter(name).detach() for name in ops.WEIGHT_NAMES)  # as the model holds them
-        return ops.DecodeLayer(weights, k, v, layout, attn.n_head, layer.res_scale, layer.ln_0.eps)
+        scales = tuple(layer.get_submodule(name).w_scale for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                      "mlp.c_proj"))  # int8 weights' (else None)
+        return ops.DecodeLayer(weights, k, v, layout, attn.n_head, layer.res_scale, layer.ln_0.eps, scales)
 
     # -- pieces shared by prefill and step ----------------------------------------------------------
     def _cond(self, positions: torch.Tensor) -> torch.Tensor | None:

@@ -17,12 +17,15 @@ from .. import ops
 from ..ops import AttentionPattern, Kind, layer_kinds, prime_window
 
 __all__ = ["Conv1D", "LayerNorm", "MLP", "FactoredAttention", "ResAttnBlock", "Transformer",
-           "PositionEmbedding", "ConditionalAutoregressive2D", "cast_projections", "WEIGHT_FORMS", "weights_in"]
+           "PositionEmbedding", "ConditionalAutoregressive2D", "cast_projections", "WEIGHT_FORMS", "weights_in",
+           "quantize_int8"]
 
 
 class Conv1D(nn.Module):
     """The original's projection: weight ``w`` stored [in, out], bias ``b`` [out]; both are cast
-    to the activation dtype on every call (so fp16-stored weights run in fp32 when asked)."""
+    to the activation dtype on every call (so fp16-stored weights run in fp32 when asked). An int8
+    ``w`` (:func:`quantize_int8`) has one scale per output column, ``w_scale`` [out], and is
+    dequantised for each call, one layer at a time."""
 
     def __init__(self, n_in: int, n_out: int, zero_out: bool = False, init_scale: float = 1.0):
         super().__init__()
@@ -35,13 +38,37 @@ class Conv1D(nn.Module):
             nn.init.normal_(w, std=0.02 * init_scale)
         self.w = nn.Parameter(w)
         self.b = nn.Parameter(torch.zeros(n_out))
+        self.register_buffer("w_scale", None, persistent=False)  # [out] fp32 when w is int8
+
+    def weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """w [in, out] in ``dtype`` (dequantised when int8)."""
+        w = self.w.to(dtype)
+        return w if self.w_scale is None else w * self.w_scale.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.addmm(self.b.to(x.dtype), x.reshape(-1, x.shape[-1]), self.w.to(x.dtype))  # [N·L, out]
+        out = torch.addmm(self.b.to(x.dtype), x.reshape(-1, x.shape[-1]), self.weight(x.dtype))  # [N·L, out]
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-WEIGHT_FORMS = {"stored": None, "16-bit": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric weight-only int8 of a Conv1D weight [in, out]: one fp32 scale per output column
+    (its largest magnitude / 127), values rounded to [-127, 127]. Returns (int8 [in, out], scale [out])."""
+    w = w.detach()
+    scale = w.abs().amax(dim=0).float().div_(127.0)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero column stays zero
+    if w.device.type == "meta":
+        return torch.empty(w.shape, dtype=torch.int8, device="meta"), scale
+    q = torch.round(w.float() / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def _to_int8(m: "Conv1D") -> None:
+    q, scale = quantize_int8(m.w)
+    m.w = nn.Parameter(q, requires_grad=False)
+    m.w_scale = scale
+
+
+WEIGHT_FORMS = {"stored": None, "16-bit": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
 
 
 def cast_projections(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
@@ -59,9 +86,15 @@ def cast_projections(model: nn.Module, dtype: torch.dtype | None = None) -> nn.M
 
 def weights_in(model: nn.Module, form: str) -> nn.Module:
     """``model`` with its projection weights in ``form`` (a key of ``WEIGHT_FORMS``: "stored"
-    leaves them, "16-bit" is :func:`cast_projections` with no dtype, "bf16"/"fp16" that dtype)."""
+    leaves them, "16-bit" is :func:`cast_projections` with no dtype, "bf16"/"fp16" that dtype,
+    "int8" :func:`quantize_int8` of each), in place."""
     if form not in WEIGHT_FORMS:
         raise ValueError(f"weights is one of {', '.join(map(repr, WEIGHT_FORMS))}, got {form!r}")
+    if form == "int8":  # weight-only int8, per output column (embeddings, LayerNorms and biases stay)
+        for m in model.modules():
+            if isinstance(m, Conv1D) and m.w.dtype != torch.int8:
+                _to_int8(m)
+        return model
     return model if form == "stored" else cast_projections(model, WEIGHT_FORMS[form])
 
 

@@ -19,7 +19,8 @@ learns which implementation runs.
 Implementations, in priority order:
 
 - ``cpp``: ``csrc/decode_layers.cpp``, the whole stack in one call on the CPU (fp32 rows; the
-  projection matrices fp32, fp16 or bf16, streamed as stored), products that stream each weight
+  projection matrices fp32, fp16, bf16 or int8 with per-column scales, streamed as stored and
+  widened to fp32 in registers), products that stream each weight
   once for all samples;
 - ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, four launches a layer
   (LayerNorm + q|k|v + cache write; attention over the cache, split where that fills the GPU;
@@ -59,12 +60,15 @@ def step_weights(weights: Sequence[torch.Tensor], dtype: torch.dtype, stream_16_
     """A layer's weights (``WEIGHT_NAMES`` order) as a step in ``dtype`` reads them, converted
     once: LayerNorm parameters in fp32 (the statistics are fp32 in every dtype), projections and
     biases in ``dtype``. With ``stream_16_bit`` (the C++ step, whose rows are fp32), 16-bit
-    projection matrices stay as stored (the 5b priors' fp16): it streams them at half the bytes."""
+    projection matrices stay as stored (the 5b priors' fp16): it streams them at half the bytes.
+    int8 matrices always stay int8 (their scales are the layer's ``scales``)."""
     out = []
     for i, w in enumerate(weights):
         w = w.detach()
         if i in _NORMS:
             w = w.float()
+        elif w.dtype == torch.int8:
+            pass
         elif not (stream_16_bit and i in _MATRICES and w.element_size() == 2):
             w = w.to(dtype)
         out.append(w.contiguous())
@@ -74,7 +78,9 @@ def step_weights(weights: Sequence[torch.Tensor], dtype: torch.dtype, stream_16_
 @dataclass(eq=False)
 class DecodeLayer:
     """One layer as a decode step reads it: weights (``WEIGHT_NAMES`` order), its key and value
-    caches k, v [N, n_head, layout.size, d], and where positions live in them."""
+    caches k, v [N, n_head, layout.size, d], and where positions live in them. ``scales``: per
+    projection matrix (c_attn, c_proj, c_fc, mlp c_proj), its per-column fp32 scales [out] when
+    the matrix is int8, else None."""
 
     weights: tuple[torch.Tensor, ...]
     k: torch.Tensor
@@ -83,6 +89,7 @@ class DecodeLayer:
     n_head: int
     res_scale: float = 1.0
     eps: float = 1e-5
+    scales: tuple[torch.Tensor | None, ...] = (None, None, None, None)
 
     @property
     def cross(self) -> bool:
@@ -117,12 +124,15 @@ def _in_step_dtype(stack: DecodeStack) -> list[tuple[torch.Tensor, ...]]:
 
 
 def _packed(stack: DecodeStack) -> tuple:
-    """The stack flattened for the C++ kernel: weights (16-bit matrices as stored), key caches,
-    value caches, the schedule [layers, length, 3] (slot, lo, hi of every position:
-    ``CacheLayout``'s answers tabulated, slot −1 where nothing is written), heads, res_scales, eps."""
+    """The stack flattened for the C++ kernel: weights (16-bit and int8 matrices as stored), the
+    int8 matrices' scales (an empty tensor for any other matrix), key caches, value caches, the
+    schedule [layers, length, 3] (slot, lo, hi of every position: ``CacheLayout``'s answers
+    tabulated, slot −1 where nothing is written), heads, res_scales, eps."""
     schedule = torch.stack([_schedule(layer.layout) for layer in stack.layers])
     weights = [w for layer in stack.layers for w in step_weights(layer.weights, layer.k.dtype, stream_16_bit=True)]
-    return (weights, [layer.k for layer in stack.layers], [layer.v for layer in stack.layers], schedule,
+    none = torch.empty(0)
+    scales = [none if s is None else s.float().contiguous() for layer in stack.layers for s in layer.scales]
+    return (weights, scales, [layer.k for layer in stack.layers], [layer.v for layer in stack.layers], schedule,
             [layer.n_head for layer in stack.layers], [float(layer.res_scale) for layer in stack.layers],
             stack.layers[0].eps)
 
@@ -174,8 +184,9 @@ def bind(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor, *,
 
 
 # -- PyTorch: the layers one at a time -------------------------------------------------------------
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(b.to(x.dtype), x, w.to(x.dtype))  # as the model's Conv1D: [N, in] -> [N, out]
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    w = w.to(x.dtype) if scale is None else w.to(x.dtype) * scale.to(x.dtype)  # as the model's Conv1D.weight
+    return torch.addmm(b.to(x.dtype), x, w)  # [N, in] -> [N, out]
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -189,16 +200,17 @@ def _layer_loop(attend: Callable) -> Callable:
         n = x.shape[0]
         for layer, weights in zip(stack.layers, stack.prepared("torch", _in_step_dtype)):
             ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = weights
+            attn_s, proj_s, fc_s, out_s = layer.scales
             heads, d = layer.n_head, layer.k.shape[-1]
-            h = _linear(_layer_norm(x, ln0_w, ln0_b, layer.eps), attn_w, attn_b)  # [N, 3·H·d] (H·d: cross)
+            h = _linear(_layer_norm(x, ln0_w, ln0_b, layer.eps), attn_w, attn_b, attn_s)  # [N, 3·H·d] (H·d: cross)
             q = h[:, : heads * d].reshape(n, heads, d)
             if not layer.cross:
                 k, v = (t.reshape(n, heads, 1, d) for t in h[:, heads * d :].chunk(2, dim=1))
                 layer.write(k, v, position)
             a = attend(q, layer.k, layer.v, layer.layout, position, 1.0 / math.sqrt(d))  # [N, H, d]
-            a = _linear(a.reshape(n, heads * d), proj_w, proj_b)
-            f = _linear(_layer_norm(x + a, ln1_w, ln1_b, layer.eps), fc_w, fc_b)
-            m = _linear(f * torch.sigmoid(1.702 * f), out_w, out_b)  # quick_gelu
+            a = _linear(a.reshape(n, heads * d), proj_w, proj_b, proj_s)
+            f = _linear(_layer_norm(x + a, ln1_w, ln1_b, layer.eps), fc_w, fc_b, fc_s)
+            m = _linear(f * torch.sigmoid(1.702 * f), out_w, out_b, out_s)  # quick_gelu
             x = x + a + m if layer.res_scale == 1.0 else x + layer.res_scale * (a + m)
         return x
 
@@ -269,6 +281,8 @@ def _triton_supports(x, stack, position) -> list[str]:
     tensors = [t for layer in stack.layers for t in layer.weights]
     if len({w.dtype for layer in stack.layers for i, w in enumerate(layer.weights) if i in _MATRICES}) != 1:
         reasons.append("the Triton step takes projection weights of one dtype")
+    if any(w.dtype == torch.int8 for layer in stack.layers for w in layer.weights):
+        reasons.append("the Triton step takes 16- and 32-bit weights; int8 runs the reference on a GPU")
     if any(not t.is_contiguous() for t in tensors + [lay.k for lay in stack.layers] + [lay.v for lay in stack.layers]):
         reasons.append("the Triton step needs contiguous weights and caches")
     if any(w.dtype != torch.float32 for layer in stack.layers for i, w in enumerate(layer.weights) if i in _NORMS):
@@ -280,9 +294,9 @@ def _triton_supports(x, stack, position) -> list[str]:
 
 # -- C++ -------------------------------------------------------------------------------------------
 def _cpp_call(x, stack: DecodeStack, position) -> torch.Tensor:
-    weights, k, v, schedule, heads, res_scale, eps = stack.prepared("cpp", _packed)
+    weights, scales, k, v, schedule, heads, res_scale, eps = stack.prepared("cpp", _packed)
     out = buffers.new_empty(tuple(x.shape), x.dtype, x.device)
-    torch.ops.jukebox_fast_ext.decode_layers(x, weights, k, v, schedule, heads, res_scale, eps, position, out)
+    torch.ops.jukebox_fast_ext.decode_layers(x, weights, scales, k, v, schedule, heads, res_scale, eps, position, out)
     return out
 
 
@@ -295,9 +309,12 @@ def _cpp_supports(x, stack, position) -> list[str]:
     vectors += [t for layer in stack.layers for t in (layer.k, layer.v)]
     if any(t.dtype != torch.float32 for t in vectors):
         reasons.append("the C++ decode step takes float32 rows, caches, biases and LayerNorm parameters")
-    if any(w.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+    if any(w.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.int8)
            for layer in stack.layers for i, w in enumerate(layer.weights) if i in _MATRICES):
-        reasons.append("the C++ decode step takes float32, float16 or bfloat16 projection matrices")
+        reasons.append("the C++ decode step takes float32, float16, bfloat16 or int8 projection matrices")
+    if any((layer.weights[i].dtype == torch.int8) != (s is not None)
+           for layer in stack.layers for i, s in zip(_MATRICES, layer.scales)):
+        reasons.append("the C++ decode step takes scales for its int8 matrices, and only for them")
     if any(not t.is_contiguous() for t in tensors[2:]):
         reasons.append("the C++ decode step needs contiguous weights and caches")
     if len({layer.eps for layer in stack.layers}) > 1:
