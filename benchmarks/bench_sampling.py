@@ -23,6 +23,7 @@ CPU check of the script).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -179,23 +180,42 @@ RELEASED_CPU = {
 }
 
 
-def _with_matrices(prior, dtype):
-    """A copy of ``prior`` whose projection matrices (every Conv1D weight) are ``dtype``, as the
-    5b priors store theirs in fp16 (``fp16_params``)."""
-    import copy
+class _Clock:
+    """Stands in for sample_window's progress bar: a timestamp after every decode step."""
 
-    from jukebox_fast.models.transformer import Conv1D
+    def __init__(self):
+        self.stamps = []
 
-    other = copy.deepcopy(prior)
-    for m in other.modules():
-        if isinstance(m, Conv1D):
-            m.w.data = m.w.data.to(dtype)
-    return other
+    def update(self, n: int) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+def _hf_step_clock(hf) -> tuple[_Clock, object]:
+    """Timestamps at the start of each of HF's one-token transformer calls (its decode steps;
+    the prefix goes through in chunks before them). Returns the clock and the hook's handle."""
+    clock = _Clock()
+
+    def hook(module, args, kwargs):
+        if args[0].shape[1] == 1:
+            clock.update(1)
+
+    return clock, hf.prior.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _step_seconds(clock: _Clock) -> float:
+    """Median seconds between consecutive steps (the first, after the prefill, left out)."""
+    gaps = [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])]
+    return statistics.median(gaps)
 
 
 def released_rows(args, lines):
-    """Decode steps per second at the released widths, at a long cache: ours with 16-bit and with
-    fp32 projection matrices (the same values), our PyTorch step, and HF's sampler."""
+    """Decode steps at the released widths after a long prefix, timed step by step: ours with
+    fp32, fp16 and int8 projection matrices (fp16 values throughout, so every row reads the same
+    model) and HF's sampler (fp32), interleaved run after run in this process."""
+    import copy
+
+    from jukebox_fast.models.transformer import weights_in
+
     try:
         from test_prior_hf_parity import hf_config
         from transformers.models.deprecated.jukebox import modeling_jukebox as jukebox
@@ -207,9 +227,14 @@ def released_rows(args, lines):
     for name in args.released_models:
         overrides = RELEASED_CPU[name]
         torch.manual_seed(0)
-        fp32 = make_prior(hparams.get(name, fp16_params=False, **overrides)).eval()
-        half = _with_matrices(fp32, torch.float16)
-        fp32 = _with_matrices(half, torch.float32)  # the fp16 values, as fp32: one model in every row
+        fp32 = weights_in(make_prior(hparams.get(name, fp16_params=False, **overrides)).eval(), "fp16")
+        half = fp32
+        fp32 = weights_in(copy.deepcopy(half), "stored")
+        for m in fp32.modules():  # the fp16 values, as fp32: one model in every row
+            if hasattr(m, "w_scale"):
+                m.w.data = m.w.data.float()
+        int8 = weights_in(copy.deepcopy(fp32), "int8")
+        ours = {"fp32": fp32, "fp16": half, "int8": int8}
         hf = None
         if jukebox is not None:
             cfg = hf_config(fp32.hps, fp32.vqvae_hps)
@@ -220,35 +245,39 @@ def released_rows(args, lines):
             z_cond = zs[1] if len(zs) > 1 else None
             context = zs[0][:, :prefix]
 
-            def ours(prior, step, total):
-                with use_backend(decode_layers=step):
-                    sample_window(prior, context, total, z_cond, y, Sampling(temp=1.0, progress=False))
+            def run_ours(prior) -> float:
+                clock = _Clock()
+                sample_window(prior, context, prefix + new, z_cond, y, Sampling(temp=1.0, progress=False), clock)
+                return _step_seconds(clock)
 
-            def theirs(total):
-                with torch.no_grad():
-                    hf.sample(n, music_tokens=context, music_tokens_conds=zs[1:] or None, metadata=y, temp=1.0,
-                              sample_tokens=total, chunk_size=32)
+            def run_hf() -> float:
+                clock, handle = _hf_step_clock(hf)
+                try:
+                    with torch.no_grad():
+                        hf.sample(n, music_tokens=context, music_tokens_conds=zs[1:] or None, metadata=y, temp=1.0,
+                                  sample_tokens=prefix + new, chunk_size=32)
+                finally:
+                    handle.remove()
+                return _step_seconds(clock)
 
-            def rate(fn) -> float:
-                """Tokens/s of the decode steps alone: a window of prefix + new tokens minus one of
-                prefix + 1 (the same prefill), median of the runs."""
-                long_run = median_time(lambda: fn(prefix + new), args.runs)[0]
-                short_run = median_time(lambda: fn(prefix + 1), args.runs)[0]
-                if long_run - short_run < 0.1 * long_run:  # the steps drown in the prefill's noise
-                    raise ValueError(f"the {new - 1} steps took under a tenth of the run ({long_run:.3f} s vs "
-                                     f"{short_run:.3f} s): pass a larger --cpu-steps")
-                return n * (new - 1) / (long_run - short_run)
-
-            cpp16 = rate(lambda t: ours(half, "auto", t))
-            cpp32 = rate(lambda t: ours(fp32, "auto", t))
-            ref = rate(lambda t: ours(fp32, "torch", t))
-            hf_rate = rate(theirs) if hf is not None else None
+            samplers = {**{k: (lambda p=p: run_ours(p)) for k, p in ours.items()}, **({"HF": run_hf} if hf else {})}
+            runs = {k: [] for k in samplers}
+            for r in range(args.runs):  # interleaved, the order turning each run
+                order = list(samplers)[r % len(samplers):] + list(samplers)[: r % len(samplers)]
+                for k in order:
+                    runs[k].append(samplers[k]())
+            rate = {k: n / statistics.median(v) for k, v in runs.items()}
+            spread = {k: f"{n / max(v):.0f}-{n / min(v):.0f}" for k, v in runs.items()}
             hps = fp32.hps
-            label = f"{name} (width {hps.prior_width}, {hps.prior_depth} layers)"
-            hf_cells = (f"{hf_rate:.0f} | {cpp16 / hf_rate:.2f}x | {cpp32 / hf_rate:.2f}x" if hf_rate
-                        else f"not run: {why} | – | –")
-            lines.append(f"| {label} | {n} | {prefix} | {cpp16:.0f} | {cpp32:.0f} | {ref:.0f} | {hf_cells} | "
-                         f"{cpp16 / cpp32:.2f}x |")
+            cells = [f"{rate[k]:.0f} ({spread[k]})" for k in ("fp32", "fp16", "int8")]
+            if hf:
+                worst = {k: min(h / o for h, o in zip(runs["HF"], runs[k])) for k in ours}
+                cells += [f"{rate['HF']:.0f} ({spread['HF']})"]
+                cells += [f"{rate[k] / rate['HF']:.2f}x (worst {worst[k]:.2f}x)" for k in ("fp32", "fp16", "int8")]
+            else:
+                cells += [f"not run: {why}", "–", "–", "–"]
+            lines.append(f"| {name} (width {hps.prior_width}, {hps.prior_depth} layers) | {n} | {prefix} | "
+                         + " | ".join(cells) + " |")
             print(lines[-1], file=sys.stderr, flush=True)
 
 
@@ -313,15 +342,18 @@ def main() -> None:
                       "torch vs HF |", "|---|---|---|---|---|---|---|---|"]
             hf_rows(args, lines)
         if args.released:
-            lines += ["", f"## Released widths at a long cache", "",
+            lines += ["", "## Released widths at a long cache", "",
                       f"The released widths with {RELEASED_CPU['prior_5b']['prior_depth']} layers, random weights "
-                      f"rounded to fp16 (as the 5b priors store their projections) and used as such in every column: "
-                      f"fp16 matrices streamed by the C++ step, the same values as fp32 matrices, our PyTorch step, "
-                      f"HF's sampler (fp32). Steps after a prefix of {args.cpu_prefill} tokens: tokens/s of "
-                      f"{args.cpu_steps - 1} decode steps, from a window of prefix + {args.cpu_steps} tokens minus one "
-                      f"of prefix + 1, median of {args.runs} runs.", "",
-                      "| preset | batch | prefix | C++ fp16 weights | C++ fp32 weights | torch step | HF | "
-                      "fp16 vs HF | fp32 vs HF | fp16 vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "rounded to fp16 (as the 5b priors store their projections) and read in every column as those "
+                      "values: the C++ step with fp32, fp16 and int8 projection matrices (int8: weight-only, one scale "
+                      "per output column, of the same values) and HF's sampler (fp32). After a prefix of "
+                      f"{args.cpu_prefill} tokens, {args.cpu_steps} tokens sampled; each decode step timed on its own "
+                      "(ours: between sample_window's progress updates; HF: between its one-token transformer calls), "
+                      f"the median step of a run; {args.runs} runs, the samplers interleaved and their order turning. "
+                      "Cells: tokens/s of the median run (the range over runs); ratios: median, and the worst run's "
+                      "(ours / HF in the same round).", "",
+                      "| preset | batch | prefix | C++ fp32 | C++ fp16 | C++ int8 | HF | fp32 vs HF | fp16 vs HF | "
+                      "int8 vs HF |", "|---|---|---|---|---|---|---|---|---|---|"]
             released_rows(args, lines)
     report("\n".join(lines) + "\n", args.out, records)
 
