@@ -24,13 +24,7 @@ import numpy as np
 import torch
 
 from . import hparams as hparams_mod
-from .files import (
-    CheckpointError,
-    _numpy_globals,
-    atomic_save,
-    atomic_write,
-    read_checkpoint,
-)
+from .files import CheckpointError, _numpy_globals, atomic_save, atomic_write, read_checkpoint
 from .hf_keys import hf_to_openai, looks_hf, openai_to_hf, openai_to_hf_key
 from .hparams import PriorHparams, VQVAEHparams
 from .models.prior import SimplePrior, make_prior

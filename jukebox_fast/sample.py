@@ -32,14 +32,7 @@ from .conditioning import Song
 from .devices import release_memory
 from .files import atomic_save, read_checkpoint
 from .models.decoding import IncrementalDecoder
-from .runs import (
-    claim_output,
-    digest,
-    fingerprint,
-    hold_output,
-    refuse_other_settings,
-    settings_differences,
-)
+from .runs import claim_output, digest, fingerprint, hold_output, refuse_other_settings, settings_differences
 
 __all__ = ["Song", "filter_logits", "draw", "inverse_cdf", "get_starts", "sample_window", "sample_level", "generate",
            "run_settings", "fingerprint", "settings_differences"]  # Song and the last two live in conditioning / runs
