@@ -101,17 +101,22 @@ def test_int8_matrices_are_streamed_and_scaled_per_column(shape, poisoned):
     # and scales each output column once, so it gives what the reference gives with the matrices
     # dequantised (x (q s) + b), up to fp32 rounding; (3, 1024, ..., 1100) streams from memory.
     exact = random_stack(*shape, seed=12)
-    quantized = int8_stack(exact)
-    ref = copy_caches(quantized)
-    g = torch.Generator().manual_seed(4)
-    for p in (0, 7, 13, 39):
-        x = torch.randn(shape[0], shape[1], generator=g)
-        position = torch.tensor([p])
-        got = decode_layers(x, quantized, position, backend="cpp")
-        want = decode_layers(x, ref, position, backend="torch")
+    for got, want, oracle in steps_against_the_reference(int8_stack(exact), exact, seed=4):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-        oracle = decode_layers(x, exact, position, backend="torch")
         assert (got - oracle).abs().max() < 0.05 * oracle.abs().max()  # int8's own error, small
+
+
+def steps_against_the_reference(stack: DecodeStack, exact: DecodeStack, seed: int):
+    """(C++ step, reference step on a copy of ``stack``, reference step on the fp32 ``exact``) at
+    four positions, for random rows."""
+    ref = copy_caches(stack)
+    n, width = stack.layers[0].k.shape[0], stack.layers[0].weights[0].shape[0]
+    g = torch.Generator().manual_seed(seed)
+    for p in (0, 7, 13, 39):
+        x = torch.randn(n, width, generator=g)
+        position = torch.tensor([p])
+        yield (decode_layers(x, stack, position, backend="cpp"), decode_layers(x, ref, position, backend="torch"),
+               decode_layers(x, exact, position, backend="torch"))
 
 
 def test_int8_matrices_need_their_scales():
@@ -131,15 +136,8 @@ def test_16_bit_matrices_are_streamed_as_stored(dtype, shape, poisoned):
     exact = random_stack(*shape, seed=11)
     half = DecodeStack([DecodeLayer(tuple(w.to(dtype) if i in (2, 4, 8, 10) else w for i, w in enumerate(l.weights)),
                                     l.k.clone(), l.v.clone(), l.layout, l.n_head) for l in exact.layers])
-    ref = copy_caches(half)
-    g = torch.Generator().manual_seed(3)
-    for p in (0, 7, 13, 39):
-        x = torch.randn(shape[0], shape[1], generator=g)
-        position = torch.tensor([p])
-        got = decode_layers(x, half, position, backend="cpp")
-        want = decode_layers(x, ref, position, backend="torch")
+    for got, want, oracle in steps_against_the_reference(half, exact, seed=3):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        oracle = decode_layers(x, exact, position, backend="torch")
         assert (got - oracle).abs().max() <= 2 * (want - oracle).abs().max() + 1e-6
 
 
