@@ -177,11 +177,68 @@ __attribute__((target("avx2,f16c,fma"))) void axpy_rows_16_avx2(const float* xk,
   }
 }
 
-void axpy_rows_16(const float* xk, int64_t ldx, const uint16_t* wk, bool bf16, float* acc, int64_t n, int64_t cols,
-                  float* wide) {
+// Four 16-bit weight rows at once, as axpy_rows4_8 below does for int8 (each accumulator vector
+// loaded and stored once per four rows). w rows ldw apart.
+template <bool kBF16>
+__attribute__((target("avx512f"))) void axpy_rows4_16_avx512(const float* xk, int64_t ldx, const uint16_t* wk,
+                                                            int64_t ldw, float* acc, int64_t n, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    __m512 w[4];
+    for (int t = 0; t < 4; ++t) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + t * ldw + j));
+      w[t] = kBF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)) : _mm512_cvtph_ps(raw);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = acc + r * cols + j;
+      __m512 v = _mm512_loadu_ps(a);
+      for (int t = 0; t < 4; ++t) v = _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx + t]), w[t], v);
+      _mm512_storeu_ps(a, v);
+    }
+  }
+  for (; j < cols; ++j)
+    for (int t = 0; t < 4; ++t) {
+      const uint16_t raw = wk[t * ldw + j];
+      const float w = kBF16 ? c10::detail::f32_from_bits(raw) : c10::detail::fp16_ieee_to_fp32_value(raw);
+      for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx + t] * w;
+    }
+}
+
+template <bool kBF16>
+__attribute__((target("avx2,f16c,fma"))) void axpy_rows4_16_avx2(const float* xk, int64_t ldx, const uint16_t* wk,
+                                                                 int64_t ldw, float* acc, int64_t n, int64_t cols) {
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    __m256 w[4];
+    for (int t = 0; t < 4; ++t) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + t * ldw + j));
+      w[t] = kBF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16)) : _mm256_cvtph_ps(raw);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = acc + r * cols + j;
+      __m256 v = _mm256_loadu_ps(a);
+      for (int t = 0; t < 4; ++t) v = _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx + t]), w[t], v);
+      _mm256_storeu_ps(a, v);
+    }
+  }
+  for (; j < cols; ++j)
+    for (int t = 0; t < 4; ++t) {
+      const uint16_t raw = wk[t * ldw + j];
+      const float w = kBF16 ? c10::detail::f32_from_bits(raw) : c10::detail::fp16_ieee_to_fp32_value(raw);
+      for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx + t] * w;
+    }
+}
+
+int half_isa() {  // 2: AVX-512, 1: AVX2 + F16C + FMA, 0: neither (widen a row, then multiply)
   static const int isa = __builtin_cpu_supports("avx512f") ? 2
                          : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
                             __builtin_cpu_supports("fma")) ? 1 : 0;
+  return isa;
+}
+
+void axpy_rows_16(const float* xk, int64_t ldx, const uint16_t* wk, bool bf16, float* acc, int64_t n, int64_t cols,
+                  float* wide) {
+  const int isa = half_isa();
   if (isa == 2) return bf16 ? axpy_rows_16_avx512<true>(xk, ldx, wk, acc, n, cols)
                             : axpy_rows_16_avx512<false>(xk, ldx, wk, acc, n, cols);
   if (isa == 1) return bf16 ? axpy_rows_16_avx2<true>(xk, ldx, wk, acc, n, cols)
@@ -221,9 +278,9 @@ __attribute__((target("avx2,fma"))) void axpy_rows_8_avx2(const float* xk, int64
     for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * static_cast<float>(wk[j]);
 }
 
-// Four weight rows k..k+3 at once: each accumulator vector is loaded and stored once per four
-// rows, not per row (at batch 1 the row-at-a-time loop is bound by those loads and stores, not
-// by the int8 bytes). w rows ldw apart.
+// Four int8 weight rows k..k+3 at once: each accumulator vector is loaded and stored once per
+// four rows, not per row (at batch 1 the row-at-a-time loop is bound by those loads and stores,
+// not by the int8 bytes). w rows ldw apart.
 __attribute__((target("avx512f"))) void axpy_rows4_8_avx512(const float* xk, int64_t ldx, const int8_t* wk,
                                                            int64_t ldw, float* acc, int64_t n, int64_t cols) {
   int64_t j = 0;
@@ -288,7 +345,15 @@ void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc,
       k += 3;  // four rows done
     } else if (type == at::kChar)
       axpy_rows_8(x + k, K, static_cast<const int8_t*>(w) + k * J, acc, n, J, wide);
-    else
+    else if (k + 4 <= k1 && half_isa() > 0) {
+      const uint16_t* w16 = static_cast<const uint16_t*>(w) + k * J;
+      const bool bf16 = type == at::kBFloat16;
+      if (half_isa() == 2) bf16 ? axpy_rows4_16_avx512<true>(x + k, K, w16, J, acc, n, J)
+                                : axpy_rows4_16_avx512<false>(x + k, K, w16, J, acc, n, J);
+      else bf16 ? axpy_rows4_16_avx2<true>(x + k, K, w16, J, acc, n, J)
+                : axpy_rows4_16_avx2<false>(x + k, K, w16, J, acc, n, J);
+      k += 3;  // four rows done
+    } else
       axpy_rows_16(x + k, K, static_cast<const uint16_t*>(w) + k * J, type == at::kBFloat16, acc, n, J, wide);
   }
 }
