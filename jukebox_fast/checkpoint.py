@@ -353,10 +353,15 @@ class PriorFile:
         if not self.path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.path}")
 
-    def hparams(self) -> PriorHparams:
+    def hparams(self, vqvae: VQVAEHparams | None = None) -> PriorHparams:
+        """The prior's architecture; with ``vqvae``, our file's record of the VQ-VAE it was trained
+        with must agree with it (as :func:`load_prior` checks, but before anything loads)."""
+        record = read_record(self.path) if self.preset is None or vqvae is not None else None
+        if record is not None and vqvae is not None and record.get("vqvae_hparams"):
+            _agree(self.path, hparams_mod.from_dict(VQVAEHparams, record["vqvae_hparams"]), vqvae, "the VQ-VAE",
+                   fields=VQVAE_STRUCTURE)
         if self.preset is not None:
             return hparams_mod.get(self.preset) if isinstance(self.preset, str) else self.preset
-        record = read_record(self.path)
         if record is not None and record.get("kind") != "prior":
             raise _wrong_kind(self.path, record.get("kind"), "prior")
         if record is None:

@@ -401,7 +401,7 @@ def _spec(prior, vqvae_hps):
     """The prior itself, or for a file its architecture built on the meta device (no memory)."""
     from .checkpoint import PriorFile
 
-    return memory.meta_prior(prior.hparams(), vqvae_hps) if isinstance(prior, PriorFile) else prior
+    return memory.meta_prior(prior.hparams(vqvae_hps), vqvae_hps) if isinstance(prior, PriorFile) else prior
 
 
 def _align(prior, codes: torch.Tensor, song: Song, hop_fraction: float, alignment, out: Path, hop: int,

@@ -326,3 +326,18 @@ def test_plan_is_the_cuda_peak(files):
     # the VQ-VAE (loaded before the baseline) is in the plan, not in the measurement
     vq_bytes = plan.phases[0].nbytes
     assert within(plan.peak - vq_bytes, measured), f"plan {plan.peak / MB:.1f} MiB, measured {measured / MB:.1f}\n{plan.table()}"
+
+
+def test_a_prior_of_another_vqvae_is_refused_before_anything_loads(files, tmp_path, no_loading):
+    from jukebox_fast.checkpoint import CheckpointError
+    from jukebox_fast.sample import Sampling, Song, generate
+
+    root, vq = files
+    other = hparams.get("tiny_vqvae", l_bins=128)
+    with pytest.raises(CheckpointError, match=r"records other hyper-parameters for the VQ-VAE .*l_bins: 128 given"):
+        PriorFile(root / "top.pt").hparams(other)
+    with torch.device("meta"):
+        meta_vq = make_vqvae(other)
+    with pytest.raises(CheckpointError, match="records other hyper-parameters for the VQ-VAE"):
+        generate(meta_vq, [None, None, PriorFile(root / "top.pt")], Song(0, [0], 10 * 44100), total_length=128 * 8,
+                 levels=[2], sampling=Sampling(progress=False))
