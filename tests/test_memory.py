@@ -122,11 +122,11 @@ def test_nothing_fits_is_refused_fast_naming_the_largest_items():
     # (a process's first meta build imports torch's decompositions, once: a small plan does it)
     memory.plan_generate(hparams.get("tiny_vqvae"), [None, None, hparams.get("tiny_top_prior")], [2], n_samples=1,
                          total_length=128 * 8, max_memory="1TB")
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU time: the test workers beside it do not count
     with pytest.raises(memory.MemoryPlanError, match=r"does not fit in 4 GiB .* largest: level-2 prior"):
         memory.plan_generate(hparams.get("vqvae"), RELEASED[1:], [2, 1, 0], n_samples=3,
                              total_length=20 * 44100 // 128 * 128, max_memory="4GB", device="cuda")
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
 
 
 # -- against a fresh process -------------------------------------------------------------------------
@@ -254,9 +254,9 @@ def test_cli_plan_with_int8_weights(files, tmp_path, capsys, no_loading):
 
 
 def test_cli_max_memory_refuses_in_a_second_before_any_weight_loads(files, tmp_path, capsys, no_loading):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU time: the test workers beside it do not count
     assert main(sample_args(files[0], tmp_path, "--max-memory", "1MB")) == 2
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not fit in 1 MiB (the memory given)" in err and "largest:" in err
     assert not (tmp_path / "out").exists()
