@@ -177,59 +177,7 @@ __attribute__((target("avx2,f16c,fma"))) void axpy_rows_16_avx2(const float* xk,
   }
 }
 
-// Four 16-bit weight rows at once, as axpy_rows4_8 below does for int8 (each accumulator vector
-// loaded and stored once per four rows). w rows ldw apart.
-template <bool kBF16>
-__attribute__((target("avx512f"))) void axpy_rows4_16_avx512(const float* xk, int64_t ldx, const uint16_t* wk,
-                                                            int64_t ldw, float* acc, int64_t n, int64_t cols) {
-  int64_t j = 0;
-  for (; j + 16 <= cols; j += 16) {
-    __m512 w[4];
-    for (int t = 0; t < 4; ++t) {
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + t * ldw + j));
-      w[t] = kBF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)) : _mm512_cvtph_ps(raw);
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      float* a = acc + r * cols + j;
-      __m512 v = _mm512_loadu_ps(a);
-      for (int t = 0; t < 4; ++t) v = _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx + t]), w[t], v);
-      _mm512_storeu_ps(a, v);
-    }
-  }
-  for (; j < cols; ++j)
-    for (int t = 0; t < 4; ++t) {
-      const uint16_t raw = wk[t * ldw + j];
-      const float w = kBF16 ? c10::detail::f32_from_bits(raw) : c10::detail::fp16_ieee_to_fp32_value(raw);
-      for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx + t] * w;
-    }
-}
-
-template <bool kBF16>
-__attribute__((target("avx2,f16c,fma"))) void axpy_rows4_16_avx2(const float* xk, int64_t ldx, const uint16_t* wk,
-                                                                 int64_t ldw, float* acc, int64_t n, int64_t cols) {
-  int64_t j = 0;
-  for (; j + 8 <= cols; j += 8) {
-    __m256 w[4];
-    for (int t = 0; t < 4; ++t) {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + t * ldw + j));
-      w[t] = kBF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16)) : _mm256_cvtph_ps(raw);
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      float* a = acc + r * cols + j;
-      __m256 v = _mm256_loadu_ps(a);
-      for (int t = 0; t < 4; ++t) v = _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx + t]), w[t], v);
-      _mm256_storeu_ps(a, v);
-    }
-  }
-  for (; j < cols; ++j)
-    for (int t = 0; t < 4; ++t) {
-      const uint16_t raw = wk[t * ldw + j];
-      const float w = kBF16 ? c10::detail::f32_from_bits(raw) : c10::detail::fp16_ieee_to_fp32_value(raw);
-      for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx + t] * w;
-    }
-}
-
-int half_isa() {  // 2: AVX-512, 1: AVX2 + F16C + FMA, 0: neither (widen a row, then multiply)
+int stream_isa() {  // 2: AVX-512, 1: AVX2 + F16C + FMA, 0: neither (widen a row, then multiply)
   static const int isa = __builtin_cpu_supports("avx512f") ? 2
                          : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
                             __builtin_cpu_supports("fma")) ? 1 : 0;
@@ -238,7 +186,7 @@ int half_isa() {  // 2: AVX-512, 1: AVX2 + F16C + FMA, 0: neither (widen a row, 
 
 void axpy_rows_16(const float* xk, int64_t ldx, const uint16_t* wk, bool bf16, float* acc, int64_t n, int64_t cols,
                   float* wide) {
-  const int isa = half_isa();
+  const int isa = stream_isa();
   if (isa == 2) return bf16 ? axpy_rows_16_avx512<true>(xk, ldx, wk, acc, n, cols)
                             : axpy_rows_16_avx512<false>(xk, ldx, wk, acc, n, cols);
   if (isa == 1) return bf16 ? axpy_rows_16_avx2<true>(xk, ldx, wk, acc, n, cols)
@@ -278,56 +226,87 @@ __attribute__((target("avx2,fma"))) void axpy_rows_8_avx2(const float* xk, int64
     for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * static_cast<float>(wk[j]);
 }
 
-// Four int8 weight rows k..k+3 at once: each accumulator vector is loaded and stored once per
-// four rows, not per row (at batch 1 the row-at-a-time loop is bound by those loads and stores,
-// not by the int8 bytes). w rows ldw apart.
-__attribute__((target("avx512f"))) void axpy_rows4_8_avx512(const float* xk, int64_t ldx, const int8_t* wk,
-                                                           int64_t ldw, float* acc, int64_t n, int64_t cols) {
+// The narrow weight forms a row can be streamed in, widened to fp32 in registers.
+enum class Narrow { kHalf, kBF16, kInt8 };
+
+template <Narrow kForm>
+__attribute__((target("avx512f"))) inline __m512 widen16(const void* w, int64_t i) {  // weights i..i+15
+  if constexpr (kForm == Narrow::kInt8)
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(w) + i))));
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + i));
+  if constexpr (kForm == Narrow::kBF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return _mm512_cvtph_ps(raw);
+}
+
+template <Narrow kForm>
+__attribute__((target("avx2,f16c"))) inline __m256 widen8(const void* w, int64_t i) {  // weights i..i+7
+  if constexpr (kForm == Narrow::kInt8)
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(w) + i))));
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
+  if constexpr (kForm == Narrow::kBF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  return _mm256_cvtph_ps(raw);
+}
+
+template <Narrow kForm>
+inline float widen1(const void* w, int64_t i) {
+  if constexpr (kForm == Narrow::kInt8) return static_cast<float>(static_cast<const int8_t*>(w)[i]);
+  const uint16_t raw = static_cast<const uint16_t*>(w)[i];
+  if constexpr (kForm == Narrow::kBF16) return c10::detail::f32_from_bits(raw);
+  return c10::detail::fp16_ieee_to_fp32_value(raw);
+}
+
+// Four narrow weight rows k..k+3 at once (w: row k, rows ldw weights apart): each accumulator
+// vector is loaded and stored once per four rows, not per row (at batch 1 the row-at-a-time loop
+// is bound by those loads and stores, not by the weight bytes).
+template <Narrow kForm>
+__attribute__((target("avx512f"))) void axpy_rows4_avx512(const float* xk, int64_t ldx, const void* w, int64_t ldw,
+                                                         float* acc, int64_t n, int64_t cols) {
   int64_t j = 0;
   for (; j + 16 <= cols; j += 16) {
-    __m512 w[4];
-    for (int t = 0; t < 4; ++t)
-      w[t] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + t * ldw + j))));
+    __m512 wt[4];
+    for (int t = 0; t < 4; ++t) wt[t] = widen16<kForm>(w, t * ldw + j);
     for (int64_t r = 0; r < n; ++r) {
       float* a = acc + r * cols + j;
       __m512 v = _mm512_loadu_ps(a);
-      for (int t = 0; t < 4; ++t) v = _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx + t]), w[t], v);
+      for (int t = 0; t < 4; ++t) v = _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx + t]), wt[t], v);
       _mm512_storeu_ps(a, v);
     }
   }
   for (; j < cols; ++j)
-    for (int64_t r = 0; r < n; ++r)
-      for (int t = 0; t < 4; ++t) acc[r * cols + j] += xk[r * ldx + t] * static_cast<float>(wk[t * ldw + j]);
+    for (int t = 0; t < 4; ++t)
+      for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx + t] * widen1<kForm>(w, t * ldw + j);
 }
 
-__attribute__((target("avx2,fma"))) void axpy_rows4_8_avx2(const float* xk, int64_t ldx, const int8_t* wk,
-                                                          int64_t ldw, float* acc, int64_t n, int64_t cols) {
+template <Narrow kForm>
+__attribute__((target("avx2,f16c,fma"))) void axpy_rows4_avx2(const float* xk, int64_t ldx, const void* w,
+                                                              int64_t ldw, float* acc, int64_t n, int64_t cols) {
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
-    __m256 w[4];
-    for (int t = 0; t < 4; ++t)
-      w[t] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wk + t * ldw + j))));
+    __m256 wt[4];
+    for (int t = 0; t < 4; ++t) wt[t] = widen8<kForm>(w, t * ldw + j);
     for (int64_t r = 0; r < n; ++r) {
       float* a = acc + r * cols + j;
       __m256 v = _mm256_loadu_ps(a);
-      for (int t = 0; t < 4; ++t) v = _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx + t]), w[t], v);
+      for (int t = 0; t < 4; ++t) v = _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx + t]), wt[t], v);
       _mm256_storeu_ps(a, v);
     }
   }
   for (; j < cols; ++j)
-    for (int64_t r = 0; r < n; ++r)
-      for (int t = 0; t < 4; ++t) acc[r * cols + j] += xk[r * ldx + t] * static_cast<float>(wk[t * ldw + j]);
+    for (int t = 0; t < 4; ++t)
+      for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx + t] * widen1<kForm>(w, t * ldw + j);
 }
 
-int int8_isa() {  // 2: AVX-512, 1: AVX2 + FMA, 0: neither (scalar widening)
-  static const int isa = __builtin_cpu_supports("avx512f") ? 2
-                         : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
-  return isa;
+template <Narrow kForm>
+void axpy_rows4(const float* xk, int64_t ldx, const void* w, int64_t ldw, float* acc, int64_t n, int64_t cols) {
+  if (stream_isa() == 2) axpy_rows4_avx512<kForm>(xk, ldx, w, ldw, acc, n, cols);
+  else axpy_rows4_avx2<kForm>(xk, ldx, w, ldw, acc, n, cols);
 }
 
 void axpy_rows_8(const float* xk, int64_t ldx, const int8_t* wk, float* acc, int64_t n, int64_t cols, float* wide) {
-  if (int8_isa() == 2) return axpy_rows_8_avx512(xk, ldx, wk, acc, n, cols);
-  if (int8_isa() == 1) return axpy_rows_8_avx2(xk, ldx, wk, acc, n, cols);
+  if (stream_isa() == 2) return axpy_rows_8_avx512(xk, ldx, wk, acc, n, cols);
+  if (stream_isa() == 1) return axpy_rows_8_avx2(xk, ldx, wk, acc, n, cols);
   widen_int8(wk, wide, cols);
   axpy_rows(xk, ldx, wide, acc, n, cols);
 }
@@ -338,22 +317,15 @@ void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc,
   for (int64_t k = k0; k < k1; ++k) {
     if (type == at::kFloat)
       axpy_rows(x + k, K, static_cast<const float*>(w) + k * J, acc, n, J);
-    else if (type == at::kChar && k + 4 <= k1 && int8_isa() > 0) {
-      const int8_t* w8 = static_cast<const int8_t*>(w) + k * J;
-      if (int8_isa() == 2) axpy_rows4_8_avx512(x + k, K, w8, J, acc, n, J);
-      else axpy_rows4_8_avx2(x + k, K, w8, J, acc, n, J);
+    else if (k + 4 <= k1 && stream_isa() > 0) {  // four rows at a time, widened in registers
+      const auto* row = static_cast<const char*>(w) + k * J * (type == at::kChar ? 1 : 2);
+      if (type == at::kChar) axpy_rows4<Narrow::kInt8>(x + k, K, row, J, acc, n, J);
+      else if (type == at::kBFloat16) axpy_rows4<Narrow::kBF16>(x + k, K, row, J, acc, n, J);
+      else axpy_rows4<Narrow::kHalf>(x + k, K, row, J, acc, n, J);
       k += 3;  // four rows done
     } else if (type == at::kChar)
       axpy_rows_8(x + k, K, static_cast<const int8_t*>(w) + k * J, acc, n, J, wide);
-    else if (k + 4 <= k1 && half_isa() > 0) {
-      const uint16_t* w16 = static_cast<const uint16_t*>(w) + k * J;
-      const bool bf16 = type == at::kBFloat16;
-      if (half_isa() == 2) bf16 ? axpy_rows4_16_avx512<true>(x + k, K, w16, J, acc, n, J)
-                                : axpy_rows4_16_avx512<false>(x + k, K, w16, J, acc, n, J);
-      else bf16 ? axpy_rows4_16_avx2<true>(x + k, K, w16, J, acc, n, J)
-                : axpy_rows4_16_avx2<false>(x + k, K, w16, J, acc, n, J);
-      k += 3;  // four rows done
-    } else
+    else
       axpy_rows_16(x + k, K, static_cast<const uint16_t*>(w) + k * J, type == at::kBFloat16, acc, n, J, wide);
   }
 }

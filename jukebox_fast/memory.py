@@ -367,7 +367,6 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
     Raises :class:`MemoryPlanError` when the plan does not fit.
     """
     from .checkpoint import PriorFile
-    from .devices import available_memory
     from .hparams import PriorHparams, VQVAEHparams
     from .sample import Sampling
 
@@ -395,19 +394,13 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
         while batch > 1:
             batch = (batch + 1) // 2
             choices.append(dataclasses.replace(choices[-1], batch=batch))
-    free = available_memory(device)
-    limits = [v for v in (None if max_memory is None else parse_size(max_memory), free) if v is not None]
 
     def make(choice: Choice, trace: bool = True) -> Plan:
         return plan_sampling(vqvae_hps, specs, levels, n_samples=n_samples, total_length=total_length, choice=choice,
                              hop_fraction=hop_fraction, stored=stored, prime_tokens=prime_tokens, device=device,
                              trace=trace)
 
-    what = f"{n_samples} sample(s) of {total_length / vqvae_hps.sr:.4g} s"
-    if not limits:
-        return make(base)
-    given = max_memory is not None and (free is None or parse_size(max_memory) <= free)
-    return choose(make, min(limits), choices, what, "the memory given" if given else f"the memory free on {device}")
+    return choose(make, choices, f"{n_samples} sample(s) of {total_length / vqvae_hps.sr:.4g} s", max_memory, device)
 
 
 def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype: torch.dtype | None = None,
@@ -483,7 +476,6 @@ def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.d
     or hparams): as asked, or with ``max_memory`` the first of 16-bit weights, then smaller
     batches, that fits in it and in what the device has free (:class:`MemoryPlanError` if none)."""
     from .checkpoint import PriorFile
-    from .devices import available_memory
 
     device = torch.device(device)
     hps = prior.hparams() if isinstance(prior, PriorFile) else prior
@@ -498,21 +490,24 @@ def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.d
         return plan_embedding(vqvae_hps, hps, layers=layers, batch_size=choice.batch, dtype=dtype,
                               weights=choice.weight_form(device), stored=stored, device=device, trace=trace)
 
-    free = available_memory(device)
-    limits = [v for v in (None if max_memory is None else parse_size(max_memory), free) if v is not None]
-    if not limits:
-        return make(choices[0])
-    given = max_memory is not None and (free is None or parse_size(max_memory) <= free)
-    return choose(make, min(limits), choices, f"embedding with {layers} block(s), {batch_size} clip(s) a batch",
-                  "the memory given" if given else f"the memory free on {device}")
+    return choose(make, choices, f"embedding with {layers} block(s), {batch_size} clip(s) a batch", max_memory,
+                  device)
 
 
-def choose(make: Callable[..., Plan], limit: int, choices: Sequence[Choice], what: str,
-           room: str = "the memory given") -> Plan:
-    """The first of ``choices`` whose plan (``make(choice)``) peaks within ``limit`` bytes; else a
+def choose(make: Callable[..., Plan], choices: Sequence[Choice], what: str, max_memory: str | int | None,
+           device: torch.device) -> Plan:
+    """The first of ``choices`` whose plan (``make(choice)``) peaks within ``max_memory`` and
+    what ``device`` has free (the first plan where neither is known); else a
     :class:`MemoryPlanError` naming the smallest plan's largest items. The smallest choice's
     lower bound (``make(choice, trace=False)``) is checked first: what cannot fit is refused
     before anything is traced."""
+    from .devices import available_memory
+
+    given, free = None if max_memory is None else parse_size(max_memory), available_memory(device)
+    if given is None and free is None:
+        return make(choices[0])
+    limit = min(v for v in (given, free) if v is not None)
+    room = "the memory given" if given == limit else f"the memory free on {device}"
     floor = make(choices[-1], trace=False)
     if floor.peak > limit:
         raise _refusal(floor, limit, what, room, "at least ")
