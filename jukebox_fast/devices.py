@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
 import os
 from typing import Mapping
@@ -67,16 +67,12 @@ def release_memory(device: str | torch.device | None = None) -> None:
     device = torch.device(device or "cpu")
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    elif _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    elif _malloc_trim() is not None:
+        _malloc_trim()(0)
 
 
-def _libc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        return libc if hasattr(libc, "malloc_trim") else None  # glibc only
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim from this process's own symbols (None elsewhere), looked up once, when
+    first needed (not at import)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
