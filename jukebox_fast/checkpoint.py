@@ -14,6 +14,7 @@ original file allows).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -315,6 +316,14 @@ def read_record(path: str | os.PathLike) -> Mapping[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    st = path.stat()
+    return _record(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _record(path: str, size: int, mtime_ns: int) -> Mapping[str, Any] | None:
+    """read_record's reading, once per file version (a run asks for each prior's record
+    several times: its checks, its plan, its settings)."""
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
