@@ -38,7 +38,8 @@ def _demo(args) -> int:
     from .demo import DemoConfig, run
 
     cfg = DemoConfig.small() if args.small else DemoConfig()
-    for name in ("vqvae_steps", "top_prior_steps", "upsampler_steps", "sample_seconds", "temperature", "seed"):
+    for name in ("vqvae_steps", "top_prior_steps", "upsampler_steps", "sample_seconds", "temperature",
+                 "upsampler_temperature", "seed"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     report = run(args.out, cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
@@ -438,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqvae-steps", type=int, help="override the VQ-VAE's training steps")
     p.add_argument("--top-prior-steps", type=int, help="override the top prior's training steps")
     p.add_argument("--upsampler-steps", type=int, help="override the upsampler's training steps")
-    p.add_argument("--temperature", type=float, help="override the sampling temperature")
+    p.add_argument("--temperature", type=float, help="override the top level's sampling temperature")
+    p.add_argument("--upsampler-temperature", type=float, help="override level 1's sampling temperature")
     p.add_argument("--sample-seconds", type=float, help="override the length sampled")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -89,9 +89,11 @@ def get_starts(total: int, n_ctx: int, hop: int) -> list[int]:
 
 @dataclass
 class Sampling:
-    """How to draw tokens and run the decoder."""
+    """How to draw tokens and run the decoder. ``temp`` is one temperature for every level, or one
+    per level indexed by level (``(0.5, 0.6, 0.9)``: the top level at 0.9), as the original's
+    per-level sampling arguments allow."""
 
-    temp: float = 0.99
+    temp: float | tuple[float, ...] = 0.99
     top_k: int = 0
     top_p: float = 0.0
     max_batch_size: int = 16
@@ -102,10 +104,21 @@ class Sampling:
     stats: dict = field(default_factory=lambda: {"tokens": 0, "seconds": 0.0})
 
     def __post_init__(self) -> None:
-        validate.finite(self.temp, "temperature", allow_zero=True)
+        if isinstance(self.temp, (list, tuple)):
+            self.temp = tuple(validate.finite(t, "temperature", allow_zero=True) for t in self.temp)
+        else:
+            validate.finite(self.temp, "temperature", allow_zero=True)
         validate.at_least(self.top_k, "top_k", 0, " (0: off)")
         validate.unit_interval(self.top_p, "top_p", " (0: off)")
         validate.at_least(self.max_batch_size, "max_batch_size", 1)
+
+    def at_level(self, level: int) -> "Sampling":
+        """These settings with one level's temperature (the same statistics and generator)."""
+        if not isinstance(self.temp, tuple):
+            return self
+        if not 0 <= level < len(self.temp):
+            raise ValueError(f"no temperature for level {level}: {len(self.temp)} given, one per level from 0")
+        return dataclasses.replace(self, temp=self.temp[level])
 
 
 def total_length_of(seconds: float, vqvae, sr: int = 44100) -> int:
@@ -141,7 +154,7 @@ def sample_window(prior, context: torch.Tensor, sample_tokens: int, z_cond: torc
                   y: torch.Tensor | None = None, sampling: Sampling | None = None, bar=None) -> torch.Tensor:
     """Continue ``context`` [N, c] (codes of this window so far) to ``sample_tokens`` codes:
     the original's ``SimplePrior.sample``. Returns [N, sample_tokens]."""
-    s = sampling or Sampling()
+    s = (sampling or Sampling()).at_level(prior.level)
     n, c = context.shape
     if not c <= sample_tokens <= prior.hps.n_ctx:
         raise ValueError(f"a window holds up to {prior.hps.n_ctx} tokens and continues the {c} given; "
@@ -215,8 +228,8 @@ def sample_level(prior, zs: list[torch.Tensor], song: Song, total_tokens: int, *
     after every window, with ``settings`` (:func:`run_settings`), and if the file exists the run
     resumes from it, provided it was saved with the same settings.
     """
-    s = sampling or Sampling()
     level, n_ctx = prior.level, prior.hps.n_ctx
+    s = (sampling or Sampling()).at_level(level)
     zs = list(zs)
     n = zs[level].shape[0]
     if checkpoint is not None and Path(checkpoint).exists():
@@ -282,7 +295,8 @@ def run_settings(vqvae, priors: Sequence, song: Song, *, total_length: int, n_sa
     return {
         "levels": [int(v) for v in levels], "seconds": round(total_length / vqvae.hps.sr, 4),
         "total_length": int(total_length), "n_samples": int(n_samples),
-        "hop_fraction": [float(h) for h in hop_fraction], "temperature": float(sampling.temp),
+        "hop_fraction": [float(h) for h in hop_fraction], "temperature": (list(sampling.temp) if isinstance(sampling.temp, tuple)
+                                                                            else float(sampling.temp)),
         "top_k": int(sampling.top_k), "top_p": float(sampling.top_p), "max_batch_size": int(sampling.max_batch_size),
         "dtype": str(sampling.dtype), "seed": digest(gen.get_state()) if gen is not None else None,
         "prime": digest(prime), "vqvae": fingerprint(vqvae),

@@ -60,4 +60,23 @@ def test_musicality_separates_notes_from_noise():
     assert low["pitched"] < 0.05 and low["hnr_db"] < 0
     assert music["pitched"] > 0.9 and music["hnr_db"] > 10 and music["notes"] >= 5 and tone["notes"] == 1
     quiet = musicality(np.zeros(4096), sr)
-    assert quiet["frames"] == 0 and np.isnan(quiet["pitched"])
+    assert quiet["frames"] == 0 and np.isnan(quiet["pitched"]) and quiet["changes_per_s"] == 0
+
+
+def test_changes_count_the_notes_that_follow_each_other():
+    from jukebox_fast.audio import musicality
+
+    sr = 44100
+    t = np.arange(sr // 2) / sr
+
+    def melody(freqs, gap=0.0):  # half a second per note, with `gap` s of silence between notes
+        quiet = np.zeros(int(gap * sr))
+        return np.concatenate([np.r_[np.sin(2 * np.pi * f * t), quiet] for f in freqs])
+
+    walk = melody([220, 247, 277, 294, 330, 294, 277, 247])  # 7 changes in 4 s
+    assert musicality(walk, sr)["changes_per_s"] == 7 / 4
+    assert musicality(melody([220] * 8), sr)["changes_per_s"] == 0  # one note: no change
+    back = melody([220, 330] * 4, gap=0.1)  # silence between the notes does not hide a change
+    assert musicality(back, sr)["changes_per_s"] == 7 / len(back) * sr
+    trill = np.sin(2 * np.pi * np.where((np.arange(2 * sr) // 256) % 2, 220, 233) * np.arange(2 * sr) / sr)
+    assert musicality(trill, sr)["changes_per_s"] < 1  # a pitch flickering frame to frame is no melody

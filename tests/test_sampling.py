@@ -185,6 +185,33 @@ def test_generate_writes_audio(tmp_path):
     assert not (tmp_path / "short" / "alignment.npz").exists()
 
 
+def test_each_level_samples_at_its_own_temperature(tmp_path):
+    torch.manual_seed(0)
+    vq = make_vqvae("tiny_vqvae").eval()
+    top = make_prior("tiny_top_prior", vq).eval()
+    up = make_prior("tiny_upsampler", vq).eval()
+    song = Song(total_length=44100)
+
+    def run(temp, name):  # -> the codes sampled, per level
+        generate(vq, [None, up, top], song, total_length=128 * 40, levels=(2, 1), out_dir=tmp_path / name,
+                 sampling=Sampling(temp=temp, generator=torch.Generator().manual_seed(7), progress=False))
+        return torch.load(tmp_path / name / "codes.pt")["zs"]
+
+    # the top level hot, level 1 greedy: what sampling each level on its own with those gives
+    mixed = run((1.0, 0.0, 1.5), "mixed")
+    gen = torch.Generator().manual_seed(7)
+    zs = [torch.zeros(1, 0, dtype=torch.long)] * 3
+    zs = sample_level(top, zs, song, 40, sampling=Sampling(temp=1.5, generator=gen, progress=False))
+    zs = sample_level(up, zs, song, 160, sampling=Sampling(temp=0.0, generator=gen, progress=False))
+    assert torch.equal(mixed[2], zs[2]) and torch.equal(mixed[1], zs[1])
+    hot = run(1.5, "hot")
+    assert torch.equal(hot[2], mixed[2]) and not torch.equal(hot[1], mixed[1])  # level 1 hot: another sample
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        Sampling(temp=(1.0, float("nan"), 1.0))
+    with pytest.raises(ValueError, match="no temperature for level 2: 2 given"):
+        run((1.0, 1.0), "short")
+
+
 def test_decode_attention_rejects_bad_input():
     layout = CacheLayout(AttentionPattern(Kind.BLOCK, 4), 16)
     q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 4, 8)

@@ -374,3 +374,43 @@ def test_the_conditioner_recomputes_only_where_memory_is_short(folder, vqvae_pat
     monkeypatch.setattr(train_models, "available_memory", lambda device: int(1.05 * step) + 2**20)
     model, _ = train_prior(folder, tmp_path / "short", vqvae_path, "tiny_upsampler", cfg, progress=False)
     assert all(recomputing(model))
+
+
+@pytest.mark.parametrize("preset", ["tiny_top_prior", "tiny_upsampler"])
+def test_cached_codes_are_slices_of_each_clip_encoded_once(preset, folder, vqvae_path, tmp_path, monkeypatch):
+    from jukebox_fast import hparams
+    from jukebox_fast.checkpoint import load_vqvae
+    from jukebox_fast.train import ClipCodes
+
+    vq = load_vqvae(vqvae_path).eval()
+    level, n_ctx = hparams.get(preset).level, hparams.get(preset).n_ctx
+    end = min(level + 2, 3)
+    codes = ClipCodes(folder, vq, level, end, chunk=3 * 4096)  # pieces: a 2 s clip is encoded in 8 of them
+    hops = vq.hps.hop_lengths[level:end]
+    for clip, zs in zip(folder.clips, codes.codes):
+        n = clip.shape[0] // hops[-1] * hops[-1]
+        whole = vq.encode(clip[:n].view(1, n, 1), start_level=level, end_level=end)
+        assert [z.shape[0] for z in zs] == [n // h for h in hops]
+        # away from the pieces' edges (the encoder's receptive field), the same codes as one encode
+        for z, w, h in zip(zs, whole, hops):
+            inside = torch.ones(n // h, dtype=torch.bool)
+            for edge in range(0, n + 1, 3 * 4096):
+                inside[max(0, (edge - 2048) // h): (edge + 2048) // h] = False
+            assert torch.equal(z[inside], w[0][inside]) and inside.sum() > 0
+    zs, offsets, totals = codes.windows(n_ctx, 5, torch.Generator().manual_seed(0))
+    assert [tuple(z.shape) for z in zs] == [(5, n_ctx * hops[0] // h) for h in hops]
+    for b, (o, t) in enumerate(zip(offsets.tolist(), totals.tolist())):
+        assert o % hops[-1] == 0 and o + n_ctx * hops[0] <= t
+        clip = next(i for i, c in enumerate(folder.clips) if c.shape[0] == t)  # the clips' lengths differ
+        for z, whole, h in zip(zs, codes.codes[clip], hops):
+            assert torch.equal(z[b], whole[o // h: o // h + z.shape[1]])
+
+    # train_prior draws its batches from them, records the choice, and resumes the same way
+    calls = []
+    monkeypatch.setattr(folder, "windows", lambda *a, **k: calls.append(1))  # audio windows: never drawn
+    cfg = TrainConfig(steps=4, **CFG)
+    _, summary = train_prior(folder, tmp_path, vqvae_path, preset, cfg=cfg, progress=False, cache_codes=True)
+    assert not calls and len(summary["losses"]) == 4 and all(torch.isfinite(torch.tensor(summary["losses"])))
+    with pytest.raises(Exception, match="cache_codes"):  # other settings than the run being resumed
+        train_prior(folder, tmp_path, vqvae_path, preset, cfg=TrainConfig(steps=5, **CFG), resume=True,
+                    progress=False)

@@ -8,8 +8,8 @@ Run under ``torchrun --nproc_per_node N`` for data-parallel training (DDP; ``fsd
 the weights of big priors). Checkpoints are written atomically every ``checkpoint_every`` steps
 and ``resume=True`` continues from the last one exactly (weights, optimiser, schedule, RNG).
 """
-from .data import AudioFolder
+from .data import AudioFolder, ClipCodes
 from .loop import TrainConfig, fit
 from .models import train_prior, train_vqvae
 
-__all__ = ["AudioFolder", "TrainConfig", "fit", "train_prior", "train_vqvae"]
+__all__ = ["AudioFolder", "ClipCodes", "TrainConfig", "fit", "train_prior", "train_vqvae"]

@@ -9,7 +9,7 @@ import torch
 
 from ..audio import AUDIO_SUFFIXES, AudioError, read_audio
 
-__all__ = ["AudioFolder", "BAD_FILE_CHOICES"]
+__all__ = ["AudioFolder", "ClipCodes", "BAD_FILE_CHOICES"]
 
 BAD_FILE_CHOICES = ("skip", "stop")
 
@@ -89,3 +89,53 @@ class AudioFolder:
             offsets.append(start)
             totals.append(self.clips[i].shape[0])
         return torch.stack(audio).unsqueeze(-1), torch.tensor(offsets), torch.tensor(totals)  # [B, L, 1], [B], [B]
+
+
+class ClipCodes:
+    """Every clip of an :class:`AudioFolder` encoded once, and random windows of its codes.
+
+    A prior trained on windows of audio encodes each batch (the original's way); on a CPU that
+    encoding is about half of a small prior's step. Here each clip is encoded whole, once, at
+    levels ``start_level`` to ``end_level`` - 1, and a window is a slice of those codes. Windows
+    start on a code boundary of the coarsest level (so an upsampler's window and its level-above
+    window cover the same audio), and codes near a window's edge are the clip's, not those of
+    audio cut at the edge. The codes are far smaller than the audio the folder already holds.
+    """
+
+    def __init__(self, folder: AudioFolder, vqvae, start_level: int, end_level: int, device=None,
+                 chunk: int = 1 << 20):
+        hops = vqvae.hps.hop_lengths
+        self.hops = [hops[level] for level in range(start_level, end_level)]
+        self.step = self.hops[-1]  # a window starts on one of these, in samples
+        self.codes, self.lengths = [], []
+        chunk = max(chunk // self.step, 1) * self.step  # whole coarsest codes per encoded piece
+        for clip in folder.clips:
+            n = clip.shape[0] // self.step * self.step
+            pieces = []
+            with torch.no_grad():  # pieces bound the encoder's activations for long files
+                for a in range(0, n, chunk):
+                    x = clip[a : min(a + chunk, n)].view(1, -1, 1).to(device)
+                    pieces.append(vqvae.encode(x, start_level=start_level, end_level=end_level, check_finite=False))
+            self.codes.append([torch.cat([p[i] for p in pieces], dim=1)[0] for i in range(len(self.hops))])  # [T_l]
+            self.lengths.append(clip.shape[0])
+
+    def windows(self, n_ctx: int, batch: int, generator: torch.Generator):
+        """``batch`` random windows of ``n_ctx`` codes of the first level (and the matching codes of
+        each level above): (codes, one [batch, n_ctx · hop_first / hop_l] per level, offsets
+        [batch] and file lengths [batch] in samples)."""
+        span = n_ctx * self.hops[0]  # samples a window covers
+        usable = [(i, (c[0].shape[0] * self.hops[0] - span) // self.step + 1) for i, c in enumerate(self.codes)]
+        usable = [(i, k) for i, k in usable if k > 0]
+        if not usable:
+            raise AudioError(f"every file is shorter than one training window of {span} samples")
+        counts = torch.tensor([k for _, k in usable], dtype=torch.float64)
+        picks = torch.multinomial(counts, batch, replacement=True, generator=generator)
+        rows, offsets, totals = [], [], []
+        for p in picks.tolist():
+            i, k = usable[p]
+            start = int(torch.randint(0, k, (1,), generator=generator)) * self.step  # samples
+            rows.append([z[start // hop : (start + span) // hop] for z, hop in zip(self.codes[i], self.hops)])
+            offsets.append(start)
+            totals.append(self.lengths[i])
+        zs = [torch.stack([r[j] for r in rows]) for j in range(len(self.hops))]  # per level [batch, T_l]
+        return zs, torch.tensor(offsets), torch.tensor(totals)

@@ -16,7 +16,7 @@ from ..models.vqvae import make_vqvae
 from ..conditioning import Song
 from ..devices import available_memory, process_device, require_memory
 from ..runs import claim_output, fingerprint, hold_output
-from .data import AudioFolder
+from .data import AudioFolder, ClipCodes
 from .loop import TrainConfig, distributed_setup, fit
 
 __all__ = ["train_vqvae", "train_prior"]
@@ -43,6 +43,7 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
                 cfg: TrainConfig | None = None, resume: bool = False, device: str | None = None,
                 progress: bool = True, bad_files: str = "skip", overwrite: bool = False):
     """Train a VQ-VAE on random windows (``sample_length`` samples) of the audio under ``data``.
+    ``preset``: a preset's name or :class:`~jukebox_fast.hparams.VQVAEHparams`.
 
     Writes ``out_dir/checkpoint.pt`` (resumable) and, at the end, ``out_dir/vqvae.pth.tar``.
     A folder holding a run is only trained over with ``resume`` (go on) or ``overwrite``.
@@ -52,7 +53,7 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     STFT size). Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
-    hps = hparams.get(preset)
+    hps = hparams.get(preset) if isinstance(preset, str) else preset
     if not isinstance(hps, hparams.VQVAEHparams):
         raise ValueError(f"preset {preset!r} is a {type(hps).__name__[:-7].lower()}, not a VQ-VAE "
                          f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
@@ -66,7 +67,7 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     require_memory({"audio": cfg.batch_size * window * 4, "activations": cfg.batch_size * window * hps.width * 4},
                    dev, f"a batch of {cfg.batch_size} windows of {window} samples", "lower --batch-size")
     with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
-        _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=preset, cfg=cfg)
+        _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg)
         folder.drop_shorter(window)
         torch.manual_seed(cfg.seed)  # the initial weights too
         model = make_vqvae(hps).to(dev)
@@ -79,7 +80,8 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
             _, loss, metrics = m(x)
             return loss, metrics
 
-        summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
+        summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress,
+                      f"train {preset if isinstance(preset, str) else 'VQ-VAE'}")
         summary["skipped"] = list(folder.skipped)
         if distributed_setup(dev.type)[0] == 0:
             save_vqvae(model, Path(out_dir) / "vqvae.pth.tar")
@@ -89,12 +91,14 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
 def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, vqvae: str | os.PathLike,
                 preset: str = "tiny_top_prior", cfg: TrainConfig | None = None, resume: bool = False,
                 device: str | None = None, artist: int = 0, genres: tuple[int, ...] = (0,), progress: bool = True,
-                bad_files: str = "skip", overwrite: bool = False):
+                bad_files: str = "skip", overwrite: bool = False, cache_codes: bool = False):
     """Train a prior (top level or upsampler) on the codes the VQ-VAE at ``vqvae`` gives for random
     windows of the audio under ``data``, conditioned on ``artist``/``genres`` and each window's
     timing. Writes ``out_dir/checkpoint.pt`` and, at the end, ``out_dir/prior_level_<L>.pth.tar``.
     ``resume``, ``overwrite`` and ``bad_files`` as in :func:`train_vqvae` (the window is the
-    prior's ``sample_length``). Returns (model, summary).
+    prior's ``sample_length``). ``cache_codes`` encodes every file once before training and draws
+    windows of its codes (:class:`ClipCodes`) instead of encoding each batch's audio as the
+    original does: about twice as fast for the tiny priors on a CPU. Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
     hps = hparams.get(preset) if isinstance(preset, str) else preset
@@ -123,21 +127,24 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
                    "lower --batch-size")
     with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
         _claim(out_dir, "prior_level_*.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg, vqvae=fingerprint(vq),
-               artist=artist, genres=list(genres))
+               artist=artist, genres=list(genres), **({"cache_codes": True} if cache_codes else {}))
         torch.manual_seed(cfg.seed)
         # fp32 master weights: AdamW cannot train the fp16 Conv1D weights of fp16_params presets (the
         # original kept fp32 copies for that); load_prior casts them back to the preset's dtypes.
         prior = set_recompute(make_prior(preset, vq).to(dev).float(), recompute)
         folder.drop_shorter(prior.sample_length)
         level = prior.hps.level
+        end_level = min(level + 2, vq.hps.levels)  # an upsampler also reads the level above's codes
+        cached = ClipCodes(folder, vq, level, end_level, dev) if cache_codes else None
 
         def next_batch(gen: torch.Generator):
-            audio, offsets, totals = folder.windows(prior.sample_length, cfg.batch_size, gen)
-            with torch.no_grad():
-                # this level's codes, and an upsampler's conditioning codes from the level above
-                # (the folder's clips are finite: read_audio refused any other, so no check, no sync)
-                zs = vq.encode(audio.to(dev), start_level=level, end_level=min(level + 2, vq.hps.levels),
-                               check_finite=False)
+            if cached is not None:
+                zs, offsets, totals = cached.windows(hps.n_ctx, cfg.batch_size, gen)
+                zs = [z.to(dev) for z in zs]
+            else:
+                audio, offsets, totals = folder.windows(prior.sample_length, cfg.batch_size, gen)
+                with torch.no_grad():  # the folder's clips are finite (read_audio refused any other): no sync
+                    zs = vq.encode(audio.to(dev), start_level=level, end_level=end_level, check_finite=False)
             rows = [Song(artist, tuple(genres), int(t), offset=int(o)).labels(prior, 0, 1, sampling=False)
                     for o, t in zip(offsets, totals)]
             y = torch.cat(rows).to(dev) if rows[0] is not None else None
@@ -147,7 +154,8 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
             zs, y = batch
             return m(zs, y)
 
-        summary = fit(prior, loss_fn, next_batch, cfg, out_dir, resume, progress, f"train {preset}")
+        summary = fit(prior, loss_fn, next_batch, cfg, out_dir, resume, progress,
+                      f"train {preset if isinstance(preset, str) else f'level-{level} prior'}")
         summary["skipped"] = list(folder.skipped)
         if distributed_setup(dev.type)[0] == 0:
             save_prior(prior, Path(out_dir) / f"prior_level_{level}.pth.tar")
