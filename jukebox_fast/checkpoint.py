@@ -263,6 +263,9 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
     file is unreadable, does not fit the architecture, or unties a tied output projection.
     """
     weights_in(torch.nn.Module(), weights)  # an unknown form fails before the file is read
+    if not isinstance(name_or_hparams, (str, PriorHparams, type(None))):
+        raise TypeError(f"name_or_hparams must be a preset name or PriorHparams, got {type(name_or_hparams).__name__} "
+                        "(the VQ-VAE goes in vqvae=)")
     path = Path(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
     state_dict = _state_dict_of(obj, path)

@@ -5,25 +5,27 @@ Stages, each timed in the report:
 1. ``data``: a deterministic synthetic music set (melodies of a plucked voice, an organ and a bass
    over a pentatonic scale, synthesised in numpy), written as wav files;
 2. ``vqvae``: ``tiny_vqvae`` trained on it (``jukebox_fast.train``), then a reconstruction;
-3. ``top_prior`` and ``upsampler``: ``tiny_top_prior`` (level 2) and ``tiny_upsampler`` (level 1)
-   trained on its codes;
+3. ``top_prior`` and ``upsampler``: ``tiny_top_prior`` (level 2, with a 256-code context) and
+   ``tiny_upsampler`` (level 1, twice as wide) trained on its codes, each file encoded once
+   (``train_prior(cache_codes=True)``);
 4. ``sample``: new music sampled by the top prior with the cached decoder (``jukebox_fast.sample``)
-   and decoded from level 2 (the samples), then upsampled to level 1 by the upsampler;
+   and upsampled to level 1 by the upsampler (the samples), each level at its own temperature;
 5. ``cached_vs_recompute``: tokens/s of the cached decoder against recomputing the whole window
    for every token (what decoding costs without a KV cache);
 6. ``measures``: :func:`jukebox_fast.audio.musicality` of every stage on its own: the training
-   clips, the reconstruction from each level, the samples, the top prior's samples upsampled, the
-   upsampler on a training clip's true level-2 codes, and white noise.
+   clips, the reconstruction from each level, the samples at level 1 and their top-level codes
+   alone (decoded from level 2), the upsampler on a training clip's true level-2 codes, and
+   white noise.
 
-Why the samples are decoded from level 2: measured stage by stage (``benchmarks/results/
-demo_cpu.md``), the VQ-VAE reconstructs the training music from every level with a clear pitch
-(99 %), the top prior's codes decoded from level 2 keep most of it, and the tiny upsampler is
-where the notes turn to noise. The upsampled samples are written too, and measured.
+Each default was chosen by measurement (``benchmarks/results/demo_cpu.md``): more clips, because
+both priors overfit eight; a 256-code top context, because 64 codes (0.19 s) is shorter than a
+note and the samples droned; a wider upsampler with a higher learning rate, sampled at 0.4,
+because the tiny one, and any at 0.9, turned the notes to noise.
 
 Output folder: ``data/*.wav``, ``vqvae/``, ``top_prior/``, ``upsampler/`` (checkpoints),
-``reconstruction.wav``, ``samples/level_2_item_<i>.wav`` (the samples),
-``samples/level_1_item_<i>.wav`` (upsampled), ``spectrogram.png``, ``report.json`` and
-``report.md``.
+``reconstruction.wav``, ``samples/level_1_item_<i>.wav`` (the samples),
+``samples/level_2_item_<i>.wav`` (their top level alone), ``spectrogram.png``, ``report.json``
+and ``report.md``.
 """
 from __future__ import annotations
 
@@ -84,26 +86,50 @@ def synth_set(folder: str | Path, clips: int, seconds: float, sr: int = 44100, s
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults take about five minutes on a quiet 2-core CPU (measured:
-    ``benchmarks/results/demo_cpu.md``); :meth:`small` is the CI size (well under a minute)."""
+    """Sizes of the demo. The defaults take about six minutes on a quiet 2-core CPU, and each
+    choice is measured (``benchmarks/results/demo_cpu.md``); :meth:`small` is the CI size (well
+    under a minute)."""
 
-    clips: int = 8
+    clips: int = 128  # the priors overfit 8 clips; writing and reading 128 takes seconds
     clip_seconds: float = 6.0
-    vqvae_steps: int = 200
-    top_prior_steps: int = 3000  # cheap (about 40 s per 1000) and what the samples' notes need
-    upsampler_steps: int = 500
+    vqvae_steps: int = 300
+    vqvae_window: int = 16_384  # samples per training window: twice the steps of 32768 in the same time
+    top_prior_steps: int = 3000
+    top_prior_context: int = 256  # codes (0.74 s): longer than a note, so the samples change notes
+    upsampler_steps: int = 5500
+    upsampler_width: int = 64  # the tiny preset's 32 (and conditioner 16) stays near noise
+    upsampler_cond_width: int = 32
+    upsampler_cond_depth: int = 4
     vqvae_batch_size: int = 2
     batch_size: int = 8  # the priors'
-    sample_seconds: float = 4.0
+    vqvae_lr: float = 1e-3  # 2e-3 once left level 2 a one-note buzz (seed 2)
+    top_prior_lr: float = 1e-3  # 2e-3 and 3e-3 learnt faster but sampled drones more often
+    upsampler_lr: float = 3e-3  # 1e-3 left it a whole bit per code behind at 4000 steps
+    sample_seconds: float = 6.0  # as long as the training songs: 4 s held too few notes to count
     n_samples: int = 2
-    temperature: float = 0.9  # 0.98 left half the frames noisy; 0.9 and 0.8 measured alike
+    temperature: float = 0.95  # the top level's
+    upsampler_temperature: float = 0.4  # level 1's: hotter, errors pile up into noise
     compare_tokens: int = 48
     seed: int = 0
 
     @classmethod
     def small(cls) -> "DemoConfig":
         return cls(clips=2, clip_seconds=2.0, vqvae_steps=3, top_prior_steps=3, upsampler_steps=3, vqvae_batch_size=1,
-                   batch_size=2, sample_seconds=1.0, n_samples=1, compare_tokens=8)
+                   batch_size=2, sample_seconds=1.0, n_samples=1, compare_tokens=8, top_prior_context=64)
+
+    def vqvae(self) -> hparams.VQVAEHparams:
+        return hparams.get("tiny_vqvae", sample_length=self.vqvae_window)
+
+    def top_prior(self) -> hparams.PriorHparams:
+        return hparams.get("tiny_top_prior", n_ctx=self.top_prior_context)
+
+    def upsampler(self) -> hparams.PriorHparams:
+        return hparams.get("tiny_upsampler", prior_width=self.upsampler_width, cond_width=self.upsampler_cond_width,
+                           cond_depth=self.upsampler_cond_depth)
+
+    def temperatures(self) -> tuple[float, float, float]:
+        """Per level (0, 1, 2)."""
+        return (self.upsampler_temperature, self.upsampler_temperature, self.temperature)
 
 
 def _recompute_rate(prior, n_tokens: int, y, gen: torch.Generator) -> float:
@@ -147,8 +173,8 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     report: dict = {"config": cfg.__dict__.copy(), "seconds": {}}
     clock = report["seconds"]
 
-    def train_cfg(steps: int, batch: int) -> TrainConfig:
-        return TrainConfig(steps=steps, batch_size=batch, lr=1e-3, warmup_steps=min(20, steps),
+    def train_cfg(steps: int, batch: int, lr: float, warmup: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(warmup, steps),
                            checkpoint_every=max(1, steps), seed=cfg.seed)
 
     t0 = time.perf_counter()
@@ -157,8 +183,9 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     clock["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    vqvae, summary = train_vqvae(data, out / "vqvae", "tiny_vqvae", train_cfg(cfg.vqvae_steps, cfg.vqvae_batch_size),
-                                 resume, "cpu", progress, overwrite=overwrite)
+    vqvae, summary = train_vqvae(data, out / "vqvae", cfg.vqvae(),
+                                 train_cfg(cfg.vqvae_steps, cfg.vqvae_batch_size, cfg.vqvae_lr, 20), resume, "cpu",
+                                 progress, overwrite=overwrite)
     report["vqvae_loss"] = [summary["losses"][0], summary["losses"][-1]]
     clip = data.clips[0]
     n = clip.shape[0] // 128 * 128
@@ -169,24 +196,26 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     clock["vqvae"] = time.perf_counter() - t0
 
     priors: list = [None, None, None]
-    for level, preset, stage, steps in ((2, "tiny_top_prior", "top_prior", cfg.top_prior_steps),
-                                        (1, "tiny_upsampler", "upsampler", cfg.upsampler_steps)):
+    for level, hps, stage, steps, lr, warmup in (
+            (2, cfg.top_prior(), "top_prior", cfg.top_prior_steps, cfg.top_prior_lr, 20),
+            (1, cfg.upsampler(), "upsampler", cfg.upsampler_steps, cfg.upsampler_lr, 100)):
         t0 = time.perf_counter()
-        priors[level], summary = train_prior(data, out / stage, out / "vqvae" / "vqvae.pth.tar", preset,
-                                             train_cfg(steps, cfg.batch_size), resume, "cpu",
-                                             progress=progress, overwrite=overwrite)
+        priors[level], summary = train_prior(data, out / stage, out / "vqvae" / "vqvae.pth.tar", hps,
+                                             train_cfg(steps, cfg.batch_size, lr, warmup),
+                                             resume, "cpu",
+                                             progress=progress, overwrite=overwrite, cache_codes=True)
         report[f"{stage}_loss"] = [summary["losses"][0], summary["losses"][-1]]
         clock[stage] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampling = Sampling(temp=cfg.temperature, generator=gen, progress=progress)
+    sampling = Sampling(temp=cfg.temperatures(), generator=gen, progress=progress)
     total = int(cfg.sample_seconds * sr) // 128 * 128
     # The timing conditioning says "a song as long as the training songs", as in training.
     song = Song(artist=0, genres=(0,), total_length=max(total, int(cfg.clip_seconds * sr)))
     upsampled = generate(vqvae, priors, song, total_length=total, n_samples=cfg.n_samples, levels=(2, 1),
                          sampling=sampling, out_dir=out / "samples", sr=sr, overwrite=overwrite)
-    with torch.no_grad():  # the samples: the top prior's codes, decoded from level 2
+    with torch.no_grad():  # the top prior's codes alone, decoded from level 2
         audio = vqvae.decode([torch.load(out / "samples" / "codes.pt")["zs"][2]], start_level=2).clamp(-1, 1)
     for i, a in enumerate(audio):
         write_wav(out / "samples" / f"level_2_item_{i}.wav", a[:, 0], sr)
@@ -206,8 +235,8 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     report["musicality"] = {name: musicality(a.numpy(), sr) for name, a in clips.items()}
     report["musicality"]["training clips (all)"] = _mean_measure([musicality(c.numpy(), sr) for c in data.clips])
     clock["measures"] = time.perf_counter() - t0
-    shown = (["training clip", "reconstruction (level 0)"] + [f"sample {i}" for i in range(len(audio))]
-             + ["sample 0, upsampled (level 1)", "white noise"])
+    shown = (["training clip", "reconstruction (level 0)"] + [f"sample {i} (level 1)" for i in range(len(audio))]
+             + ["sample 0 (level 2)", "white noise"])
     save_spectrogram(out / "spectrogram.png", [clips[k] for k in shown],
                      [f"{k}: {_label(report['musicality'][k])}" for k in shown], sr)
     report["outputs"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.wav") if "data" not in p.parts)
@@ -226,14 +255,14 @@ def _stage_clips(vqvae, priors, clip, zs, recon, audio, upsampled, song, total, 
         for level in (1, 2):
             out[f"reconstruction (level {level})"] = vqvae.decode(zs[level:], start_level=level)[0, :, 0].clamp(-1, 1)
         for i, a in enumerate(audio):
-            out[f"sample {i}"] = a[:, 0]
+            out[f"sample {i} (level 2)"] = a[:, 0]
         for i, a in enumerate(upsampled):
-            out[f"sample {i}, upsampled (level 1)"] = a[:, 0]
+            out[f"sample {i} (level 1)"] = a[:, 0]
         t2 = total // vqvae.hps.hop_lengths[2]
         true_top = zs[2][:, :t2]
         prime = [zs[0][:, :0], zs[1][:, :0], true_top]
         up = generate(vqvae, priors, song, total_length=t2 * vqvae.hps.hop_lengths[2], n_samples=1, levels=(1,),
-                      prime=prime, sampling=Sampling(temp=cfg.temperature,
+                      prime=prime, sampling=Sampling(temp=cfg.temperatures(),
                                                      generator=torch.Generator().manual_seed(cfg.seed), progress=False))
         out["upsampler on the true level-2 codes"] = up[0, :, 0]
         noise = torch.Generator().manual_seed(cfg.seed)
@@ -246,7 +275,8 @@ def _mean_measure(measures: list[dict]) -> dict:
 
 
 def _label(m: dict) -> str:
-    return f"pitched {m['pitched']:.0%}, HNR {m['hnr_db']:.1f} dB, flatness {m['flatness']:.3f}, {m['notes']:.0f} notes"
+    return (f"pitched {m['pitched']:.0%}, HNR {m['hnr_db']:.1f} dB, flatness {m['flatness']:.3f}, {m['notes']:.0f} notes, "
+            f"{m['changes_per_s']:.1f} changes/s")
 
 
 def _markdown(r: dict) -> str:
@@ -262,8 +292,9 @@ def _markdown(r: dict) -> str:
               f"({r['cached_tokens_per_s'] / r['recompute_tokens_per_s']:.1f}x).", "",
               "Musicality (`jukebox_fast.audio.musicality`): pitched = fraction of frames with a clear pitch "
               "(50-1000 Hz), HNR = harmonic-to-noise ratio, flatness = spectral flatness (0 tone, 0.56 white noise), "
-              "notes = semitones holding 2 % or more of the pitched frames (a one-pitch buzz has 1).",
-              "", "| clip | pitched | HNR dB | flatness | notes |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {m['pitched']:.1%} | {m['hnr_db']:.1f} | {m['flatness']:.3f} | {m['notes']:.1f} |"
-              for k, m in r["musicality"].items()]
+              "notes = semitones holding 2 % or more of the pitched frames (a one-pitch buzz has 1), "
+              "changes/s = moves to another semitone held 35 ms or more, per second (a drone near 0).",
+              "", "| clip | pitched | HNR dB | flatness | notes | changes/s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {m['pitched']:.1%} | {m['hnr_db']:.1f} | {m['flatness']:.3f} | {m['notes']:.1f} "
+              f"| {m['changes_per_s']:.1f} |" for k, m in r["musicality"].items()]
     return "\n".join(lines) + "\n"

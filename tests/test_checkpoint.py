@@ -214,3 +214,6 @@ def test_a_prior_where_a_vq_vae_is_expected_and_back(tiny, tmp_path):
     torch.save({"model": tiny.state_dict()}, tmp_path / "orig_vq.pth.tar")
     with pytest.raises(CheckpointError, match="orig_vq.pth.tar holds a VQ-VAE, not a prior"):
         load_prior(tmp_path / "orig_vq.pth.tar", "tiny_upsampler", tiny)
+    # the VQ-VAE in the architecture's place: said before the file is read
+    with pytest.raises(TypeError, match="must be a preset name or PriorHparams, got VQVAE .the VQ-VAE goes in vqvae="):
+        load_prior(tmp_path / "prior_level_1.pth.tar", tiny)

@@ -39,12 +39,12 @@ def test_demo_writes_listenable_audio_pictures_and_a_report(demo):
                                       "measures"}
     measured = report["musicality"]
     assert {"training clip", "training clips (all)", "reconstruction (level 0)", "reconstruction (level 2)",
-            "sample 0", "sample 0, upsampled (level 1)", "upsampler on the true level-2 codes",
+            "sample 0 (level 1)", "sample 0 (level 2)", "upsampler on the true level-2 codes",
             "white noise"} <= set(measured)
     assert measured["training clip"]["pitched"] > 0.9 and measured["white noise"]["pitched"] == 0.0
     assert "| white noise | 0.0% |" in (demo / "report.md").read_text()
     wavs = sorted((demo / "samples").glob("level_[12]_item_*.wav")) + [demo / "reconstruction.wav"]
-    assert len(wavs) == 3  # the sample from level 2, its upsampled version, the reconstruction
+    assert len(wavs) == 3  # the sample (level 1), its top level alone (level 2), the reconstruction
     for path in wavs:
         audio, sr = soundfile.read(path)
         assert sr == 44100 and audio.ndim == 1 and len(audio) > 40000, path

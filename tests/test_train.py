@@ -391,12 +391,22 @@ def test_cached_codes_are_slices_of_each_clip_encoded_once(preset, folder, vqvae
         n = clip.shape[0] // hops[-1] * hops[-1]
         whole = vq.encode(clip[:n].view(1, n, 1), start_level=level, end_level=end)
         assert [z.shape[0] for z in zs] == [n // h for h in hops]
-        # away from the pieces' edges (the encoder's receptive field), the same codes as one encode
-        for z, w, h in zip(zs, whole, hops):
+        # away from the pieces' edges (the encoder's receptive field), the same codes as one encode,
+        # up to near-ties: a piece's convolutions may round differently from the whole clip's (the
+        # blocking depends on the length), so two codes the latent is equally near may swap
+        x_in = vq.preprocess(clip[:n].view(1, n, 1))
+        for lv, z, w, h in zip(range(level, end), zs, whole, hops):
             inside = torch.ones(n // h, dtype=torch.bool)
             for edge in range(0, n + 1, 3 * 4096):
                 inside[max(0, (edge - 2048) // h): (edge + 2048) // h] = False
-            assert torch.equal(z[inside], w[0][inside]) and inside.sum() > 0
+            assert inside.sum() > 0
+            differ = inside & (z != w[0])
+            assert differ.sum() <= 0.01 * inside.sum(), f"level {lv}: {int(differ.sum())} of {int(inside.sum())} codes differ"
+            if differ.any():
+                latent = vq.encoders[lv](x_in)[-1][0].T[differ]  # [m, emb_width]
+                book = vq.bottleneck.level_blocks[lv].k
+                gap = ((latent - book[z[differ]]) ** 2).sum(1) - ((latent - book[w[0][differ]]) ** 2).sum(1)
+                assert gap.abs().max() <= 1e-4 * (latent ** 2).sum(1).max(), "a differing code is no near-tie"
     zs, offsets, totals = codes.windows(n_ctx, 5, torch.Generator().manual_seed(0))
     assert [tuple(z.shape) for z in zs] == [(5, n_ctx * hops[0] // h) for h in hops]
     for b, (o, t) in enumerate(zip(offsets.tolist(), totals.tolist())):
