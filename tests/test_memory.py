@@ -117,17 +117,22 @@ def test_released_5b_lyrics_fits_16gb_in_16_bits_levels_in_turn():
     assert at_once.peak > 24 * 2**30  # held at once as stored (and the step's bf16 copy of them): no fit
 
 
-def test_nothing_fits_is_refused_fast_naming_the_largest_items(monkeypatch):
-    # fast: refused from the lower bound, before any plan is traced (a trace of the released models
-    # is what takes seconds); said structurally, not timed
-    traced = []
+@pytest.fixture
+def traced(monkeypatch):
+    """The ``trace`` argument of every plan_sampling call: a refusal from the lower bound traces
+    nothing (a trace of the released models is what takes seconds), said structurally, not timed."""
+    calls = []
     plan_sampling = memory.plan_sampling
 
     def recording(*args, trace=True, **kwargs):
-        traced.append(trace)
+        calls.append(trace)
         return plan_sampling(*args, trace=trace, **kwargs)
 
     monkeypatch.setattr(memory, "plan_sampling", recording)
+    return calls
+
+
+def test_nothing_fits_is_refused_fast_naming_the_largest_items(traced):
     with pytest.raises(memory.MemoryPlanError, match=r"does not fit in 4 GiB .* largest: level-2 prior"):
         memory.plan_generate(hparams.get("vqvae"), RELEASED[1:], [2, 1, 0], n_samples=3,
                              total_length=20 * 44100 // 128 * 128, max_memory="4GB", device="cuda")
@@ -258,11 +263,7 @@ def test_cli_plan_with_int8_weights(files, tmp_path, capsys, no_loading):
     assert "int8 weights" in out and weights["int8"] != weights["stored"]
 
 
-def test_cli_max_memory_refuses_before_any_weight_loads_or_trace(files, tmp_path, capsys, no_loading, monkeypatch):
-    traced = []
-    plan_sampling = memory.plan_sampling
-    monkeypatch.setattr(memory, "plan_sampling", lambda *a, trace=True, **k: traced.append(trace) or plan_sampling(
-        *a, trace=trace, **k))
+def test_cli_max_memory_refuses_before_any_weight_loads_or_trace(files, tmp_path, capsys, no_loading, traced):
     assert main(sample_args(files[0], tmp_path, "--max-memory", "1MB")) == 2
     assert traced == [False]  # the lower bound refused it: no plan traced (what takes seconds)
     err = capsys.readouterr().err
