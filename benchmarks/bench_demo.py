@@ -9,6 +9,9 @@ sample (the top prior's codes alone) holds 8; the whole run takes at most 6 minu
 
     python benchmarks/bench_demo.py --seeds 0 1 2 --out benchmarks/results/demo_runs.md
     python benchmarks/bench_demo.py --smoke     # the CI size, one seed: checks the script
+    python benchmarks/bench_demo.py --reports runs/seed_0 runs/seed_1    # tabulate finished runs
+
+With ``--reports`` the wall time is the sum of the report's stages (no process start-up).
 """
 from __future__ import annotations
 
@@ -60,18 +63,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--keep", type=Path, help="keep each run's folder here (seed_<S>/)")
+    parser.add_argument("--reports", type=Path, nargs="+", metavar="FOLDER",
+                        help="tabulate these finished demo runs (their report.json) instead of running")
     parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
     add_smoke(parser)
     args = parser.parse_args()
     if args.smoke:
         args.seeds = args.seeds[:1]
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp)
-        for seed in args.seeds:
-            wall, r = run(seed, root / f"seed_{seed}", args.smoke)
-            runs.append((seed, wall, r))
-            print(f"seed {seed}: {wall:.0f} s", flush=True)
+    if args.reports:
+        for folder in args.reports:
+            r = json.loads((folder / "report.json").read_text())
+            runs.append((r["config"]["seed"], sum(r["seconds"].values()), r))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = args.keep or Path(tmp)
+            for seed in args.seeds:
+                wall, r = run(seed, root / f"seed_{seed}", args.smoke)
+                runs.append((seed, wall, r))
+                print(f"seed {seed}: {wall:.0f} s", flush=True)
     rows = {name: [] for name in checks(runs[0][2])}
     for _, _, r in runs:
         for name, value in checks(r).items():

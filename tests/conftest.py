@@ -55,6 +55,16 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(buffers, "new_empty", poison)
 
 
+@pytest.fixture
+def prime_early(monkeypatch):
+    """attn_order 12 (1b_lyrics) reaches its prime-attention layer only at depth 15, and every
+    layer costs seconds in the interpreter: here it cycles block, column, previous-block, prime,
+    so four layers hold every type of the structure."""
+    from jukebox_fast.ops import patterns
+
+    monkeypatch.setitem(patterns.ATTN_ORDERS, 12, lambda d: [1, 2, 3, 7][d % 4])
+
+
 def kernel_device() -> str | None:
     """Where Triton kernel tests run: the GPU if there is one, else the CPU through the
     interpreter when ``TRITON_INTERPRET=1`` is set, else nowhere."""

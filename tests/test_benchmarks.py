@@ -4,25 +4,34 @@ baseline records. This checks the scripts, never the machine's speed: released s
 ``benchmarks/``, outside the test command."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_output import bench_runs, check_bench_output
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCH.glob("bench_*.py")) + ["device_facts"]
+sys.path.insert(0, str(BENCH))
+import gpu_evidence  # noqa: E402
+
+# The GPU-evidence dry run (tests/test_gpu_evidence.py) runs these at the smoke size on the CPU and
+# checks their output there.
+IN_THE_DRY_RUN = set(bench_runs(gpu_evidence.steps(Path("work"), dry=True, jobs=1)))
+# tests/test_cli.py tabulates the demo run it has already (``bench_demo.py --reports``).
+ELSEWHERE = IN_THE_DRY_RUN | {"bench_demo"}
 
 
-def test_every_benchmark_script_is_checked_here():
+def test_every_benchmark_script_is_checked_here_or_elsewhere():
     # A new script is covered by the parametrised test below without anyone listing it.
     assert {"bench_decoder", "bench_vq", "bench_sampling", "bench_sparse_attention", "bench_embed",
             "bench_prior_cpu", "bench_vqvae_cpu", "bench_threads", "device_facts"} <= set(SCRIPTS)
+    assert {"bench_vq", "device_facts"} <= IN_THE_DRY_RUN <= set(SCRIPTS)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s not in ELSEWHERE])
 def test_the_smoke_size_writes_a_table_and_its_json(script, tmp_path):
     if script in ("bench_prior_cpu", "bench_vqvae_cpu"):
         pytest.importorskip("transformers", reason="these compare with HF's port")
@@ -30,14 +39,7 @@ def test_the_smoke_size_writes_a_table_and_its_json(script, tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--smoke", "--out", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=100)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    text = out.read_text()
-    assert text.startswith("# ") and "|---" in text, text[:500]
-    data = json.loads(out.with_suffix(".json").read_text())
-    assert {"device", "driver", "torch", "triton", "commit"} <= set(data["meta"])
-    assert data["tables"] and all(data["tables"]), "a table with no rows"
-    assert isinstance(data["records"], list)
-    if script == "device_facts":
-        assert data["ceilings"]["bytes_per_s"] > 0 and data["ceilings"]["flops_per_s"]["fp32"] > 0
+    check_bench_output(out, script)
 
 
 def test_a_cpu_without_bf16_skips_the_bf16_rows_and_says_so(monkeypatch):

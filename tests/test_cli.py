@@ -54,6 +54,20 @@ def test_demo_writes_listenable_audio_pictures_and_a_report(demo):
     assert "tokens/s" in (demo / "report.md").read_text()
 
 
+def test_bench_demo_tabulates_the_demo(demo, tmp_path):
+    # benchmarks/bench_demo.py runs the demo per seed, then this table (test_benchmarks.py leaves
+    # the script to this test, which has a demo run already).
+    from bench_output import check_bench_output
+
+    out = tmp_path / "bench_demo.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--reports", str(demo), "--out", str(out)],
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    check_bench_output(out, "bench_demo")
+    assert "| level 1: fewest notes |" in out.read_text()
+
+
 def test_encode_then_decode(demo, tmp_path, capsys):
     vqvae = str(demo / "vqvae" / "vqvae.pth.tar")
     song = demo / "data" / "song_00.wav"

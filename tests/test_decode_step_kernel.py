@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 SHAPES = [(3, 40, 3, 5, 71), (17, 48, 2, 8, 64), (1, 64, 1, 64, 96)]  # odd; past BLOCK_R samples; one sample
 # Positions at and around every block edge of the layouts (block 6, 7, 8; prime window 12), first and last.
 POSITIONS = [0, 1, 5, 6, 7, 8, 11, 12, 13, 14, 20, 39]
-# The wide and the one-sample shapes test what their size adds (rows past BLOCK_R, one row): a few
-# positions, since every edge is walked at the first shape (each interpreted step costs seconds).
+# The wide and the one-sample shapes test what their size adds (rows past BLOCK_R, one row), and the
+# residual scale what it adds: a few positions, since every edge is walked at the first shape with
+# scale 1 (each interpreted step costs seconds).
 FEW_POSITIONS = [0, 7, 13, 39]
 
 
@@ -46,7 +47,7 @@ def test_every_pattern_at_its_edges_matches_the_reference(shape, res_scale):
     base = random_stack(*shape, res_scale=res_scale, seed=sum(shape))
     ours, ref = on(base, dev), on(copy_caches(base), dev)
     g = torch.Generator().manual_seed(1)
-    for p in POSITIONS if shape == SHAPES[0] else FEW_POSITIONS:
+    for p in POSITIONS if (shape, res_scale) == (SHAPES[0], 1.0) else FEW_POSITIONS:
         x = torch.randn(shape[0], shape[1], generator=g).to(dev)
         position = torch.tensor([p], device=dev)
         got = decode_layers(x, ours, position, backend="triton")
@@ -63,7 +64,7 @@ def test_16_bit_weights_are_within_twice_the_references_error(dtype):
     base = random_stack(3, 40, 3, 5, 71, seed=7)
     ours, ref, exact = on(base, dev, dtype), on(copy_caches(base), dev, dtype), on(copy_caches(base), dev)
     g = torch.Generator().manual_seed(2)
-    for p in (0, 5, 13, 27, 39):
+    for p in (0, 13, 39):
         x = torch.randn(3, 40, generator=g).to(dev)
         position = torch.tensor([p], device=dev)
         got = decode_layers(x.to(dtype), ours, position, backend="triton").float()
@@ -78,7 +79,7 @@ def test_a_split_cache_inside_the_step(monkeypatch):
     dev = kernel_device()
     base = random_stack(2, 40, 3, 5, 71, seed=3)
     ours, ref = on(base, dev), on(copy_caches(base), dev)
-    for p in (0, 1, 17, 39):
+    for p in (1, 39):  # an empty share beside a full one; every share full
         x = torch.randn(2, 40, device=dev)
         position = torch.tensor([p], device=dev)
         torch.testing.assert_close(decode_layers(x, ours, position, backend="triton"),
@@ -95,7 +96,7 @@ def test_a_step_is_bit_repeatable():
     for _ in range(2):
         stack = on(copy_caches(base), dev)
         x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5)).to(dev)
-        outs.append([decode_layers(x, stack, torch.tensor([p], device=dev), backend="triton") for p in range(6)])
+        outs.append([decode_layers(x, stack, torch.tensor([p], device=dev), backend="triton") for p in range(3)])
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 

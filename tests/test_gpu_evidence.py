@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_output import bench_runs, check_bench_output
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_evidence.py"
@@ -60,6 +61,10 @@ def test_the_dry_run_runs_every_step_and_never_holds_more_than_three_files_in_ou
     for name in ("facts", "kernels", "vq", "sparse_attention", "decoder", "sampling", "embed"):
         md, js = work / f"{name}_cpu_dry.md", work / f"{name}_cpu_dry.json"
         assert md.exists() and js.exists(), name
+    runs = bench_runs(gpu_evidence.steps(work, dry=True, jobs=2))
+    assert len(runs) >= 6
+    for script, md in runs.items():  # (test_benchmarks.py leaves these scripts to this run)
+        check_bench_output(md, script)
     with tarfile.open(out / "evidence.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"evidence/summary.md", "evidence/steps.json", "evidence/tests.log", "evidence/facts_cpu_dry.md",
