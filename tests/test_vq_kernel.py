@@ -109,7 +109,10 @@ def test_huge_codebook_norms_do_not_hide_the_nearest_code(dtype, dev):
     assert_nearest(x, c, idx, dist, reference=vq_nearest(x, c, backend="torch"))
 
 
-def test_more_than_65536_codes(dev):
+def test_more_than_65536_codes(dev, monkeypatch):
+    if dev == "cpu":  # the interpreter walks 64 codes a step (1100 steps); 1024 reach the same indices in 69
+        for key in ((4, False), (2, False)):
+            monkeypatch.setitem(kernels._TILES, key, (128, 1024) + kernels._TILES[key][2:])
     k, d = 70_000, 16
     c = randn(k, d, device=dev)
     x = randn(20, d, device=dev)
@@ -205,7 +208,7 @@ def test_gradients_equal_the_reference(dev):
     torch.testing.assert_close(values[0], values[1])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(n=st.integers(0, 150), k=st.integers(1, 150), d=st.integers(1, 140), seed=st.integers(0, 2**31 - 1),
        dtype=st.sampled_from(DTYPES), blocks=st.sampled_from([(None, None), (16, 16), (32, 16), (16, 32)]),
        deterministic=st.booleans())
