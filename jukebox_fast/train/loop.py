@@ -140,7 +140,12 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
     device_type = model_device(model).type
     rank, world = distributed_setup(device_type)
     wrapped = _wrap(model, cfg, world)
-    opt = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    # On the CPU, AdamW's default loop over parameters costs more than its arithmetic at small
+    # widths; the fused kernel updates each tensor in one pass (the demo's upsampler step: 56 ->
+    # 40 ms on a 2-core AVX2 EPYC). FSDP's sharded parameters keep the default.
+    fused = device_type == "cpu" and not (cfg.fsdp and world > 1)
+    opt = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay,
+                            fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")
     data_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
