@@ -51,9 +51,9 @@ def checks(r: dict) -> dict[str, tuple[str, bool]]:
     }
 
 
-def run(seed: int, out: Path, small: bool) -> tuple[float, dict]:
+def run(seed: int, out: Path, small: bool, quality: bool = False) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "jukebox_fast", "demo", "--out", str(out), "--seed", str(seed), "--quiet",
-           "--overwrite"] + (["--small"] if small else [])
+           "--overwrite"] + (["--small"] if small else []) + (["--quality"] if quality else [])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0, json.loads((out / "report.json").read_text())
@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--keep", type=Path, help="keep each run's folder here (seed_<S>/)")
+    parser.add_argument("--quality", action="store_true", help="the demo's --quality preset")
     parser.add_argument("--reports", type=Path, nargs="+", metavar="FOLDER",
                         help="tabulate these finished demo runs (their report.json) instead of running")
     parser.add_argument("--out", type=Path, help="write the table (markdown) here as well")
@@ -79,7 +80,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = args.keep or Path(tmp)
             for seed in args.seeds:
-                wall, r = run(seed, root / f"seed_{seed}", args.smoke)
+                wall, r = run(seed, root / f"seed_{seed}", args.smoke, args.quality)
                 runs.append((seed, wall, r))
                 print(f"seed {seed}: {wall:.0f} s", flush=True)
     rows = {name: [] for name in checks(runs[0][2])}
@@ -87,7 +88,9 @@ def main() -> None:
         for name, value in checks(r).items():
             rows[name].append(value)
     stages = list(runs[0][2]["seconds"])
-    lines = [f"# The demo's default run, {len(runs)} seed(s)", "", metadata_line(), "",
+    c = runs[0][2]["config"]
+    lines = [f"# The demo, {len(runs)} seed(s): VQ-VAE {c['vqvae_steps']}, top prior {c['top_prior_steps']}, "
+             f"upsampler {c['upsampler_steps']} steps", "", metadata_line(), "",
              "| | " + " | ".join(f"seed {s}" for s, _, _ in runs) + " |", "|---|" + "---|" * len(runs)]
     lines.append("| wall time (s) | " + " | ".join(
         f"{w:.0f}" + ("" if w <= 60 * MINUTES or args.smoke else " (over 6 min)") for _, w, _ in runs) + " |")

@@ -37,7 +37,7 @@ def _info(args) -> int:
 def _demo(args) -> int:
     from .demo import DemoConfig, run
 
-    cfg = DemoConfig.small() if args.small else DemoConfig()
+    cfg = DemoConfig.small() if args.small else DemoConfig.quality() if args.quality else DemoConfig()
     for name in ("vqvae_steps", "top_prior_steps", "upsampler_steps", "sample_seconds", "temperature",
                  "upsampler_temperature", "seed"):
         if getattr(args, name) is not None:
@@ -435,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train tiny models on synthetic music and sample (the README's main job)",
                        formatter_class=defaults)
     p.add_argument("--out", default="jukebox_fast_demo", help="output folder")
-    p.add_argument("--small", action="store_true", help="the CI size: a few steps, one short sample")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="the CI size: a few steps, one short sample")
+    size.add_argument("--quality", action="store_true",
+                   help="train every stage longer (VQ-VAE 450, top prior 6000, upsampler 8000 steps)")
     p.add_argument("--vqvae-steps", type=int, help="override the VQ-VAE's training steps")
     p.add_argument("--top-prior-steps", type=int, help="override the top prior's training steps")
     p.add_argument("--upsampler-steps", type=int, help="override the upsampler's training steps")

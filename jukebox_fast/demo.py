@@ -113,6 +113,12 @@ class DemoConfig:
     seed: int = 0
 
     @classmethod
+    def quality(cls) -> "DemoConfig":
+        """Longer training for every stage, whose loss still falls where the defaults stop
+        (``benchmarks/results/demo_cpu.md``): about 13-14 minutes on a 2-core AVX2 CPU."""
+        return cls(vqvae_steps=450, top_prior_steps=6000, upsampler_steps=8000)
+
+    @classmethod
     def small(cls) -> "DemoConfig":
         return cls(clips=2, clip_seconds=2.0, vqvae_steps=3, top_prior_steps=3, upsampler_steps=3, vqvae_batch_size=1,
                    batch_size=2, sample_seconds=1.0, n_samples=1, compare_tokens=8, top_prior_context=64)

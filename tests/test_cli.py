@@ -54,6 +54,31 @@ def test_demo_writes_listenable_audio_pictures_and_a_report(demo):
     assert "tokens/s" in (demo / "report.md").read_text()
 
 
+def test_demo_quality_preset_takes_overrides_and_excludes_small(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import jukebox_fast.demo as demo_module
+    from jukebox_fast.demo import DemoConfig
+
+    seen = []
+
+    def run(out, cfg, **kwargs):  # the preset's run takes a quarter of an hour: only its config here
+        seen.append(cfg)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "report.md").write_text("# report\n")
+        return {"seconds": {"all": 1.0}}
+
+    monkeypatch.setattr(demo_module, "run", run)
+    assert main(["demo", "--quality", "--top-prior-steps", "7000", "--out", str(tmp_path), "--quiet"]) == 0
+    assert seen == [dataclasses.replace(DemoConfig.quality(), top_prior_steps=7000)]
+    default, quality = DemoConfig(), DemoConfig.quality()
+    assert all(getattr(quality, f"{stage}_steps") > getattr(default, f"{stage}_steps")
+               for stage in ("vqvae", "top_prior", "upsampler"))
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        main(["demo", "--quality", "--small", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_bench_demo_tabulates_the_demo(demo, tmp_path):
     # benchmarks/bench_demo.py runs the demo per seed, then this table (test_benchmarks.py leaves
     # the script to this test, which has a demo run already).
