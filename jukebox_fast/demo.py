@@ -115,7 +115,7 @@ class DemoConfig:
     @classmethod
     def quality(cls) -> "DemoConfig":
         """Longer training for every stage, whose loss still falls where the defaults stop
-        (``benchmarks/results/demo_cpu.md``): about 13-14 minutes on a 2-core AVX2 CPU."""
+        (``benchmarks/results/demo_cpu.md``): 12.5-14 minutes on a 2-core AVX2 CPU."""
         return cls(vqvae_steps=450, top_prior_steps=6000, upsampler_steps=8000)
 
     @classmethod
