@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -41,6 +42,8 @@ from typing import Callable
 import torch
 
 from common import git_commit
+from launch_cost import HBM_BYTES_PER_S, PEAK_FLOPS, last_position, launch_cost, visible_slots
+from jukebox_fast.ops import costs
 from jukebox_fast.ops.patterns import AttentionPattern, CacheLayout, Kind
 
 __all__ = ["SM90", "Case", "Row", "cases", "run_case", "check", "triton_folder", "markdown", "main"]
@@ -79,6 +82,7 @@ class Case:
     op: str
     config: str
     launches: Callable[[], None]
+    cost: Callable[[], costs.Cost]  # what the op must move and compute (jukebox_fast.ops.costs)
 
 
 @dataclass
@@ -101,6 +105,13 @@ class Row:
     load_bytes: int = 0  # the widest global load per thread, bytes (ld.global or cp.async)
     pipelined: str = ""  # "yes", or "no: why" (from the TTGIR: ttgir_facts)
     problems: list[str] = field(default_factory=list)
+    launches: int = 0  # launches of this compiled kernel in the case (a step's layers alike: several)
+    loaded: int = 0  # bytes its launches load, stored: store (launch_cost), flops: execute
+    stored: int = 0
+    flops: int = 0
+    precision: str = ""  # the unit its products run on (launch_cost.PEAK_FLOPS)
+    unique: int = 0  # the case's op: bytes it must move and FLOPs it must do (ops.costs), on every row
+    op_flops: int = 0
 
 
 # -- the cases -------------------------------------------------------------------------------------
@@ -143,7 +154,18 @@ def _attention_case(kind: int, d: int, dtype: torch.dtype, phase: str) -> Case:
         triton_backward(grad, q, k, v, out, lse, *AttentionPattern(kind, BLOCK_CTX, PRIME).kernel_args(), scale,
                         deterministic=phase == "backward, deterministic dQ")
 
-    return Case("sparse_attention", f"{phase}, kind {int(kind)}, d={d}, {_name(dtype)}", launches)
+    def cost() -> costs.Cost:
+        lk = ENCODER if kind == Kind.CROSS else LENGTH
+        return costs.sparse_attention(AttentionPattern(kind, BLOCK_CTX, PRIME), LENGTH, lk, HEADS[d], d, dtype,
+                                      mode="fwd" if phase == "forward" else "bwd", pairs=_pairs(kind))
+
+    return Case("sparse_attention", f"{phase}, kind {int(kind)}, d={d}, {_name(dtype)}", launches, cost)
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs(kind: int) -> int:
+    lk = ENCODER if kind == Kind.CROSS else LENGTH
+    return costs.visible_pairs(AttentionPattern(kind, BLOCK_CTX, PRIME), LENGTH, lk)
 
 
 VQ_WIDTHS = (16, 64, 100, 128, 140, 256)  # the op takes 1..256; 64 is the released codebook's
@@ -169,7 +191,10 @@ def _vq_case(dtype: torch.dtype, n: int, variant: str, d: int = 64) -> Case:
         counts = _meta(k, dtype=torch.int64)
         kernels.segment_sums(x, _meta(n, dtype=torch.int64), counts, counts, _meta(k, d))
 
-    return Case("vq", f"{variant}, D={d}, K=2048, N={n}, {_name(dtype)}", launches)
+    def cost() -> costs.Cost:
+        return (costs.vq_nearest if variant == "search" else costs.vq_quantise)(n, k, d, dtype)
+
+    return Case("vq", f"{variant}, D={d}, K=2048, N={n}, {_name(dtype)}", launches, cost)
 
 
 def _decode_case(kind: int, d: int, dtype: torch.dtype, length: int) -> Case:
@@ -184,7 +209,17 @@ def _decode_case(kind: int, d: int, dtype: torch.dtype, length: int) -> Case:
         k, v = _meta(n, h, layout.size, d, dtype=dtype), _meta(n, h, layout.size, d, dtype=dtype)
         decode_attention_triton(q, k, v, layout, _meta(1, dtype=torch.int64), 1.0 / math.sqrt(d))
 
-    return Case("decode_attention", f"kind {int(kind)}, d={d}, cache {length}, {_name(dtype)}", launches)
+    def cost() -> costs.Cost:
+        return costs.decode_attention(1, HEADS[d], d, _slots(layout), dtype)
+
+    return Case("decode_attention", f"kind {int(kind)}, d={d}, cache {length}, {_name(dtype)}", launches, cost)
+
+
+def _slots(layout: CacheLayout) -> int:
+    """Cache slots a layer's query sees at the last position (as launch_cost models the step)."""
+    a = dict(zip(("KIND", "BC", "NB", "PRIME", "ENC"), layout.kernel_args()))
+    lo, hi = visible_slots(last_position(a), a["BC"], a["NB"], a["PRIME"], a["ENC"], a["KIND"])
+    return hi - lo
 
 
 # The decode step's shapes per released model: (width, heads, head width, MLP width, context,
@@ -218,7 +253,12 @@ def _decode_step_case(model: str, dtype: torch.dtype, n: int) -> Case:
         stack = DecodeStack([layer(kind) for kind in kinds])
         _triton_call(_meta(n, width, dtype=dtype), stack, _meta(1, dtype=torch.int64))
 
-    return Case("decode_layers", f"{model}, batch {n}, {_name(dtype)}", launches)
+    def cost() -> costs.Cost:
+        layers = [layer(kind) for kind in kinds]
+        return costs.decode_step([w for lay in layers for w in lay.weights],
+                                 [(heads, d, _slots(lay.layout)) for lay in layers], n, dtype, width)
+
+    return Case("decode_layers", f"{model}, batch {n}, {_name(dtype)}", launches, cost)
 
 
 def sample_cases() -> list[Case]:
@@ -249,9 +289,13 @@ def cases(quick: bool = False, level: str | None = None) -> list[Case]:
     kinds = (Kind.BLOCK, Kind.CROSS) if quick else KINDS
     out = [_vq_case(t, n, v) for t in dtypes for n in (330_736, 6890) for v in VQ_VARIANTS]
     out += [_vq_case(t, 330_736, v, d) for d in VQ_WIDTHS if d != 64 for t in dtypes for v in VQ_VARIANTS]
+    from jukebox_fast.kernels.attention import MAX_FP32_HEAD_DIM
+
     for d in widths:
         for kind in kinds:
             for t in dtypes:
+                if t == torch.float32 and d > MAX_FP32_HEAD_DIM:  # the dispatch takes the reference
+                    continue
                 for phase in ("forward", "backward, atomic dQ", "backward, deterministic dQ"):
                     out.append(_attention_case(kind, d, t, phase))
     out += [_decode_case(kind, d, t, LENGTH) for d in widths for kind in kinds for t in dtypes]
@@ -355,13 +399,22 @@ def _loops(ttgir: str) -> list[tuple[list[str], bool]]:
     return done
 
 
+_TILE_LOAD = r"%([A-Za-z_][A-Za-z_]*?)(?:_\d+)* = tt\.load [^\n]*: tensor<\d+x\d+x"
+_COPY = r"async_copy_global_to_local|async_tma_copy_global_to_local|tt\.descriptor_load"
+
+
 def ttgir_facts(ttgir: str) -> str:
-    """Whether the kernel's matrix-product loops stream their operands: each loop holding a
-    product is innermost, every 2-D tile it loads comes by an asynchronous copy (cp.async or TMA),
-    and no wait in it drains every copy in flight (``async_wait {num >= 1}``). "yes", or "no: "
-    and what fails; "-" for a kernel without a product in a loop."""
-    hot = [(lines, nested) for lines, nested in _loops(ttgir)
-           if any("warp_group_dot" in ln or "tt.dot " in ln for ln in lines)]
+    """Whether the kernel's hot loops stream their operands. A loop is hot when it holds a matrix
+    product or loads 2-D tiles. Each hot loop holding a product is innermost, every 2-D tile a hot
+    loop loads comes by an asynchronous copy (cp.async or TMA), and no wait in it drains every copy
+    in flight (``async_wait {num >= 1}``). "yes", or "no: " and what fails; "-" for a kernel
+    without a hot loop."""
+    hot = []
+    for lines, nested in _loops(ttgir):
+        product = any("warp_group_dot" in ln or "tt.dot " in ln for ln in lines)
+        tiles = any(re.search(_TILE_LOAD, ln) or re.search(_COPY, ln) for ln in lines)
+        if product or tiles:
+            hot.append((lines, nested and product))
     if not hot:
         return "-"
     why = []
@@ -369,8 +422,8 @@ def ttgir_facts(ttgir: str) -> str:
         text = "\n".join(lines)
         if nested:
             why.append("a product sits in a loop around another loop (the key loop is not innermost)")
-        sync = sorted({m for m in re.findall(r"%([A-Za-z_][A-Za-z_]*?)(?:_\d+)* = tt\.load [^\n]*: tensor<\d+x\d+x", text)})
-        copies = len(re.findall(r"async_copy_global_to_local|async_tma_copy_global_to_local|tt\.descriptor_load", text))
+        sync = sorted({m for m in re.findall(_TILE_LOAD, text)})
+        copies = len(re.findall(_COPY, text))
         waits = [int(n) for n in re.findall(r"ttg\.async_wait [^\n]*\{num = (\d+)", text)]
         if sync:
             why.append(f"synchronous tile loads of {', '.join(sync)}")
@@ -381,7 +434,7 @@ def ttgir_facts(ttgir: str) -> str:
     return "yes" if not why else "no: " + "; ".join(sorted(set(why)))
 
 
-_TILE_NAMES = ("BLOCK_N", "BLOCK_K", "BLOCK_M", "BLOCK_D", "BLOCK_DK", "BLOCK_DV", "D_CHUNKS", "PRECISION")
+_TILE_NAMES = ("BLOCK_N", "BLOCK_K", "BLOCK_M", "BLOCK_D", "BLOCK_DK", "D_CHUNKS", "PRECISION")
 
 
 def _row(case: Case, kernel, compiled, limits: Limits) -> Row:
@@ -418,12 +471,19 @@ def run_case(case: Case, arch: int = 90, limits: Limits = SM90) -> list[Row]:
         return [Row(case.op, case.config, "?", "", 0, 0, 0, 0, 0, 0, 0, problems=[f"{type(e).__name__}: {str(e)[:300]}"])]
     finally:
         driver.set_active(None)  # back to the default, created lazily (reset_active would create it now)
-    seen, rows = set(), []
-    for kernel, _, kc in compiled:  # a case that launches one kernel twice (two layers alike) lists it once
-        if kc.metadata.hash not in seen:
-            seen.add(kc.metadata.hash)
-            rows.append(_row(case, kernel, kc, limits))
-    return rows
+    rows: dict[str, Row] = {}
+    for c in compiled:  # a case that launches one kernel twice (two layers alike) lists it once, costs summed
+        key = c.compiled.metadata.hash
+        if key not in rows:
+            rows[key] = _row(case, c.kernel, c.compiled, limits)
+        row, lc = rows[key], launch_cost(c.kernel, c.grid, c.args, c.kwargs)
+        row.launches += 1
+        row.loaded, row.stored, row.flops, row.precision = (row.loaded + lc.loaded, row.stored + lc.stored,
+                                                            row.flops + lc.flops, lc.precision)
+    op = case.cost()
+    for row in rows.values():
+        row.unique, row.op_flops = op.bytes, op.flops
+    return list(rows.values())
 
 
 def _run_index(args) -> list[Row]:
@@ -447,6 +507,92 @@ def check(quick: bool = False, arch: int = 90, jobs: int | None = None, level: s
         with concurrent.futures.ProcessPoolExecutor(min(jobs, len(work)), mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_run_index, work, chunksize=1 if level else 4))
     return [row for rows in results for row in rows]
+
+
+# -- the static performance table ----------------------------------------------------------------------
+BYTES_RULE = 1.2  # a configuration's bytes, at HBM bandwidth, take at most this times its floor
+
+@dataclass(frozen=True)
+class Expected:
+    """Configurations (``op | configuration`` matching ``pattern``) known to fail the bytes rule or
+    the pipelining rule today, why, and the bound that still holds: bytes µs <= ``ceiling`` × floor."""
+
+    pattern: str
+    why: str
+    ceiling: float
+    pipelined: bool = True  # whether their hot loops must still stream
+
+
+_BACKWARD = ("no issue yet: a backward in one pass adds dQ across key programs as fp32 atomics (atomic dQ: "
+             "4-byte partial sums, zeroed before and copied after), or reads q, k, v and dO a second time "
+             "(deterministic dQ); FlashAttention-2 and -3 pay the same. Narrow bwd_kv tiles (16-32 keys at heads of "
+             "150-480, where both accumulators must fit in registers) read query tiles again")
+EXPECTED = (
+    Expected(r"^decode_layers \|", "issue 31: every program of the step recomputes the LayerNorm statistics over "
+             "all rows (synchronous loads), and the MLP adds its slices into the output with int64 atomics",
+             ceiling=7.5, pipelined=False),
+    Expected(r"^sparse_attention \| backward, .*kind [067], d=\d+, (bfloat16|float16)$", _BACKWARD + "; in dense, "
+             "prime and cross-attention each key tile is also read by every query tile that sees it", ceiling=10.5),
+    Expected(r"^sparse_attention \| backward", _BACKWARD, ceiling=3.2),
+    Expected(r"^sparse_attention \| forward, kind [067], d=\d+, (bfloat16|float16)$", "no issue yet: in dense, "
+             "prime and cross-attention every 64-128-query tile reads the keys every other tile reads; 16-bit "
+             "products do 64-128 FLOPs per such byte, under the H200's 184, so uncached these reads would set "
+             "the time (tiles of 256 queries, or keys kept on chip across tiles, would hide them)", ceiling=4.0),
+    Expected(r"^sparse_attention \| forward, kind 2, d=(256|480), (bfloat16|float16)$", "no issue yet: at heads "
+             "of 256 and 480 a 128-query tile does not fit in shared memory, so 64-query tiles split each "
+             "128-long column and the second reads the first's keys again", ceiling=1.6),
+    Expected(r"^sparse_attention \| forward, kind [123], d=\d+, float32$", "no issue yet: fp32 products keep "
+             "their operands in registers, so fp32 tiles hold 32 queries and read a 64-key block, column or "
+             "previous block two to four times", ceiling=2.0),
+    Expected(r"^vq \| .*(bfloat16|float16)$", "no issue yet: every 64-128-row program reads the whole codebook "
+             "(9-32× the unique bytes at N = 330736); 16-bit products are fast enough that these reads, "
+             "uncached, would set the time; 256-row tiles spill the fused statistics with Triton 3.6", ceiling=4.0),
+)
+
+
+def expected(op: str, config: str) -> Expected | None:
+    return next((e for e in EXPECTED if re.search(e.pattern, f"{op} | {config}")), None)
+
+
+@dataclass
+class Performance:
+    """One configuration's launches against its op's cost (the performance table's row)."""
+
+    op: str
+    config: str
+    launches: int
+    moved: int  # bytes its launches load and store
+    unique: int  # bytes the op must move
+    flops: int  # FLOPs its launches execute
+    floor_us: float  # max(unique / HBM bandwidth, the op's FLOPs / the peak of its products)
+    bytes_us: float  # moved / HBM bandwidth: its time if no byte came from a cache
+    pipelined: str  # "yes" when every hot loop streams, else the first kernel's reason
+    expected: Expected | None  # why the bytes rule is known to fail here
+
+    @property
+    def ratio(self) -> float:
+        return self.moved / self.unique
+
+    @property
+    def passes_bytes(self) -> bool:
+        return self.bytes_us <= BYTES_RULE * self.floor_us
+
+
+def performance(rows: list[dict]) -> list[Performance]:
+    """The performance table's rows, one per configuration, from a report's rows."""
+    cases: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        cases.setdefault((r["op"], r["config"]), []).append(r)
+    out = []
+    for (op, config), rs in cases.items():
+        main = max(rs, key=lambda r: r["flops"])
+        moved = sum(r["loaded"] + r["stored"] for r in rs)
+        floor = max(main["unique"] / HBM_BYTES_PER_S, main["op_flops"] / PEAK_FLOPS[main["precision"]])
+        slow = [f"{r['kernel']}: {r['pipelined']}" for r in rs if r["pipelined"] not in ("yes", "-")]
+        out.append(Performance(op, config, sum(r["launches"] for r in rs), moved, main["unique"],
+                               sum(r["flops"] for r in rs), floor * 1e6, moved / HBM_BYTES_PER_S * 1e6,
+                               slow[0] if slow else "yes", expected(op, config)))
+    return out
 
 
 def versions(device: bool = False) -> dict[str, str]:
@@ -507,22 +653,33 @@ def sources_digest(folder: Path = KERNEL_SOURCES) -> str:
     return h.hexdigest()[:16]
 
 
-def read_markdown(text: str) -> tuple[str | None, dict[str, list[dict]]]:
-    """The sources digest and the rows per Triton version of a table :func:`markdown` wrote."""
-    digest = re.search(r"kernel sources digest `([0-9a-f]+)`", text, re.IGNORECASE)
+def _tables(text: str, heading: str) -> dict[str, list[dict]]:
+    """The rows of every table under a ``## <heading> <version>`` line, per version."""
     tables, version, header = {}, None, None
     for line in text.splitlines():
-        m = re.match(r"## Triton (\S+)", line)
-        if m:
-            version, header = m.group(1), None
-            tables[version] = []
+        if line.startswith("## "):
+            m = re.match(rf"## {heading} (\S+)$", line)
+            version, header = (m.group(1), None) if m else (None, None)
+            if version:
+                tables[version] = []
         elif version and line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if header is None:
                 header = cells
             elif not set("".join(cells)) <= set("-: "):
                 tables[version].append(dict(zip(header, cells)))
-    return (digest.group(1) if digest else None), tables
+    return tables
+
+
+def read_markdown(text: str) -> tuple[str | None, dict[str, list[dict]]]:
+    """The sources digest and the resource rows per Triton version of a table :func:`markdown` wrote."""
+    digest = re.search(r"kernel sources digest `([0-9a-f]+)`", text, re.IGNORECASE)
+    return (digest.group(1) if digest else None), _tables(text, "Triton")
+
+
+def read_performance(text: str) -> dict[str, list[dict]]:
+    """The performance rows per Triton version of a table :func:`markdown` wrote."""
+    return _tables(text, "Performance with Triton")
 
 
 def markdown(reports: list[dict]) -> str:
@@ -534,8 +691,21 @@ def markdown(reports: list[dict]) -> str:
              "per SM. Shared = the dynamic shared memory the launch requests; registers, stack and local are per "
              "thread; blocks/SM from registers, warps and shared memory; matrix, atomics and load B (the widest "
              "global load per thread) from the PTX; pipelined from the TTGIR: every loop holding a matrix product "
-             "is innermost, loads its 2-D tiles by asynchronous copies and never waits for all of them (num >= 1). "
-             "Pipelined is reported, not yet a limit.", ""]
+             "is innermost, loads its 2-D tiles by asynchronous copies and never waits for all of them (num >= 1); "
+             "loaded MB and GFLOP: what the case's launches of this kernel load and execute "
+             "(`benchmarks/launch_cost.py`: grid × each program's tile loads, from the kernel's own tiles).", "",
+             "The performance tables hold each configuration's launches against what its op must move and compute "
+             f"(`jukebox_fast/ops/costs.py`): moved = bytes loaded and stored; unique = the op's bytes, each input "
+             f"read once and each output written once; floor = max(unique / {HBM_BYTES_PER_S / 1e12:.1f} TB/s, "
+             f"the op's FLOPs / the peak of its products: {PEAK_FLOPS['tf32'] / 1e12:.0f} TFLOP/s for 16-bit "
+             f"operands, {PEAK_FLOPS['tf32x3'] / 1e12:.0f} for fp32 as three TF32 products, "
+             f"{PEAK_FLOPS['ieee'] / 1e12:.0f} on the CUDA cores); bytes µs = moved / {HBM_BYTES_PER_S / 1e12:.1f} TB/s, "
+             "the time of its traffic if no byte came from a cache. The bytes rule: bytes µs <= "
+             f"{BYTES_RULE} × floor. Where the floor is set by memory that is moved <= {BYTES_RULE} × unique; "
+             "where it is set by arithmetic, the re-reads of operands other programs share (a key tile every query "
+             "tile walks, the codebook every row tile walks) must stay hidden behind the products even uncached. "
+             "A configuration known to fail names the issue that owns the fix. Decode kernels are modelled at the "
+             "last position of the context.", ""]
     for rep in reports:
         info, rows = rep["versions"], rep["rows"]
         bad = [r for r in rows if r["problems"]]
@@ -543,14 +713,22 @@ def markdown(reports: list[dict]) -> str:
                   f"torch {info['torch']}, Python {info['python']}, target {info['target']}, commit {info['commit']}: "
                   f"{len(rows)} kernels compiled, {len(bad)} over a limit.", "",
                   "| op | configuration | kernel | tiles | warps | stages | shared (B) | registers | stack | local "
-                  "| blocks/SM | matrix | atomics | load B | pipelined | ok |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| blocks/SM | matrix | atomics | load B | pipelined | loaded MB | GFLOP | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ok = "yes" if not r["problems"] else "NO: " + "; ".join(r["problems"])
             lines.append(f"| {r['op']} | {r['config']} | {r['kernel']} | {r['tiles']} | {r['warps']} | {r['stages']} "
                          f"| {r['shared']} | {r['registers']} | {r['stack']} | {r['local']} | {r['blocks_per_sm']} "
                          f"| {r['tensor_cores'] or '-'} | {r['atomics'] or '-'} | {r['load_bytes']} "
-                         f"| {r.get('pipelined') or '-'} | {ok} |")
+                         f"| {r.get('pipelined') or '-'} | {r['loaded'] / 1e6:.1f} | {r['flops'] / 1e9:.2f} | {ok} |")
+        lines += ["", f"## Performance with Triton {info['triton']}", "",
+                  "| op | configuration | launches | moved MB | unique MB | ratio | GFLOP | floor µs | bytes µs "
+                  "| pipelined | bytes rule |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in performance(rows):
+            verdict = "yes" if p.passes_bytes else f"expected: {p.expected.why}" if p.expected else "NO"
+            lines.append(f"| {p.op} | {p.config} | {p.launches} | {p.moved / 1e6:.1f} | {p.unique / 1e6:.1f} "
+                         f"| {p.ratio:.2f} | {p.flops / 1e9:.2f} | {p.floor_us:.1f} | {p.bytes_us:.1f} "
+                         f"| {p.pipelined} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -16,21 +16,21 @@ visible keys directly (:mod:`jukebox_fast.ops.patterns` is the definition they f
 * Online softmax in fp32 with exp2; the probabilities are cast to v's dtype before P·V, as the
   reference casts them. The log-sum-exp of each query row (log2 units, +inf for a row that sees
   no key, whose output is zero) is saved for the backward.
-* Head widths up to 512: q·kᵀ (and dO·vᵀ in the backward) is a sum over width chunks of
-  BLOCK_DK, so a width of 80, 150 or 480 is padded to the next multiple of the chunk rather than
-  of a power of two. The accumulators over the width (output, dK, dV, dQ) hold BLOCK_DV columns;
-  wider heads take several programs along the grid's second axis, each recomputing the
-  probabilities for its slice of columns. A head that fits one chunk has no chunk loop, so the
-  key (or query) loop is the innermost loop and Triton pipelines its tile loads (asynchronous
-  copies, ``num_stages`` deep); where the chunk is also the accumulator's slice, the backward
-  reuses the chunk it loaded instead of loading the same bytes again. Wider heads keep the
-  chunk loop inside the key loop, which Triton does not pipeline (the resource check's
-  "pipelined" column says which configurations stream).
+* Head widths up to 512, held in width chunks of BLOCK_DK: every operand tile and every
+  accumulator over the width (output, dK, dV, dQ) is a tuple of ceil(d / BLOCK_DK) chunks,
+  unrolled at compile time (``tl.static_range``), so a width of 80, 150 or 480 is padded to the
+  next multiple of the chunk, not of a power of two, and one program covers the whole width.
+  The chunk loop being unrolled, the key (or query) loop is the innermost loop of every kernel,
+  and Triton streams its tiles through asynchronous copies ``num_stages`` deep (the resource
+  check's "pipelined" column proves it for every configuration). A program loads its own tile
+  (q, or k and v in ``_bwd_kv_kernel``) once, before the loop, and every streamed chunk serves
+  both products that need it (q·kᵀ and dS·K use the same k chunk): no operand is loaded twice.
 
-Backward: ``_bwd_kv_kernel`` walks, per key tile, the query tiles that can see it and accumulates
-dK and dV in registers. dQ comes either from ``_bwd_q_kernel`` (per query tile, a second
-recomputation; deterministic) or from fp32 atomics in ``_bwd_kv_kernel`` (one pass fewer; the
-order of the additions varies from run to run).
+Backward: ``_delta_kernel`` computes Δ = rowsum(dO ∘ O); ``_bwd_kv_kernel`` walks, per key tile,
+the query tiles that can see it and accumulates dK and dV in registers. dQ comes either from
+``_bwd_q_kernel`` (per query tile, a second recomputation that reads q, k, v and dO again;
+deterministic) or from fp32 atomics in ``_bwd_kv_kernel`` (one pass; the order of the additions
+varies from run to run).
 
 Launchers fill outputs the caller allocated; the op (``jukebox_fast.ops.attention``) checks shapes
 and dtypes. Every tensor needs unit stride along d.
@@ -46,19 +46,22 @@ import triton.language as tl
 from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 from .patterns import KIND_COLUMN, key_span, query_layout, query_span, visible
 
-__all__ = ["AttentionConfig", "KERNELS", "MAX_HEAD_DIM", "config_for", "launch_config", "forward", "backward"]
+__all__ = ["AttentionConfig", "KERNELS", "MAX_HEAD_DIM", "MAX_FP32_HEAD_DIM", "config_for", "launch_config",
+           "forward", "backward"]
 
 MAX_HEAD_DIM = 512
+# fp32 products run on the CUDA cores, whose operands sit in registers: past 256, bwd_kv's key and
+# value chunks alone fill them (every tile tried spilled, Triton 3.6 and 3.9), so wider fp32 heads
+# take the PyTorch reference.
+MAX_FP32_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _program(H, D, BLOCK_DV: tl.constexpr):
-    """This program's (group, first width column, n·H + h, n, h) from grid axes 1 and 2."""
-    n_dv = tl.cdiv(D, BLOCK_DV)
+def _program(H):
+    """This program's (n·H + h, n, h) from grid axis 2."""
     nh = tl.program_id(2)
-    return tl.program_id(1) // n_dv, (tl.program_id(1) % n_dv) * BLOCK_DV, nh, (nh // H).to(tl.int64), \
-        (nh % H).to(tl.int64)
+    return nh, (nh // H).to(tl.int64), (nh % H).to(tl.int64)
 
 
 @triton.jit
@@ -78,16 +81,62 @@ def _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND: tl.constexpr, BLOCK_M: tl.con
 
 
 @triton.jit
+def _load_chunks(ptr, rows, ok, stride, D, BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr):
+    """The tile of ``rows`` as a tuple of D_CHUNKS width chunks, [rows, BLOCK_DK] each (zeros
+    past D and in rows not ``ok``)."""
+    chunks = ()
+    for c in tl.static_range(D_CHUNKS):
+        d = c * BLOCK_DK + tl.arange(0, BLOCK_DK)
+        chunks += (tl.load(ptr + rows[:, None] * stride + d[None, :], mask=ok[:, None] & (d < D)[None, :], other=0.0),)
+    return chunks
+
+
+@triton.jit
+def _store_chunks(ptr, chunks, rows, ok, stride, D, scale, BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr):
+    """Store fp32 width chunks times ``scale`` in ptr's dtype."""
+    for c in tl.static_range(D_CHUNKS):
+        d = c * BLOCK_DK + tl.arange(0, BLOCK_DK)
+        tl.store(ptr + rows[:, None] * stride + d[None, :], (chunks[c] * scale).to(ptr.dtype.element_ty),
+                 mask=ok[:, None] & (d < D)[None, :])
+
+
+@triton.jit
+def _zero_chunks(ROWS: tl.constexpr, BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr):
+    """D_CHUNKS fp32 accumulators [ROWS, BLOCK_DK]."""
+    chunks = ()
+    for c in tl.static_range(D_CHUNKS):
+        chunks += (tl.zeros([ROWS, BLOCK_DK], tl.float32),)
+    return chunks
+
+
+@triton.jit
+def _chunked_dot(a, bs, accs, PRECISION: tl.constexpr, UPCAST: tl.constexpr, D_CHUNKS: tl.constexpr):
+    """accs[c] + a·bs[c] for every width chunk c: a [M, K], bs[c] [K, BLOCK_DK]."""
+    out = ()
+    for c in tl.static_range(D_CHUNKS):
+        out += (dot(a.to(bs[c].dtype), bs[c], accs[c], PRECISION, UPCAST),)
+    return out
+
+
+@triton.jit
+def _chunked_scores(a, bs, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr, D_CHUNKS: tl.constexpr):
+    """acc + Σ_c a[c]·bs[c]ᵀ: a row-by-row product over the width, a chunk at a time."""
+    for c in tl.static_range(D_CHUNKS):
+        acc = dot(a[c], tl.trans(bs[c]), acc, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, so_n, so_h, so_t,
     H, LQ, LK, D, BC, PRIME, qk_scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
+    nh, n, h = _program(H)
     D = aligned(D, ALIGN)
     q_ptr += aligned(n * sq_n + h * sq_h, ALIGN)
     k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
@@ -95,34 +144,19 @@ def _fwd_kernel(
     o_ptr += aligned(n * so_n + h * so_h, ALIGN)
     sq_t, sk_t, sv_t, so_t = aligned(sq_t, ALIGN), aligned(sk_t, ALIGN), aligned(sv_t, ALIGN), aligned(so_t, ALIGN)
 
-    base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND, BLOCK_M)
-
-    dk = tl.arange(0, BLOCK_DK)
-    dv = dv0 + tl.arange(0, BLOCK_DV)
-    if D_CHUNKS == 1:  # the whole q tile fits one chunk: load it once
-        q = tl.load(q_ptr + q_rows[:, None] * sq_t + dk[None, :], mask=q_ok[:, None] & (dk < D)[None, :], other=0.0)
+    base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, tl.program_id(1), LQ, LK, BC, PRIME, KIND, BLOCK_M)
+    qs = _load_chunks(q_ptr, q_rows, q_ok, sq_t, D, BLOCK_DK, D_CHUNKS)  # loaded once, kept for every key tile
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    acc = _zero_chunks(BLOCK_M, BLOCK_DK, D_CHUNKS)  # the output, [BLOCK_M, BLOCK_DK] per chunk
+    for start in range(lo, hi, BLOCK_N):  # the innermost loop: Triton streams its loads num_stages deep
         v_units = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] key units
         k_ok = v_units < hi
         j = base + step * v_units
         k_rows = j.to(tl.int64)
-        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        if D_CHUNKS == 1:  # no chunk loop: this key loop is the innermost, the one Triton pipelines
-            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + dk[None, :], mask=k_ok[:, None] & (dk < D)[None, :],
-                         other=0.0)
-            s = dot(q, tl.trans(kc), s, PRECISION, UPCAST)
-        else:
-            for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
-                d = c * BLOCK_DK + dk
-                q = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & (d < D)[None, :],
-                            other=0.0)
-                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & (d < D)[None, :],
-                             other=0.0)
-                s = dot(q, tl.trans(kc), s, PRECISION, UPCAST)
+        ks = _load_chunks(k_ptr, k_rows, k_ok, sk_t, D, BLOCK_DK, D_CHUNKS)
+        s = _chunked_scores(qs, ks, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PRECISION, UPCAST, D_CHUNKS)
         vis = visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         s = tl.where(vis, s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -130,17 +164,21 @@ def _fwd_kernel(
         alpha = tl.exp2(m_i - m_use)
         pr = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(pr, 1)
-        vt = tl.load(v_ptr + k_rows[:, None] * sv_t + dv[None, :], mask=k_ok[:, None] & (dv < D)[None, :], other=0.0)
-        acc = dot(pr.to(vt.dtype), vt, acc * alpha[:, None], PRECISION, UPCAST)
+        vs = _load_chunks(v_ptr, k_rows, k_ok, sv_t, D, BLOCK_DK, D_CHUNKS)
+        rescaled = ()
+        for c in tl.static_range(D_CHUNKS):
+            rescaled += (acc[c] * alpha[:, None],)
+        acc = _chunked_dot(pr, vs, rescaled, PRECISION, UPCAST, D_CHUNKS)  # probabilities in v's dtype
         m_i = m_new
 
     seen = l_i > 0.0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]  # a query that sees no key outputs zeros
-    tl.store(o_ptr + q_rows[:, None] * so_t + dv[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=q_ok[:, None] & (dv < D)[None, :])
+    inv = 1.0 / tl.where(seen, l_i, 1.0)  # a query that sees no key outputs zeros
+    out = ()
+    for c in tl.static_range(D_CHUNKS):
+        out += (acc[c] * inv[:, None],)
+    _store_chunks(o_ptr, out, q_rows, q_ok, so_t, D, 1.0, BLOCK_DK, D_CHUNKS)
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
-    if dv0 == 0:  # every width slice has the same lse; the first one writes it
-        tl.store(lse_ptr + nh.to(tl.int64) * LQ + q_rows, lse, mask=q_ok)
+    tl.store(lse_ptr + nh.to(tl.int64) * LQ + q_rows, lse, mask=q_ok)
 
 
 @triton.jit
@@ -150,11 +188,11 @@ def _bwd_kv_kernel(
     sdk_n, sdk_h, sdk_t, sdv_n, sdv_h, sdv_t,
     H, LQ, LK, D, BC, PRIME, qk_scale, scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
+    nh, n, h = _program(H)
     D = aligned(D, ALIGN)
     q_ptr += aligned(n * sq_n + h * sq_h, ALIGN)
     k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
@@ -168,7 +206,7 @@ def _bwd_kv_kernel(
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
 
-    q_start, base, step, u_lo, u_hi = query_layout(g, LQ, LK, BC, KIND)
+    q_start, base, step, u_lo, u_hi = query_layout(tl.program_id(1), LQ, LK, BC, KIND)
     if KIND == KIND_COLUMN:
         k_hi = u_hi  # self-attention: the keys' column is as long as the queries'
     else:
@@ -182,66 +220,38 @@ def _bwd_kv_kernel(
     lo, hi = query_span(base + step * v_first, base + step * v_last, v_first, q_start, u_lo, u_hi, BC, PRIME,
                          KIND)
     hi = tl.where(v_last >= v_first, hi, lo)
+    ks = _load_chunks(k_ptr, k_rows, k_ok, sk_t, D, BLOCK_DK, D_CHUNKS)  # this program's keys, loaded once
+    vs = _load_chunks(v_ptr, k_rows, k_ok, sv_t, D, BLOCK_DK, D_CHUNKS)
 
-    dk = tl.arange(0, BLOCK_DK)
-    dv = dv0 + tl.arange(0, BLOCK_DV)
-    dv_ok = dv < D
-    if D_CHUNKS == 1:
-        kc = tl.load(k_ptr + k_rows[:, None] * sk_t + dk[None, :], mask=k_ok[:, None] & (dk < D)[None, :], other=0.0)
-        vc = tl.load(v_ptr + k_rows[:, None] * sv_t + dk[None, :], mask=k_ok[:, None] & (dk < D)[None, :], other=0.0)
-    if ATOMIC_DQ:
-        k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
-
-    acc_dk = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    acc_dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    for start in range(lo, hi, BLOCK_M):
+    acc_dk = _zero_chunks(BLOCK_N, BLOCK_DK, D_CHUNKS)  # [BLOCK_N, BLOCK_DK] per chunk
+    acc_dv = _zero_chunks(BLOCK_N, BLOCK_DK, D_CHUNKS)
+    for start in range(lo, hi, BLOCK_M):  # the innermost loop: Triton streams its loads num_stages deep
         u = start + tl.arange(0, BLOCK_M)  # [BLOCK_M] query units
         q_ok = u < hi
         p = base + step * u
         q_rows = (p - q_start).to(tl.int64)
-        st = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # scores, keys × queries
-        dpt = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)  # dO·vᵀ, transposed
-        if D_CHUNKS == 1:  # no chunk loop: this query loop is the innermost, the one Triton pipelines
-            d_ok = (dk < D)[None, :]
-            qc = tl.load(q_ptr + q_rows[:, None] * sq_t + dk[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + dk[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            st = dot(kc, tl.trans(qc), st, PRECISION, UPCAST)
-            dpt = dot(vc, tl.trans(doc), dpt, PRECISION, UPCAST)
-        else:
-            for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
-                d = c * BLOCK_DK + dk
-                d_ok = (d < D)[None, :]
-                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-                vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-                qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-                doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-                st = dot(kc, tl.trans(qc), st, PRECISION, UPCAST)
-                dpt = dot(vc, tl.trans(doc), dpt, PRECISION, UPCAST)
+        qs = _load_chunks(q_ptr, q_rows, q_ok, sq_t, D, BLOCK_DK, D_CHUNKS)  # each chunk serves Sᵀ and dK
+        dos = _load_chunks(do_ptr, q_rows, q_ok, sdo_t, D, BLOCK_DK, D_CHUNKS)
+        st = _chunked_scores(ks, qs, tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PRECISION, UPCAST, D_CHUNKS)
+        dpt = _chunked_scores(vs, dos, tl.zeros([BLOCK_N, BLOCK_M], tl.float32), PRECISION, UPCAST, D_CHUNKS)
         lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
         delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
         vis = visible(p[None, :], u[None, :], j[:, None], v_units[:, None], BC, PRIME, KIND) & k_ok[:, None]
         pt = tl.where(vis, tl.exp2(st * qk_scale - lse[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
         dst = pt * (dpt - delta[None, :])
-        if D_CHUNKS == 1 and BLOCK_DK == BLOCK_DV:  # one chunk, one slice: the same bytes, loaded once
-            do_slice, q_slice = doc, qc
-        else:
-            do_slice = tl.load(do_ptr + q_rows[:, None] * sdo_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
-                               other=0.0)
-            q_slice = tl.load(q_ptr + q_rows[:, None] * sq_t + dv[None, :], mask=q_ok[:, None] & dv_ok[None, :],
-                              other=0.0)
-        acc_dv = dot(pt.to(do_slice.dtype), do_slice, acc_dv, PRECISION, UPCAST)
-        acc_dk = dot(dst.to(q_slice.dtype), q_slice, acc_dk, PRECISION, UPCAST)
+        acc_dv = _chunked_dot(pt, dos, acc_dv, PRECISION, UPCAST, D_CHUNKS)
+        acc_dk = _chunked_dot(dst, qs, acc_dk, PRECISION, UPCAST, D_CHUNKS)
         if ATOMIC_DQ:
-            dq = dot(tl.trans(dst).to(k_slice.dtype), k_slice, tl.zeros([BLOCK_M, BLOCK_DV], tl.float32), PRECISION,
-                     UPCAST) * scale  # [BLOCK_M, BLOCK_DV]
-            # A plain sum: relaxed ordering, without the fence acq_rel (the default) puts before each.
-            tl.atomic_add(dq_ptr + q_rows[:, None] * D + dv[None, :], dq, mask=q_ok[:, None] & dv_ok[None, :],
-                          sem="relaxed")
+            dqs = _chunked_dot(tl.trans(dst), ks, _zero_chunks(BLOCK_M, BLOCK_DK, D_CHUNKS), PRECISION, UPCAST,
+                               D_CHUNKS)  # [BLOCK_M, BLOCK_DK] per chunk
+            for c in tl.static_range(D_CHUNKS):
+                d = c * BLOCK_DK + tl.arange(0, BLOCK_DK)
+                # A plain sum: relaxed ordering, without the fence acq_rel (the default) puts before each.
+                tl.atomic_add(dq_ptr + q_rows[:, None] * D + d[None, :], dqs[c] * scale,
+                              mask=q_ok[:, None] & (d < D)[None, :], sem="relaxed")
 
-    tl.store(dk_ptr + k_rows[:, None] * sdk_t + dv[None, :], (acc_dk * scale).to(dk_ptr.dtype.element_ty),
-             mask=k_ok[:, None] & dv_ok[None, :])
-    tl.store(dv_ptr + k_rows[:, None] * sdv_t + dv[None, :], acc_dv.to(dv_ptr.dtype.element_ty),
-             mask=k_ok[:, None] & dv_ok[None, :])
+    _store_chunks(dk_ptr, acc_dk, k_rows, k_ok, sdk_t, D, scale, BLOCK_DK, D_CHUNKS)
+    _store_chunks(dv_ptr, acc_dv, k_rows, k_ok, sdv_t, D, 1.0, BLOCK_DK, D_CHUNKS)
 
 
 @triton.jit
@@ -250,11 +260,11 @@ def _bwd_q_kernel(
     sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, sdo_n, sdo_h, sdo_t, sdq_n, sdq_h, sdq_t,
     H, LQ, LK, D, BC, PRIME, qk_scale, scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    g, dv0, nh, n, h = _program(H, D, BLOCK_DV)
+    nh, n, h = _program(H)
     D = aligned(D, ALIGN)
     q_ptr += aligned(n * sq_n + h * sq_h, ALIGN)
     k_ptr += aligned(n * sk_n + h * sk_h, ALIGN)
@@ -266,54 +276,50 @@ def _bwd_q_kernel(
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
 
-    base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, g, LQ, LK, BC, PRIME, KIND, BLOCK_M)
-
-    dk = tl.arange(0, BLOCK_DK)
-    dv = dv0 + tl.arange(0, BLOCK_DV)
-    dv_ok = dv < D
-    if D_CHUNKS == 1:
-        qc = tl.load(q_ptr + q_rows[:, None] * sq_t + dk[None, :], mask=q_ok[:, None] & (dk < D)[None, :], other=0.0)
-        doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + dk[None, :], mask=q_ok[:, None] & (dk < D)[None, :],
-                      other=0.0)
+    base, step, u, q_ok, p, q_rows, lo, hi = _query_tile(pid_m, tl.program_id(1), LQ, LK, BC, PRIME, KIND, BLOCK_M)
+    qs = _load_chunks(q_ptr, q_rows, q_ok, sq_t, D, BLOCK_DK, D_CHUNKS)  # this program's queries, loaded once
+    dos = _load_chunks(do_ptr, q_rows, q_ok, sdo_t, D, BLOCK_DK, D_CHUNKS)
     lse = tl.load(lse_ptr + q_rows, mask=q_ok, other=float("inf"))
     delta = tl.load(delta_ptr + q_rows, mask=q_ok, other=0.0)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    acc = _zero_chunks(BLOCK_M, BLOCK_DK, D_CHUNKS)  # dQ, [BLOCK_M, BLOCK_DK] per chunk
+    for start in range(lo, hi, BLOCK_N):  # the innermost loop: Triton streams its loads num_stages deep
         v_units = start + tl.arange(0, BLOCK_N)
         k_ok = v_units < hi
         j = base + step * v_units
         k_rows = j.to(tl.int64)
-        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        if D_CHUNKS == 1:  # no chunk loop: this key loop is the innermost, the one Triton pipelines
-            d_ok = (dk < D)[None, :]
-            kc = tl.load(k_ptr + k_rows[:, None] * sk_t + dk[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-            vc = tl.load(v_ptr + k_rows[:, None] * sv_t + dk[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-            s = dot(qc, tl.trans(kc), s, PRECISION, UPCAST)
-            dp = dot(doc, tl.trans(vc), dp, PRECISION, UPCAST)
-        else:
-            for c in range(tl.cdiv(D, BLOCK_DK)):  # a loop over a run-time count, never unrolled
-                d = c * BLOCK_DK + dk
-                d_ok = (d < D)[None, :]
-                qc = tl.load(q_ptr + q_rows[:, None] * sq_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-                doc = tl.load(do_ptr + q_rows[:, None] * sdo_t + d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-                kc = tl.load(k_ptr + k_rows[:, None] * sk_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-                vc = tl.load(v_ptr + k_rows[:, None] * sv_t + d[None, :], mask=k_ok[:, None] & d_ok, other=0.0)
-                s = dot(qc, tl.trans(kc), s, PRECISION, UPCAST)
-                dp = dot(doc, tl.trans(vc), dp, PRECISION, UPCAST)
+        ks = _load_chunks(k_ptr, k_rows, k_ok, sk_t, D, BLOCK_DK, D_CHUNKS)  # each chunk serves S and dQ
+        vs = _load_chunks(v_ptr, k_rows, k_ok, sv_t, D, BLOCK_DK, D_CHUNKS)
+        s = _chunked_scores(qs, ks, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PRECISION, UPCAST, D_CHUNKS)
+        dp = _chunked_scores(dos, vs, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PRECISION, UPCAST, D_CHUNKS)
         vis = visible(p[:, None], u[:, None], j[None, :], v_units[None, :], BC, PRIME, KIND) & k_ok[None, :]
         pr = tl.where(vis, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         ds = pr * (dp - delta[:, None])
-        if D_CHUNKS == 1 and BLOCK_DK == BLOCK_DV:  # one chunk, one slice: the same bytes, loaded once
-            k_slice = kc
-        else:
-            k_slice = tl.load(k_ptr + k_rows[:, None] * sk_t + dv[None, :], mask=k_ok[:, None] & dv_ok[None, :],
-                              other=0.0)
-        acc = dot(ds.to(k_slice.dtype), k_slice, acc, PRECISION, UPCAST)
+        acc = _chunked_dot(ds, ks, acc, PRECISION, UPCAST, D_CHUNKS)
 
-    tl.store(dq_ptr + q_rows[:, None] * sdq_t + dv[None, :], (acc * scale).to(dq_ptr.dtype.element_ty),
-             mask=q_ok[:, None] & dv_ok[None, :])
+    _store_chunks(dq_ptr, acc, q_rows, q_ok, sdq_t, D, scale, BLOCK_DK, D_CHUNKS)
+
+
+@triton.jit
+def _delta_kernel(
+    do_ptr, o_ptr, delta_ptr, sdo_n, sdo_h, sdo_t, so_n, so_h, so_t, H, LQ, D,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr,
+):
+    """Δ = rowsum(dO ∘ O) in fp32 [N·H, LQ]: the softmax backward's correction term, each row of
+    dO and O read once (in PyTorch it took fp32 copies of both first). BLOCK_D covers the width."""
+    nh, n, h = _program(H)
+    D = aligned(D, ALIGN)
+    do_ptr += aligned(n * sdo_n + h * sdo_h, ALIGN)
+    o_ptr += aligned(n * so_n + h * so_h, ALIGN)
+    sdo_t, so_t = aligned(sdo_t, ALIGN), aligned(so_t, ALIGN)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] queries
+    ok = rows < LQ
+    rows64 = rows.to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    m = ok[:, None] & (d < D)[None, :]
+    do = tl.load(do_ptr + rows64[:, None] * sdo_t + d[None, :], mask=m, other=0.0).to(tl.float32)
+    o = tl.load(o_ptr + rows64[:, None] * so_t + d[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + nh.to(tl.int64) * LQ + rows64, tl.sum(do * o, 1), mask=ok)
 
 
 # -- launchers ----------------------------------------------------------------------------------
@@ -323,10 +329,9 @@ class AttentionConfig:
 
     block_m: int  # query tile
     block_n: int  # key tile
-    block_dk: int  # width chunk of q·kᵀ and dO·vᵀ
-    block_dv: int  # width slice of the accumulators; wider heads split over programs
+    block_dk: int  # width chunk: every operand and accumulator is held as ceil(d / block_dk) chunks
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 KERNELS = ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q")
@@ -340,66 +345,75 @@ def _width_chunk(d: int) -> int:
     return 16
 
 
-# Tiles per kernel: (block_m, block_n, block_dk, block_dv, num_warps, num_stages), for bf16 and fp16
-# (2 bytes, on the tensor cores) by width class (_width_class), for fp32 (4, on the CUDA cores) one
-# for every width. Each is the first of a list of candidates, largest first, that fit an H200 block (shared memory,
-# registers, no spills) for every pattern with both Triton 3.6 and 3.9 in the resource check
-# (benchmarks/kernel_resources.py, which compiles every configuration chosen here). Not yet timed on
-# a GPU. block_dk 0: _width_chunk(d); block_dv 0: the head's own width (up to 256). The program tile
-# of bwd_kv is block_n keys, of bwd_q block_m queries. fp32's products are unrolled FMA chains
-# whose operands sit in registers for the whole contraction, so fp32 tiles contract over 16.
+# Tiles per kernel: (block_m, block_n, block_dk, num_warps, num_stages), by element size (2: bf16
+# and fp16 on the tensor cores; 4: fp32 on the CUDA cores) and width class (_width_class; fp32
+# makes no aligned/unaligned difference). Each is the largest candidate tried that fits an H200
+# block (shared memory, registers, no spills) for every pattern with both Triton 3.6 and 3.9, with
+# num_stages 3, so that a copy stays in flight while the previous tile is multiplied (with 2 the
+# pipeliner waits for every copy at the top of each trip). The resource check
+# (benchmarks/kernel_resources.py) compiles every configuration chosen here. Not yet timed on a
+# GPU. block_dk 0: _width_chunk(d). The program tile of bwd_kv is block_n keys, of bwd_q block_m
+# queries; bwd_kv's block_n at least the released block_ctx (64) means a query tile is read by one
+# key program of a block layer. Heads of 480 keep both accumulators of bwd_kv in registers only
+# with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
 _TILES = {
-    ("fwd", 2, "64"): (128, 64, 0, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 0, 8, 3),
-    ("fwd", 2, "wide"): (64, 64, 0, 0, 8, 2), ("fwd", 2, "wide, unaligned"): (64, 32, 0, 0, 8, 2),
-    ("bwd_kv", 2, "64"): (64, 64, 0, 0, 8, 3), ("bwd_kv", 2, "128"): (64, 64, 0, 0, 8, 2),
-    ("bwd_kv", 2, "wide"): (64, 32, 0, 0, 8, 2), ("bwd_kv", 2, "wide, unaligned"): (64, 32, 0, 128, 8, 2),
-    ("bwd_kv_atomic", 2, "64"): (64, 64, 0, 0, 8, 3), ("bwd_kv_atomic", 2, "128"): (64, 64, 0, 0, 8, 2),
-    ("bwd_kv_atomic", 2, "wide"): (64, 32, 0, 128, 8, 2),
-    ("bwd_kv_atomic", 2, "wide, unaligned"): (64, 32, 0, 128, 8, 2),
-    ("bwd_q", 2, "64"): (128, 64, 0, 0, 8, 3), ("bwd_q", 2, "128"): (128, 64, 0, 0, 8, 3),
-    ("bwd_q", 2, "wide"): (64, 64, 0, 0, 8, 2), ("bwd_q", 2, "wide, unaligned"): (64, 64, 0, 0, 8, 2),
-    ("fwd", 4): (32, 16, 16, 128, 4, 2), ("bwd_kv", 4): (32, 32, 16, 128, 4, 1),
-    ("bwd_kv_atomic", 4): (32, 16, 16, 64, 4, 1), ("bwd_q", 4): (16, 16, 16, 64, 4, 1),
+    ("fwd", 2, "64"): (128, 64, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 8, 3),
+    ("fwd", 2, "256"): (64, 64, 0, 8, 3), ("fwd", 2, "256, unaligned"): (128, 32, 0, 8, 3),
+    ("fwd", 2, "512"): (64, 16, 128, 8, 3),
+    ("bwd_kv", 2, "64"): (64, 64, 0, 8, 3), ("bwd_kv", 2, "128"): (32, 64, 0, 8, 3),
+    ("bwd_kv", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv", 2, "256, unaligned"): (32, 64, 0, 8, 3),
+    ("bwd_kv", 2, "512"): (16, 32, 128, 8, 3),
+    ("bwd_kv_atomic", 2, "64"): (64, 64, 0, 8, 3), ("bwd_kv_atomic", 2, "128"): (32, 64, 0, 8, 3),
+    ("bwd_kv_atomic", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv_atomic", 2, "256, unaligned"): (16, 32, 0, 8, 3),
+    ("bwd_kv_atomic", 2, "512"): (32, 16, 128, 8, 3),
+    ("bwd_q", 2, "64"): (128, 64, 0, 8, 3), ("bwd_q", 2, "128"): (128, 64, 0, 8, 3),
+    ("bwd_q", 2, "256"): (64, 32, 0, 8, 3), ("bwd_q", 2, "256, unaligned"): (64, 64, 0, 8, 3),
+    ("bwd_q", 2, "512"): (32, 32, 128, 8, 3),
+    ("fwd", 4, "64"): (32, 32, 16, 4, 3), ("fwd", 4, "128"): (32, 32, 16, 4, 3), ("fwd", 4, "256"): (32, 16, 32, 4, 3),
+    ("bwd_kv", 4, "64"): (16, 16, 16, 8, 3), ("bwd_kv", 4, "128"): (16, 16, 64, 4, 3),
+    ("bwd_kv", 4, "256"): (16, 16, 32, 4, 3),
+    ("bwd_kv_atomic", 4, "64"): (32, 16, 16, 8, 3), ("bwd_kv_atomic", 4, "128"): (16, 16, 16, 4, 3),
+    ("bwd_kv_atomic", 4, "256"): (16, 16, 16, 8, 3),
+    ("bwd_q", 4, "64"): (16, 16, 16, 8, 3), ("bwd_q", 4, "128"): (16, 16, 64, 4, 3), ("bwd_q", 4, "256"): (32, 16, 16, 4, 3),
 }
 
 
 def _width_class(d: int) -> str:
-    """16-bit heads up to 64, up to 128, or wider; a wide head whose width is not a multiple of 8
-    elements (150: the 5b priors) loads 4 bytes at a time and needs other tiles."""
-    if d <= 64:
-        return "64"
-    if d <= 128:
-        return "128"
-    return "wide" if d % 8 == 0 else "wide, unaligned"
+    """16-bit heads up to 64, 128, 256 or 512 wide; a head up to 256 whose width is not a multiple
+    of 8 elements (150: the 5b priors) loads 4 bytes at a time and needs other tiles."""
+    for top in (64, 128, 256):
+        if d <= top:
+            return str(top) if top < 256 or d % 8 == 0 else "256, unaligned"
+    return "512"
 
 
 def config_for(d: int, dtype: torch.dtype, kernel: str = "fwd") -> AttentionConfig:
     """Tiles of ``kernel`` (one of :data:`KERNELS`) for head width d and this dtype."""
-    key = (kernel, 4) if dtype == torch.float32 else (kernel, 2, _width_class(d))
-    block_m, block_n, block_dk, block_dv, num_warps, num_stages = _TILES[key]
-    block_dv = min(block_dv or 256, max(16, triton.next_power_of_2(d)))
-    return AttentionConfig(block_m, block_n, block_dk or _width_chunk(d), block_dv, num_warps, num_stages)
+    width = _width_class(d)
+    key = (kernel, dtype.itemsize, width.removesuffix(", unaligned") if dtype == torch.float32 else width)
+    block_m, block_n, block_dk, num_warps, num_stages = _TILES[key]
+    return AttentionConfig(block_m, block_n, block_dk or _width_chunk(d), num_warps, num_stages)
 
 
 def launch_config(kind: int, d: int, dtype: torch.dtype, cfg: AttentionConfig, align: int) -> tuple[dict, dict]:
     """(compile-time constants, launch options) of a kernel with tiles ``cfg``."""
     constexprs = dict(
         KIND=kind, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=cfg.block_dk,
-        D_CHUNKS=triton.cdiv(d, cfg.block_dk), BLOCK_DV=cfg.block_dv,
+        D_CHUNKS=triton.cdiv(d, cfg.block_dk),
         PRECISION=dot_precision(dtype, "ieee"), UPCAST=upcast_dot(dtype), ALIGN=align,
     )
     return constexprs, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True)
 
 
-def _grid(kind: int, length: int, lk: int, block: int, block_ctx: int, d: int, cfg: AttentionConfig, nh: int):
-    """(tiles, groups × width slices, N·H) covering ``length`` positions (queries or keys) of a
-    key sequence of ``lk``; column attention has one group per column."""
+def _grid(kind: int, length: int, lk: int, block: int, block_ctx: int, nh: int):
+    """(tiles, groups, N·H) covering ``length`` positions (queries or keys) of a key sequence of
+    ``lk``; column attention has one group per column."""
     if kind == KIND_COLUMN:
         groups = min(block_ctx, lk)
         tiles = triton.cdiv(triton.cdiv(length, block_ctx), block)
     else:
         groups, tiles = 1, triton.cdiv(length, block)
-    return tiles, groups * triton.cdiv(d, cfg.block_dv), nh
+    return tiles, groups, nh
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -419,7 +433,7 @@ def forward(
     lk = k.shape[2]
     cfg = cfg or config_for(d, q.dtype, "fwd")
     constexprs, options = launch_config(kind, d, q.dtype, cfg, alignment(d, q, k, v, out))
-    launch(_fwd_kernel, _grid(kind, lq, lk, cfg.block_m, block_ctx, d, cfg, n * h),
+    launch(_fwd_kernel, _grid(kind, lq, lk, cfg.block_m, block_ctx, n * h),
            q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
            h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, **constexprs, **options)
 
@@ -434,14 +448,17 @@ def backward(
     ``cfg`` (tests) replaces the tiles of both backward kernels."""
     n, h, lq, d = q.shape
     lk = k.shape[2]
-    # Δ = rowsum(dO ∘ O): the softmax backward's correction term, fp32 [N, H, Lq].
-    delta = (do.float() * out.float()).sum(-1).contiguous()
+    delta = torch.empty(n, h, lq, dtype=torch.float32, device=q.device)  # Δ = rowsum(dO ∘ O)
+    block_d = max(16, triton.next_power_of_2(d))
+    block_m = max(4, 2048 // block_d)  # a [block_m, block_d] tile: 16 fp32 values a thread for each of dO and O
+    launch(_delta_kernel, (triton.cdiv(lq, block_m), 1, n * h), do, out, delta, *_strides(do), *_strides(out), h, lq,
+           d, BLOCK_M=block_m, BLOCK_D=block_d, ALIGN=alignment(d, do, out), num_warps=4)
     common = (h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, scale)
     align = alignment(d, q, k, v, do, dq, dk, dv)
     kv_cfg = cfg or config_for(d, q.dtype, "bwd_kv" if deterministic else "bwd_kv_atomic")
     constexprs, options = launch_config(kind, d, q.dtype, kv_cfg, align)
     dq_acc = None if deterministic else torch.zeros(n, h, lq, d, dtype=torch.float32, device=q.device)
-    launch(_bwd_kv_kernel, _grid(kind, lk, lk, kv_cfg.block_n, block_ctx, d, kv_cfg, n * h),
+    launch(_bwd_kv_kernel, _grid(kind, lk, lk, kv_cfg.block_n, block_ctx, n * h),
            q, k, v, do, lse, delta, dk, dv, dq if dq_acc is None else dq_acc,
            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
            *common, ATOMIC_DQ=not deterministic, **constexprs, **options)
@@ -450,7 +467,7 @@ def backward(
         return
     q_cfg = cfg or config_for(d, q.dtype, "bwd_q")
     constexprs, options = launch_config(kind, d, q.dtype, q_cfg, align)
-    launch(_bwd_q_kernel, _grid(kind, lq, lk, q_cfg.block_m, block_ctx, d, q_cfg, n * h),
+    launch(_bwd_q_kernel, _grid(kind, lq, lk, q_cfg.block_m, block_ctx, n * h),
            q, k, v, do, lse, delta, dq,
            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
            *common, **constexprs, **options)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import triton
@@ -27,7 +27,7 @@ import triton.language as tl
 
 from . import interpreter_on
 
-__all__ = ["upcast_dot", "dot_precision", "dot", "aligned", "alignment", "launch", "compile_only"]
+__all__ = ["upcast_dot", "dot_precision", "dot", "aligned", "alignment", "launch", "compile_only", "Compiled"]
 
 
 def upcast_dot(dtype: torch.dtype) -> bool:
@@ -86,6 +86,16 @@ def alignment(d: int, *tensors: torch.Tensor) -> int:
     return align
 
 
+class Compiled(NamedTuple):
+    """One launch as :func:`compile_only` records it: what was compiled, and for what."""
+
+    kernel: object  # the JIT function
+    grid: tuple[int, ...]
+    compiled: object  # Triton's CompiledKernel
+    args: tuple  # the launch's arguments, as passed
+    kwargs: dict  # its compile-time constants and options
+
+
 # While compile_only() is active: the list that launches append their compiled kernels to.
 _compiled: contextvars.ContextVar[list | None] = contextvars.ContextVar("jukebox_fast_compile_only", default=None)
 
@@ -96,14 +106,14 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs):
     compiled = _compiled.get()
     if compiled is None:
         return kernel[grid](*args, **kwargs)
-    compiled.append((kernel, grid, kernel.warmup(*args, grid=grid, **kwargs)))
+    compiled.append(Compiled(kernel, grid, kernel.warmup(*args, grid=grid, **kwargs), args, kwargs))
     return None
 
 
 @contextlib.contextmanager
 def compile_only() -> Iterator[list]:
     """Launchers called inside compile and record instead of running: yields the list of
-    (kernel, grid, CompiledKernel) they produce. Their tensors may live on the meta device, whose
+    :class:`Compiled` launches they produce. Their tensors may live on the meta device, whose
     pointers specialise as aligned, as the caching allocator's do."""
     compiled: list = []
     token = _compiled.set(compiled)

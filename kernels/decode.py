@@ -60,7 +60,8 @@ def _decode_kernel(
     m_i = tl.full((), float("-inf"), tl.float32)
     l_i = tl.full((), 0.0, tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    # num_stages stated: Triton streams the loads of a loop without tl.dot only when the loop asks
+    for start in tl.range(lo, hi, BLOCK_N, num_stages=3):
         s = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] slots
         ok = s < hi
         s64 = s.to(tl.int64)
@@ -106,7 +107,7 @@ def merge(part_ptr, nh, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.c
     total = tl.sum(tl.where(l > 0.0, l * tl.exp2(m - m_all), 0.0), 0)
     d = tl.arange(0, BLOCK_D)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    for c in range(0, SPLITS, CHUNK):
+    for c in tl.range(0, SPLITS, CHUNK, num_stages=3):
         sc = c + tl.arange(0, CHUNK)
         weight = tl.where(tl.load(base + sc * row + BLOCK_D + 1, cache_modifier=".cg") > 0.0,
                           tl.exp2(tl.load(base + sc * row + BLOCK_D, cache_modifier=".cg") - m_all),
@@ -115,12 +116,15 @@ def merge(part_ptr, nh, SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.c
     return acc / tl.where(total > 0.0, total, 1.0)
 
 
-def decode_config(d: int) -> dict:
-    """Compile-time constants and launch options for head width d."""
+def decode_config(d: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Compile-time constants and launch options for head width d (BLOCK_N and BLOCK_D do not
+    depend on the dtype)."""
     block_d = max(16, triton.next_power_of_2(d))
-    # 8 warps only at 128 wide: at 256 and 512, Triton 3.6 capped 8-warp programs at 80 registers
-    # and spilled the split merge (1b_lyrics' step, bf16/fp16); 4 warps fit with no stack.
-    return dict(BLOCK_N=max(16, min(64, 8192 // block_d)), BLOCK_D=block_d, num_warps=8 if block_d == 128 else 4,
+    # Three tiles of k and v in flight (the loop's num_stages). Past 64 wide they are shared by 8
+    # warps, except 16-bit heads of 129-256 (the 5b's 150), where 8 warps spilled and 4 fit; fp32
+    # there spilled with 4. Tried over every pattern with Triton 3.6 and 3.9.
+    warps = 4 if block_d <= 64 or (block_d == 256 and dtype != torch.float32) else 8
+    return dict(BLOCK_N=16 if block_d >= 256 else min(64, 8192 // block_d), BLOCK_D=block_d, num_warps=warps,
                 enable_fp_fusion=True)
 
 
@@ -153,7 +157,7 @@ def decode(
     ``splits`` > 1 (a power of two), ``partials`` fp32 [N·H, splits, BLOCK_D + 2] is the shares'
     scratch and ``counts`` int32 [N·H], zero, their counters (left at zero)."""
     n, h, d = q.shape
-    config = decode_config(d)
+    config = decode_config(d, k.dtype)  # the cache's dtype (the step's q is fp32)
     align = alignment(d, q, k, v, out)
     if splits > 1:
         assert splits & (splits - 1) == 0 and partials is not None and counts is not None

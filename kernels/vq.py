@@ -1,7 +1,8 @@
 """Nearest-codebook search for the VQ bottleneck, with the training outputs fused in.
 
-``search`` tiles x[N, D] into blocks of BLOCK_N rows. Each program keeps its x tile on chip (in
-registers, or in chunks of BLOCK_D columns for rows wider than 64), walks the codebook in tiles of
+``search`` tiles x[N, D] into blocks of BLOCK_N rows. Each program reads its x tile once and keeps
+it on chip (as chunks of BLOCK_D columns for rows wider than 64, an unrolled tuple, so that the
+codebook loop stays the innermost loop and its tiles stream), walks the codebook in tiles of
 BLOCK_K rows, computes x·cᵀ on the tensor cores (fp32 accumulation; fp32 inputs as three TF32
 products, see ``common``) and keeps a running min and argmin per row: the N×K distance matrix
 never reaches memory. Any D from 1 to 256.
@@ -22,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot, dot_precision, launch, upcast_dot
+from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 
 __all__ = ["search", "search_config", "segment_sums", "segment_sums_config", "errors_size", "MAX_WIDTH"]
 
@@ -36,43 +37,44 @@ def _search_kernel(
     N, K, D, stride_x, stride_c, stride_q,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
     PRECISION: tl.constexpr, QUANTISE: tl.constexpr, ATOMIC_STATS: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    # Widths and strides the launcher found divisible by ALIGN elements: D = 100 or 140 in 16 bits
+    # loads 8 bytes at a time, which an asynchronous copy needs (2-byte loads stay synchronous).
+    D = aligned(D, ALIGN)
+    stride_x, stride_c, stride_q = aligned(stride_x, ALIGN), aligned(stride_c, ALIGN), aligned(stride_q, ALIGN)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     row_ok = rows < N
     rows64 = rows.to(tl.int64)  # N·D may pass 2³¹
     x_rows = x_ptr + rows64[:, None] * stride_x  # [BLOCK_N, 1]
+    xs = ()  # the x tile, read once: D_CHUNKS chunks [BLOCK_N, BLOCK_D], on chip for the search and the epilogue
     x_sq = tl.zeros([BLOCK_N], tl.float32)
     for ci in tl.static_range(D_CHUNKS):  # ‖x‖² over the width, a chunk at a time
         cols = ci * BLOCK_D + tl.arange(0, BLOCK_D)
-        xf = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0).to(tl.float32)
+        xs += (tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0),)
+        xf = xs[ci].to(tl.float32)
         x_sq += tl.sum(xf * xf, axis=1)
     # A row whose ‖x‖² is NaN or inf searches as zeros and reports (index 0, NaN) at the end, as
     # the reference does: non-finite values never reach the min/argmin, whose NaN rules differ
     # between the GPU and the interpreter.
     x_bad = (x_sq != x_sq) | (x_sq == float("inf"))
     x_sq = tl.where(x_bad, 0.0, x_sq)
-    if D_CHUNKS == 1:  # the whole row fits one chunk: it stays in registers for the search
-        cols = tl.arange(0, BLOCK_D)
-        x = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
-        x = tl.where(x_bad[:, None], 0.0, x).to(x_ptr.dtype.element_ty)
+    xq = ()  # what the search multiplies: a row that is not finite as zeros
+    for ci in tl.static_range(D_CHUNKS):
+        xq += (tl.where(x_bad[:, None], 0.0, xs[ci]).to(x_ptr.dtype.element_ty),)
 
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
-    for k0 in range(0, K, BLOCK_K):  # the innermost run-time loop: Triton pipelines its loads
+    for k0 in range(0, K, BLOCK_K):  # the innermost loop: Triton streams the codebook tiles num_stages deep
         codes = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         code_ok = codes < K
         c_rows = c_ptr + codes.to(tl.int64)[:, None] * stride_c  # [BLOCK_K, 1]
         xc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for ci in tl.static_range(D_CHUNKS):  # unrolled: x·cᵀ as a sum over width chunks
             cols = ci * BLOCK_D + tl.arange(0, BLOCK_D)
-            col_ok = cols < D
-            if D_CHUNKS != 1:  # a wide row is read again per codebook tile (from L1/L2), a chunk at a time
-                x = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-                x = tl.where(x_bad[:, None], 0.0, x).to(x_ptr.dtype.element_ty)
-            c = tl.load(c_rows + cols[None, :], mask=code_ok[:, None] & col_ok[None, :], other=0.0)  # [BLOCK_K, BLOCK_D]
-            xc = dot(x, tl.trans(c), xc, PRECISION, UPCAST_DOT)  # [BLOCK_N, BLOCK_K]
+            c = tl.load(c_rows + cols[None, :], mask=code_ok[:, None] & (cols < D)[None, :], other=0.0)  # [BLOCK_K, BLOCK_D]
+            xc = dot(xq[ci], tl.trans(c), xc, PRECISION, UPCAST_DOT)  # [BLOCK_N, BLOCK_K]
         # Padding codes and rows the caller excluded (later duplicates) carry an infinite norm.
         c_sq = tl.load(c_sq_ptr + codes, mask=code_ok, other=float("inf"))
         # (‖x‖² − 2·x·c) + ‖c‖²: the reference's order of operations, so equal dot products give
@@ -97,7 +99,7 @@ def _search_kernel(
             cols = ci * BLOCK_D + tl.arange(0, BLOCK_D)
             ok = row_ok[:, None] & (cols < D)[None, :]
             # x as loaded (NaN reaches the commit sum), and its code's row, gathered from L2
-            xf = tl.load(x_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            xf = xs[ci].to(tl.float32)
             q = tl.load(c_ptr + best64[:, None] * stride_c + cols[None, :], mask=ok, other=0.0)  # [BLOCK_N, BLOCK_D]
             tl.store(q_ptr + rows64[:, None] * stride_q + cols[None, :], q, mask=ok)
             diff = tl.where(ok, xf - q.to(tl.float32), 0.0)
@@ -113,17 +115,18 @@ def _search_kernel(
 @triton.jit
 def _segment_sums_kernel(
     x_ptr, order_ptr, starts_ptr, counts_ptr, sums_ptr, D, stride_x,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # One program per code, adding its rows (those of order[start : start + count]) in a fixed
     # order, so the result does not depend on scheduling.
     code = tl.program_id(0)
+    D, stride_x = aligned(D, ALIGN), aligned(stride_x, ALIGN)  # wide enough loads to copy asynchronously
     start = tl.load(starts_ptr + code)
     count = tl.load(counts_ptr + code)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
     acc = tl.zeros([BLOCK_D], tl.float32)
-    for j in range(0, count, BLOCK_M):
+    for j in tl.range(0, count, BLOCK_M, num_stages=3):  # no tl.dot: streamed only if asked
         m = j + tl.arange(0, BLOCK_M)  # [BLOCK_M]
         ok = m < count
         r = tl.load(order_ptr + start + m, mask=ok, other=0)
@@ -136,13 +139,15 @@ def _segment_sums_kernel(
 # (BLOCK_N rows, BLOCK_K codes, BLOCK_D width chunk (0: the whole row, padded to a power of two),
 # num_warps, num_stages). Each is the largest candidate that compiles for an H200 block without
 # spills for all three variants (search, fused statistics with atomics, and without) with both
-# Triton 3.6 and 3.9; benchmarks/kernel_resources.py sweeps D = 16, 64, 100, 128, 140, 256. A wide
-# row is a sum over chunks inside the codebook loop (the compiler keeps the row's chunks in shared
-# memory): a whole 100-256-wide row spilled in fp32 (three TF32 products) and, at widths that are
-# not a power of two, in the 16-bit fused variants. Not yet timed on a GPU.
+# Triton 3.6 and 3.9; benchmarks/kernel_resources.py sweeps D = 16, 64, 100, 128, 140, 256. Three
+# stages everywhere, so that a codebook tile is in flight while the previous one is multiplied (two
+# made the pipeliner wait for every copy). A wide row is a sum over chunks inside the codebook loop,
+# its chunks loaded once before it: a whole 100-256-wide row spilled in fp32 (three TF32 products)
+# and, at widths that are not a power of two, in the 16-bit fused variants; fp32 rows of 256 with
+# 64 codes a tile needed 272 KiB of shared memory, so fp32 takes 32. Not yet timed on a GPU.
 _TILES = {
     (2, False): (128, 64, 0, 8, 3), (2, True): (64, 64, 64, 8, 3),
-    (4, False): (128, 64, 0, 8, 3), (4, True): (64, 64, 32, 8, 2),
+    (4, False): (128, 64, 0, 8, 3), (4, True): (64, 32, 32, 8, 3),
 }
 
 
@@ -198,10 +203,11 @@ def search(
         quantised = errors = indices  # placeholders the kernel never touches
     if not atomic_stats:
         counts = sums = indices
+    align = alignment(d, x, codebook, *([quantised] if quantise else []))
     launch(_search_kernel, (triton.cdiv(n, constexprs["BLOCK_N"]),),
         x, codebook, code_sq, indices, distances, quantised, errors, counts, sums,
         n, codebook.shape[0], d, x.stride(0), codebook.stride(0), quantised.stride(0) if quantise else 0,
-        **constexprs, **options,
+        ALIGN=align, **constexprs, **options,
     )
 
 
@@ -215,7 +221,8 @@ def segment_sums(
 ) -> None:
     """sums[k] = Σ x[order[starts[k] : starts[k] + counts[k]]], in that order (fp32 [K, D])."""
     k, d = sums.shape
-    launch(_segment_sums_kernel, (k,), x, order, starts, counts, sums, d, x.stride(0), **segment_sums_config(d))
+    launch(_segment_sums_kernel, (k,), x, order, starts, counts, sums, d, x.stride(0), ALIGN=alignment(d, x),
+           **segment_sums_config(d))
 
 
 def segment_sums_config(d: int) -> dict:

@@ -31,7 +31,8 @@ import kernel_resources  # noqa: E402
 GPU_IMAGE_TRITON = "3.6.0"  # the device tool's KINDS.md: the H200 image's Triton
 TABLE = ROOT / "benchmarks" / "results" / "kernels_sm90.md"
 COMPARED = ("kernel", "tiles", "warps", "stages", "shared (B)", "registers", "stack", "local", "blocks/SM",
-            "matrix", "atomics", "load B", "pipelined", "ok")
+            "matrix", "atomics", "load B", "pipelined", "loaded MB", "GFLOP", "ok")
+PERFORMANCE = ("launches", "moved MB", "unique MB", "ratio", "GFLOP", "floor µs", "bytes µs", "pipelined", "bytes rule")
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +89,14 @@ def test_the_sample_compiles_to_the_tables_numbers_with_both_versions(sample, co
             continue
         # A case may compile one kernel several times (a step's layers of different kinds): its
         # rows are compared as a set per configuration.
-        _, mine = kernel_resources.read_markdown(kernel_resources.markdown([rep]))
+        text = kernel_resources.markdown([rep])
+        _, mine = kernel_resources.read_markdown(text)
+        mine_perf, table_perf = kernel_resources.read_performance(text), kernel_resources.read_performance(TABLE.read_text())
         for config in {r["configuration"] for r in mine[version]}:
-            def rows(source):
-                return sorted(tuple(r[k] for k in COMPARED) for r in source if r["configuration"] == config)
+            def rows(source, columns=COMPARED):
+                return sorted(tuple(r[k] for k in columns) for r in source if r["configuration"] == config)
             assert rows(mine[version]) == rows(tables[version]), f"Triton {version}: {config}"
+            assert rows(mine_perf[version], PERFORMANCE) == rows(table_perf[version], PERFORMANCE), config
             compared += 1
     in_table = sum(rep["versions"]["triton"] in tables for rep in sample)
     assert in_table >= 1 and compared == in_table * len(kernel_resources.sample_cases())
@@ -131,6 +135,46 @@ def test_width_150_loads_more_than_one_element_at_a_time(committed):
             assert int(r["load B"]) >= 4, (version, r)
 
 
+def test_every_hot_loop_streams(committed):
+    # Pipelined "yes": every loop that multiplies or loads 2-D tiles is innermost, loads them by
+    # asynchronous copies and keeps one in flight. "-": no such loop.
+    for version, r in _rows(committed):
+        known = kernel_resources.expected(r["op"], r["configuration"])
+        if known is None or known.pipelined:
+            assert r["pipelined"] in ("yes", "-"), (version, r)
+
+
+def test_every_configuration_keeps_its_bytes_under_its_floor_or_says_which_issue_owns_it():
+    perf = kernel_resources.read_performance(TABLE.read_text())
+    assert GPU_IMAGE_TRITON in perf and len(perf) >= 2, list(perf)
+    expected = {(c.op, c.config) for c in kernel_resources.cases()}
+    for version, rows in perf.items():
+        assert {(r["op"], r["configuration"]) for r in rows} == expected, version
+        for r in rows:
+            floor, spent = float(r["floor µs"]), float(r["bytes µs"])
+            known = kernel_resources.expected(r["op"], r["configuration"])
+            if r["bytes rule"] == "yes":
+                assert spent <= kernel_resources.BYTES_RULE * floor + 0.1, (version, r)  # the table rounds to 0.1
+            else:  # a known failure, bounded by its own ceiling
+                assert known is not None and r["bytes rule"] == f"expected: {known.why}", (version, r)
+                assert spent <= known.ceiling * floor + 0.1, (version, r)
+            assert r["pipelined"] == "yes" or (known is not None and not known.pipelined), (version, r)
+
+
+def test_the_ttgir_reader_holds_a_loop_of_tile_loads_without_a_product_to_the_same_rule():
+    loads = """
+    %r = scf.for %i = %lo to %hi step %c32 iter_args(%a = %z) -> (tensor<256xf32>) {
+      %k_87 = tt.load %kp, %m, %c0 : tensor<32x256x!tt.ptr<bf16>> loc(#loc1)
+      scf.yield %a : tensor<256xf32> loc(#loc2)
+    } loc(#loc3)
+"""
+    assert kernel_resources.ttgir_facts(loads) == "no: no asynchronous copy; synchronous tile loads of k"
+    streamed = loads.replace("%k_87 = tt.load %kp, %m, %c0 : tensor<32x256x!tt.ptr<bf16>> loc(#loc1)",
+                             "%w = ttg.async_wait %t {num = 2 : i32} loc(#loc0)\n"
+                             "      %k_87 = ttg.async_copy_global_to_local %kp, %buf mask %m : tensor<32x256x!tt.ptr<bf16>>")
+    assert kernel_resources.ttgir_facts(streamed) == "yes"
+
+
 def test_the_blocks_per_sm_arithmetic():
     limits = kernel_resources.SM90
     assert kernel_resources.blocks_per_sm(255, 8, 0, limits) == 1  # 255 → 256 regs × 256 threads = 64 Ki
@@ -142,13 +186,19 @@ def test_the_blocks_per_sm_arithmetic():
 def test_a_table_read_back_gives_its_rows():
     row = {"op": "vq", "config": "search, x", "kernel": "_k", "tiles": "BLOCK_N=1", "warps": 4, "stages": 2,
            "shared": 10, "registers": 32, "stack": 0, "local": 0, "blocks_per_sm": 8, "tensor_cores": "",
-           "atomics": "relaxed", "load_bytes": 16, "problems": ["too big"]}
+           "atomics": "relaxed", "load_bytes": 16, "pipelined": "yes", "problems": ["too big"], "launches": 1, "loaded": 8.6e6,
+           "stored": 1.4e6, "flops": 2e9, "precision": "tf32", "unique": 5e6, "op_flops": 1e9}
     text = kernel_resources.markdown([{"versions": {"triton": "9.9", "torch": "t", "python": "p", "target": "sm",
                                                    "commit": "c"}, "rows": [row]}])
     digest, tables = kernel_resources.read_markdown(text)
     assert digest == kernel_resources.sources_digest()
     (got,) = tables["9.9"]
     assert (got["configuration"], got["registers"], got["matrix"], got["ok"]) == ("search, x", "32", "-", "NO: too big")
+    (perf,) = kernel_resources.read_performance(text)["9.9"]
+    # 10 MB moved against 5 MB unique: 2.3 µs of traffic at 4.3 TB/s against a 1.3 µs floor (1 GFLOP at 790)
+    assert (perf["moved MB"], perf["unique MB"], perf["ratio"], perf["floor µs"], perf["bytes µs"]) == (
+        "10.0", "5.0", "2.00", "1.3", "2.3")
+    assert perf["bytes rule"] == "NO"
 
 
 # TTGIR as Triton prints it, cut to what the reader looks at.

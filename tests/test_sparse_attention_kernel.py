@@ -24,7 +24,7 @@ from vq_check import poison
 
 pytestmark = [pytest.mark.interpret, pytest.mark.usefixtures("poisoned")]
 
-SMALL_TILES = kernels.AttentionConfig(block_m=16, block_n=16, block_dk=16, block_dv=16)
+SMALL_TILES = kernels.AttentionConfig(block_m=16, block_n=16, block_dk=16)
 PATTERNS = [
     AttentionPattern(Kind.DENSE), AttentionPattern(Kind.BLOCK, block_ctx=8), AttentionPattern(Kind.BLOCK, block_ctx=5),
     AttentionPattern(Kind.COLUMN, block_ctx=8), AttentionPattern(Kind.COLUMN, block_ctx=6), AttentionPattern(Kind.PREV_BLOCK, block_ctx=8),
@@ -66,15 +66,20 @@ def test_half_precision_is_within_twice_the_references_error(pattern, dtype, dev
         oracle(q, k, v, pattern, grad_out), f"{pattern_id(pattern)} {dtype}")
 
 
-@pytest.mark.parametrize("d,pattern,dtype", [
-    (150, AttentionPattern(Kind.COLUMN, block_ctx=6), torch.float32),  # 5b's width: chunks of 32, one 256-wide slice
-    (480, AttentionPattern(Kind.BLOCK, block_ctx=8), torch.bfloat16),  # the upsamplers': two 256-wide slices
-    (80, AttentionPattern(Kind.CROSS), torch.float16),  # the lyric encoder's: chunks of 16
-    (64, AttentionPattern(Kind.PREV_BLOCK, block_ctx=8), torch.bfloat16),  # one chunk, one slice: no chunk loop
-    (16, AttentionPattern(Kind.PRIME, prime_len=prime_window(10, 4)), torch.float32),  # fp32, one chunk
-], ids=["d150-column-fp32", "d480-block-bf16", "d80-cross-fp16", "d64-prev-bf16", "d16-prime-fp32"])
-def test_released_head_widths_with_the_default_tiles(d, pattern, dtype, dev):
-    lq, lk = 33, (33 if pattern.kind != Kind.CROSS else 12)
+# Every pattern at every released head width, forward and backward, with the tiles the dispatch
+# takes there (80: five 16-wide chunks; 150: five of 32; 256: four of 64, or eight of 32 in fp32;
+# 480: four of 128, in 16-bit only), each width in more than one dtype.
+RELEASED = [AttentionPattern(Kind.DENSE), AttentionPattern(Kind.BLOCK, block_ctx=8), AttentionPattern(Kind.COLUMN, block_ctx=6),
+            AttentionPattern(Kind.PREV_BLOCK, block_ctx=8), AttentionPattern(Kind.CROSS),
+            AttentionPattern(Kind.PRIME, prime_len=prime_window(10, 4))]
+RELEASED_CASES = [(d, p, [torch.bfloat16, torch.float16, torch.float32][(i + j) % (2 if d > 256 else 3)])
+                  for i, d in enumerate((80, 150, 256, 480)) for j, p in enumerate(RELEASED)]
+
+
+@pytest.mark.parametrize("d,pattern,dtype", RELEASED_CASES,
+                         ids=[f"d{d}-{pattern_id(p)}-{str(t)[6:]}" for d, p, t in RELEASED_CASES])
+def test_every_pattern_at_the_released_head_widths_with_the_default_tiles(d, pattern, dtype, dev):
+    lq, lk = 19, (19 if pattern.kind != Kind.CROSS else 12)
     q, k, v = inputs(1, 1, lq, lk, d, dtype, dev)
     grad_out = torch.randn(1, 1, lq, d, device=dev).to(dtype)
     got = run(q, k, v, pattern, "triton", grad_out)
@@ -157,6 +162,9 @@ def test_auto_takes_the_kernel_and_says_why_not(dev):
         sparse_attention(wide, wide, wide, AttentionPattern(Kind.DENSE), backend="triton")
     with pytest.raises(dispatch.BackendUnavailableError, match="one dtype"):
         sparse_attention(q, k.half(), v, AttentionPattern(Kind.DENSE), backend="triton")
+    fp32_wide = torch.randn(1, 1, 8, kernels.MAX_FP32_HEAD_DIM + 1, device=dev)  # 16-bit heads this wide do run
+    with pytest.raises(dispatch.BackendUnavailableError, match="fp32 heads up to d=256"):
+        sparse_attention(fp32_wide, fp32_wide, fp32_wide, AttentionPattern(Kind.DENSE), backend="triton")
 
 
 def _prior_step(name: str, dev: str, **overrides):

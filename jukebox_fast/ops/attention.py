@@ -165,9 +165,14 @@ def head_reasons(q, k, v, max_head_dim: int) -> list[str]:
 
 
 def _triton_supports(q, k, v, pattern, scale) -> list[str]:
-    from ..kernels.attention import MAX_HEAD_DIM
+    from ..kernels.attention import MAX_FP32_HEAD_DIM, MAX_HEAD_DIM
 
-    return dispatch.triton_reasons(q, k, v) or head_reasons(q, k, v, MAX_HEAD_DIM)
+    reasons = dispatch.triton_reasons(q, k, v) or head_reasons(q, k, v, MAX_HEAD_DIM)
+    if not reasons and q.dtype == torch.float32 and q.shape[-1] > MAX_FP32_HEAD_DIM:
+        reasons.append(f"the Triton kernel takes fp32 heads up to d={MAX_FP32_HEAD_DIM} wide, got d={q.shape[-1]} "
+                       "(wider fp32 heads spill registers on sm_90); bf16 and fp16 take heads up to "
+                       f"d={MAX_HEAD_DIM}")
+    return reasons
 
 
 def _heads_inner(like: torch.Tensor, length: int, dtype: torch.dtype, fill=None) -> torch.Tensor:

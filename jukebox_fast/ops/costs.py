@@ -18,8 +18,8 @@ import torch
 
 from .patterns import AttentionPattern
 
-__all__ = ["Cost", "vq_nearest", "vq_quantise", "sparse_attention", "visible_pairs", "decode_step",
-           "dilated_resblock"]
+__all__ = ["Cost", "vq_nearest", "vq_quantise", "sparse_attention", "visible_pairs", "decode_attention",
+           "decode_step", "dilated_resblock"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,12 @@ def sparse_attention(pattern: AttentionPattern, lq: int, lk: int, heads: int, d:
     if mode == "fwd":
         return Cost(rows * ((2 * lq + 2 * lk) * d * e + lq * 4), rows * pairs * 4 * d)
     return Cost(rows * ((4 * lq + 4 * lk) * d * e + 2 * lq * 4), rows * pairs * 10 * d)
+
+
+def decode_attention(batch: int, heads: int, d: int, slots: int, dtype: torch.dtype) -> Cost:
+    """The newest query of each sample against its cache: q read, the ``slots`` keys and values it
+    sees read, the output row written; 4·d FLOPs per slot and head."""
+    return Cost(batch * heads * d * _size(dtype) * (2 * slots + 2), batch * heads * slots * 4 * d)
 
 
 def decode_step(weights: Sequence[torch.Tensor], cache_reads: Sequence[tuple[int, int, int]], batch: int,
