@@ -15,7 +15,13 @@ from the machine code (``cuobjdump -res-usage``) the registers, stack frame and 
 thread, and works out how many blocks fit on one SM; from the PTX, the matrix instructions, the
 atomics' memory ordering and the widest global load. A configuration passes when its shared
 memory fits a block's limit (227 KiB on sm_90), it uses no stack or local memory (nothing
-spills) and at least one block fits on an SM.
+spills) and at least one block fits on an SM; its tests also ask every hot loop to stream (:func:`ttgir_facts`).
+
+Beside the resources, a performance table: what each configuration's launches load and store
+(``launch_cost.py``: grid × each program's tile loads) against the bytes its op must move
+(``jukebox_fast.ops.costs``), and its floor time at 4.3 TB/s and the peak of its products. The
+bytes rule (:data:`BYTES_RULE`) holds every configuration to its floor, or names in
+:data:`EXPECTED` why it fails and the ceiling it must stay under.
 
     python benchmarks/kernel_resources.py --out benchmarks/results/kernels_sm90.md --json res.json
     python benchmarks/kernel_resources.py --device   # on a GPU machine, for its architecture
