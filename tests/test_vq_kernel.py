@@ -238,7 +238,7 @@ def test_a_vqvae_trains_through_the_kernels_with_the_same_losses(dev, monkeypatc
     hps = hparams.get("tiny_vqvae", sample_length=2048)
     torch.manual_seed(1)
     audio = 0.3 * torch.randn(4, 2, 2048, 1, device=dev)  # four batches of two clips
-    histories = {}
+    histories, codes = {}, {}
     for backend in ("torch", "triton"):
         monkeypatch.setenv("JUKEBOX_FAST_BACKEND", backend)
         torch.manual_seed(0)
@@ -252,7 +252,7 @@ def test_a_vqvae_trains_through_the_kernels_with_the_same_losses(dev, monkeypatc
             opt.step()
             history += [float(loss.detach()), float(metrics["commit_loss"].detach()), float(metrics["fit"])]
         with torch.no_grad():
-            history += [float(z.float().mean()) for z in model.encode(audio[0])]  # mean code per level
+            codes[backend] = model.encode(audio[0])  # per level
         histories[backend] = torch.tensor(history)
         if backend == "torch":
             assert not calls, "the torch backend must not reach the kernels"
@@ -261,8 +261,12 @@ def test_a_vqvae_trains_through_the_kernels_with_the_same_losses(dev, monkeypatc
     # The kernel's fp32 product is three TF32 products (as accurate as one fp32 product, rounded
     # differently), so a distance may differ from torch's by an ulp and a near-tie pick the other
     # code; the trajectories then drift apart a little. Measured on the CPU interpreter: 2.6e-5
-    # absolute, 2.0e-4 relative at most over the 15 values; the bound leaves a factor of five.
+    # absolute, 2.0e-4 relative at most over the 12 values; the bound leaves a factor of five.
     torch.testing.assert_close(histories["triton"], histories["torch"], rtol=1e-3, atol=1e-4)
+    # Codes are compared one by one, not by their mean: one near-tie flipped (it happens with two
+    # intra-op threads, whose sums round differently from one) moved a level's mean code by 0.24.
+    for level, (got, want) in enumerate(zip(codes["triton"], codes["torch"])):
+        assert (got != want).float().mean() <= 0.02, f"level {level}: {int((got != want).sum())} of {got.numel()} codes differ"
 
 
 @pytest.mark.parametrize("d", [64, 140, 256])  # the released width; a chunked one; the widest
