@@ -338,7 +338,7 @@ KERNELS = ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q")
 
 
 def _width_chunk(d: int) -> int:
-    # The largest chunk that pads d by at most an eighth: 80 -> 16 (80), 150 -> 32 (160), 480 -> 32.
+    # The largest chunk that pads d by at most an eighth: 80 -> 16 (80), 150 -> 32 (160), 256 -> 64.
     for chunk in (64, 32):
         if triton.cdiv(d, chunk) * chunk <= d * 9 / 8:
             return chunk
