@@ -3,7 +3,8 @@
 GPU (default there): the released upsampler and 1b_lyrics shapes with random weights, the
 transformer body in bf16 (``Sampling(dtype=torch.bfloat16)``), batch 1 and 16, with each decode
 step implementation (``torch``: the PyTorch layer loop with the reference attention; ``triton``:
-the same with the Triton decode-attention kernel). A window is prefilled to ``--prefill`` tokens,
+``kernels/decode_step.py``, five launches a layer), and the Triton step with weight-only int8
+projections of the same weights. A window is prefilled to ``--prefill`` tokens,
 then ``--steps`` decode steps are timed, eagerly and replaying a CUDA graph. Bandwidth = (bytes of
 transformer weights + bytes of KV cache each step reads) / step time, against the copy bandwidth
 measured in the same run. Kernels per step: the CUDA kernels one eager step launches (profiler).
@@ -23,6 +24,7 @@ CPU check of the script).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -34,6 +36,7 @@ from common import add_smoke, device_name, median_time, record, report, sync, ve
 from jukebox_fast import extension, hparams, make_prior
 from jukebox_fast.dispatch import use_backend
 from jukebox_fast.models.decoding import IncrementalDecoder
+from jukebox_fast.models.transformer import weights_in
 from jukebox_fast.ops import costs
 from jukebox_fast.sample import Sampling, draw, sample_window
 
@@ -85,18 +88,19 @@ def kernels_per_step(decoder: IncrementalDecoder, token: torch.Tensor) -> int | 
 def gpu_rows(args, lines, device: str, peak: float, records: list[dict]) -> None:
     for name in args.models:
         prior = make_prior(hparams.get(name, **TINY) if args.dry_run else name, device=device).eval()
+        int8 = weights_in(copy.deepcopy(prior), "int8")  # weight-only int8 of the same weights
         for n in args.batch:
             zs, y = _conditioning(prior, n, device)
             with torch.no_grad():
                 tokens, x_cond, y_cond, enc, _ = prior.lm_inputs(zs[0], zs[1:], y)
             prefill = min(args.prefill, tokens.shape[1] - 1)
             times = {}
-            for step_impl in ("torch", "triton"):
+            for step_impl, model in (("torch", prior), ("triton", prior), ("triton, int8 weights", int8)):
                 for graph in (False, True) if device == "cuda" else (False,):
                     row = f"| {name} | {n} | {step_impl} | {'graph' if graph else 'eager'} |"
                     try:
-                        with use_backend(decode_layers=step_impl):
-                            decoder = IncrementalDecoder(prior.prior, n, x_cond, y_cond, enc, dtype=args.dtype)
+                        with use_backend(decode_layers=step_impl.split(",")[0]):
+                            decoder = IncrementalDecoder(model.prior, n, x_cond, y_cond, enc, dtype=args.dtype)
                     except Exception as e:  # noqa: BLE001 - an implementation that cannot run here says why
                         lines.append(f"{row} not run: {str(e).splitlines()[0][:160]} | – | – | – | – | – |")
                         continue
@@ -125,7 +129,7 @@ def gpu_rows(args, lines, device: str, peak: float, records: list[dict]) -> None
                     records.append(record("decode_layers", "triton", "torch", decoder.dtype, prior.prior.width, n,
                                           f"{name}, position {prefill}, {'CUDA graph' if graph else 'eager'}",
                                           times["triton", graph], times["torch", graph], cost, device))
-        del prior
+        del prior, int8
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -212,10 +216,6 @@ def released_rows(args, lines):
     """Decode steps at the released widths after a long prefix, timed step by step: ours with
     fp32, fp16 and int8 projection matrices (fp16 values throughout, so every row reads the same
     model) and HF's sampler (fp32), interleaved run after run in this process."""
-    import copy
-
-    from jukebox_fast.models.transformer import weights_in
-
     try:
         from test_prior_hf_parity import hf_config
         from transformers.models.deprecated.jukebox import modeling_jukebox as jukebox

@@ -211,37 +211,43 @@ def _decode(grid, a: dict) -> LaunchCost:
     return LaunchCost(loaded, stored, flops, "ieee")
 
 
+# The decode step's product launches (``kernels/decode_step.py``): name -> (input rows, weight,
+# input width, output width, LayerNorm'd input, the epilogue's extra [N, cols] tiles read, written).
+_STEP = {
+    "_qkv_kernel": ("x_ptr", "w_ptr", "W", "OUT", True, 0, None),
+    "_proj_kernel": ("o_ptr", "w_ptr", "NSTATE", "W", False, 1, 2),
+    "_fc_kernel": ("h1_ptr", "w_ptr", "W", "HIDDEN", True, 0, 1),
+    "_out_kernel": ("f_ptr", "w_ptr", "HIDDEN", "W", False, 2, 1),
+}
+
+
 def _step(name: str, grid, a: dict) -> LaunchCost:
-    """The decode step's kernels (``kernels/decode_step.py``): BLOCK_R sample rows per program."""
+    """A decode step's product launch: each program reads its rows' whole input (and, LayerNorm'd,
+    the producer's per-tile statistics and the LayerNorm's parameters), its column tile of the
+    weight (with its bias and, int8, its scales) once, and the epilogue's tiles; it writes its
+    output tile (and statistics)."""
+    x_name, w_name, k_name, out_name, norm, extra_in, extra_out = _STEP[name]
     cols_programs, row_programs = grid
-    n, br, bk = a["N"], a["BLOCK_R"], a["BLOCK_K"]
+    n, br, bo, k, out = a["N"], a["BLOCK_R"], a["BLOCK_O"], a[k_name], a[out_name]
+    ex, ew = _size(a[x_name]), _size(a[w_name])  # rows in the step's dtype, in and out
     loaded = stored = flops = 0
     for rb in range(row_programs):
         r = min(br, n - rb * br)  # sample rows this row block holds
-        if name == "_ln_qkv_kernel":
-            w, out, e = a["W"], a["OUT"], _size(a["w_ptr"])
-            for po in range(cols_programs):
-                cols = min(a["BLOCK_O"], out - po * a["BLOCK_O"])
-                # statistics (two passes) and the normalised rows: x three times, int64
-                loaded += 3 * r * w * 8 + 2 * w * 4 + w * cols * e + cols * e
-                q_cols = max(0, min(cols, a["NSTATE"] - po * a["BLOCK_O"]))
-                stored += r * q_cols * 4 + (r * (cols - q_cols) * _size(a["kc_ptr"]) if a["KIND"] != Kind.CROSS else 0)
-                flops += _cdiv(w, bk) * 2 * br * bk * a["BLOCK_O"]
-        elif name == "_proj_residual_kernel":
-            ns, w, e = a["NSTATE"], a["W"], _size(a["w_ptr"])
-            for po in range(cols_programs):
-                cols = min(a["BLOCK_O"], w - po * a["BLOCK_O"])
-                loaded += r * ns * 4 + ns * cols * e + 2 * cols * e + r * cols * 8  # a, w tile, biases, x
-                stored += r * cols * (4 + 8)  # h1 and the output row
-                flops += _cdiv(ns, bk) * 2 * br * bk * a["BLOCK_O"]
-        else:  # _mlp_kernel
-            w, hidden, e = a["W"], a["HIDDEN"], _size(a["w1_ptr"])
-            for pj in range(cols_programs):
-                j = min(a["BLOCK_J"], hidden - pj * a["BLOCK_J"])
-                loaded += 3 * r * w * 4 + 2 * w * 4 + w * j * e + j * e + j * w * e  # h1 ×3, LN, w1, b1, w2
-                stored += r * w * 8  # its share of the output row: one int64 atomic per element
-                flops += (_cdiv(w, bk) * bk * a["BLOCK_J"] + a["BLOCK_J"] * _cdiv(w, a["BLOCK_O"]) * a["BLOCK_O"]) \
-                    * 2 * br
+        for po in range(cols_programs):
+            cols = min(bo, out - po * bo)
+            loaded += r * k * ex + k * cols * ew + cols * _size(a["b_ptr"])
+            if a.get("INT8"):
+                loaded += cols * 4
+            if norm:
+                loaded += a["T"] * r * 8 + 2 * k * 4  # the statistics' tiles; LayerNorm weight and bias
+            loaded += extra_in * r * cols * ex
+            if name == "_qkv_kernel":
+                q_cols = max(0, min(cols, a["NSTATE"] - po * bo))
+                kv = cols - q_cols if a["KIND"] != Kind.CROSS else 0
+                stored += r * q_cols * _size(a["q_ptr"]) + r * kv * _size(a["kc_ptr"])
+            else:
+                stored += extra_out * r * cols * ex + (r * 8 if name in ("_proj_kernel", "_out_kernel") else 0)
+            flops += _cdiv(k, a["BLOCK_K"]) * 2 * br * a["BLOCK_K"] * bo
     return LaunchCost(loaded, stored, flops, a["PRECISION"])
 
 
@@ -260,6 +266,6 @@ def launch_cost(kernel, grid, args: tuple, kwargs: dict) -> LaunchCost:
         return _segment_sums(tuple(grid), a)
     if name == "_decode_kernel":
         return _decode(tuple(grid), a)
-    if name in ("_ln_qkv_kernel", "_proj_residual_kernel", "_mlp_kernel"):
+    if name in _STEP:
         return _step(name, tuple(grid), a)
     raise KeyError(f"no cost model for {name}")

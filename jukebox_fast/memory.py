@@ -362,8 +362,7 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
     files are loaded in turn. Without ``max_memory`` the plan is the run as asked (``sampling``'s
     dtype and batch); with it, the first way to run that fits in ``max_memory`` and in what the
     device has free: 16-bit weights (files only), then 16-bit caches, then fewer samples per
-    window pass, then int8 weights (files only; the GPU's Triton step does not take them yet, so
-    there the reference step runs). ``weights`` asks for a form from the start ("16-bit", "int8").
+    window pass, then int8 weights (files only). ``weights`` asks for a form from the start ("16-bit", "int8").
     Raises :class:`MemoryPlanError` when the plan does not fit.
     """
     from .checkpoint import PriorFile

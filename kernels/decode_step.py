@@ -1,25 +1,31 @@
-"""One decode step through a transformer layer in four launches (with ``kernels.decode``'s attention).
+"""One decode step through a transformer layer in five launches (with ``kernels.decode``'s attention).
 
 A layer is the prior's pre-LN block (``jukebox_fast.ops.decode_layers`` states it):
 
-1. ``ln_qkv``: LayerNorm of the rows entering the layer, the q | k | v projection (bias added),
+1. ``qkv``: LayerNorm of the rows entering the layer, the q | k | v projection (bias added),
    q into a scratch row, k and v into the layer's caches at this position's slot;
 2. attention over the cache (``kernels.decode``: split over the cache where that fills the GPU);
-3. ``proj_residual``: the output projection of the attention, h₁ = x + a (the MLP's LayerNorm
-   input), and the layer's output row initialised to x + r·(a + b₂);
-4. ``mlp``: LayerNorm of h₁, the MLP's first product, quick-GELU, and its second product: each
-   program takes a slice of the hidden units and adds its share of the second product into the
-   output row.
+3. ``proj``: the attention's output projection a, and h₁ = x + a, the MLP's LayerNorm input;
+4. ``fc``: LayerNorm of h₁, the MLP's first product and quick-GELU: f;
+5. ``out``: the MLP's second product m and the layer's output x + a + m (x + r·(a + m)).
 
-Every product is a matrix-vector product for up to BLOCK_R samples: each program reads its tile
-of the weight once (a step is bound by reading the weights) and the samples' rows. Operands go
-into ``tl.dot`` in the weights' dtype with fp32 accumulation, as the reference multiplies in the
-step's dtype; LayerNorm statistics, softmax and the GELU are fp32.
+Every launch is one matrix product for up to BLOCK_R samples (``_product``): a program owns
+BLOCK_O output columns over the whole input width, so each weight is read once, and no two
+programs add into one element: no atomics, and a step is bit-repeatable (sampling resumes to the
+same codes). The column tile widens with the rows a program holds (:func:`step_config`), so the
+sample rows every program reads stay an eighth of its weights.
 
-The residual stream between the kernels is fixed point: int64, 2⁻³² units. The MLP's slices add
-into the output row with integer atomics, whose sum does not depend on the order they land in,
-so a step is bit-repeatable (sampling resumes to the same codes), where fp32 atomics are not.
-Its range, ±2³¹, is far past the values a residual stream holds.
+LayerNorm statistics are computed once, where the rows are made: ``proj`` and ``out`` write
+each column tile's mean and variance per row ([tiles, N, 2], fp32), and the consumer (``fc``,
+the next layer's ``qkv``) merges the tiles in order (Chan's parallel formula) before its
+product. The step's first rows come from outside; their statistics are the launcher's one
+PyTorch reduction.
+
+Rows between launches are in the step's dtype, rounded where the reference step rounds them
+(its q, attention output, a, h₁, f and residual are tensors of that dtype); products take
+operands of that dtype with fp32 accumulation; statistics, softmax and GELU are fp32. Weights
+may be int8 with one fp32 scale per output column (``weights="int8"``): a tile is widened in
+registers, and the column's scale multiplies the product.
 
 Launchers fill buffers the caller (``jukebox_fast.ops.decode_layers``) allocated once per stack.
 """
@@ -29,87 +35,110 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot, dot_precision, launch, upcast_dot
+from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 from .patterns import KIND_CROSS, cache_slot
 
-__all__ = ["FIXED_SCALE", "ln_qkv", "proj_residual", "mlp", "step_config"]
-
-FIXED_SCALE = 2.0**32  # the residual stream's fixed-point unit is 1 / FIXED_SCALE
+__all__ = ["qkv", "proj", "fc", "out", "step_config", "tiles", "row_stats"]
 
 
 @triton.jit
-def _to_fixed(v):
-    return (v * 4294967296.0).to(tl.int64)
+def _merged_stats(stats_ptr, rows, row_ok, N, K, T, TILE):
+    """Mean and variance [BLOCK_R] of rows [N, K] whose T column tiles (TILE wide, the last
+    shorter) left their own (mean, variance) in stats [T, N, 2]: merged in tile order, so every
+    program gets the same bits."""
+    mean = tl.zeros(rows.shape, tl.float32)
+    m2 = tl.zeros(rows.shape, tl.float32)
+    count = tl.full((), 0.0, tl.float32)
+    for t in range(T):
+        c = tl.minimum(TILE, K - t * TILE).to(tl.float32)
+        at = stats_ptr + (t * N + rows.to(tl.int64)) * 2
+        mean_t = tl.load(at, mask=row_ok, other=0.0)
+        var_t = tl.load(at + 1, mask=row_ok, other=0.0)
+        total = count + c
+        delta = mean_t - mean
+        mean += delta * (c / total)
+        m2 += var_t * c + delta * delta * (count * c / total)
+        count = total
+    return mean, m2 / K
 
 
 @triton.jit
-def _from_fixed(q):
-    return q.to(tl.float32) * 2.3283064365386963e-10  # 2⁻³²
-
-
-@triton.jit
-def _row_stats(x_ptr, rows, row_ok, W, FIXED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Mean and 1/σ-ready variance of rows [BLOCK_R] of x [N, W] (fp32, or fixed point when
-    FIXED), in two passes as layer_norm computes them."""
-    total = tl.zeros([BLOCK_R], tl.float32)
-    for k0 in range(0, W, BLOCK_K):
-        x = _load_rows(x_ptr, rows, row_ok, k0, W, FIXED, BLOCK_K)
-        total += tl.sum(x, 1)
-    mean = total / W
-    sq = tl.zeros([BLOCK_R], tl.float32)
-    for k0 in range(0, W, BLOCK_K):
-        x = _load_rows(x_ptr, rows, row_ok, k0, W, FIXED, BLOCK_K)
-        k = k0 + tl.arange(0, BLOCK_K)
-        centred = tl.where((k < W)[None, :], x - mean[:, None], 0.0)
-        sq += tl.sum(centred * centred, 1)
-    return mean, sq / W
-
-
-@triton.jit
-def _load_rows(x_ptr, rows, row_ok, k0, W, FIXED: tl.constexpr, BLOCK_K: tl.constexpr):
-    """x[rows, k0 : k0 + BLOCK_K] as fp32 [BLOCK_R, BLOCK_K] (zeros outside)."""
-    k = k0 + tl.arange(0, BLOCK_K)
-    ok = row_ok[:, None] & (k < W)[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * W + k[None, :], mask=ok, other=0)
-    return _from_fixed(x) if FIXED else x.to(tl.float32)
-
-
-@triton.jit
-def _ln_rows(x_ptr, lnw_ptr, lnb_ptr, rows, row_ok, k0, W, mean, rstd, FIXED: tl.constexpr, BLOCK_K: tl.constexpr):
-    """LayerNorm of x[rows, k0 : k0 + BLOCK_K] (zeros outside), fp32."""
-    k = k0 + tl.arange(0, BLOCK_K)
-    k_ok = k < W
-    x = _load_rows(x_ptr, rows, row_ok, k0, W, FIXED, BLOCK_K)
-    g = tl.load(lnw_ptr + k, mask=k_ok, other=0.0)
-    b = tl.load(lnb_ptr + k, mask=k_ok, other=0.0)
-    h = (x - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
-    return tl.where(row_ok[:, None] & k_ok[None, :], h, 0.0)
-
-
-@triton.jit
-def _ln_qkv_kernel(
-    x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr,
-    N, W, OUT, NSTATE, D, sk_n, sk_h, sk_s, BC, NB, PRIME, eps,
-    KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):
+def _tile_stats(v, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O: tl.constexpr):
+    """This program's column tile of rows v [BLOCK_R, BLOCK_O] (fp32): its mean and variance per
+    row into stats [tiles, N, 2] at the tile's index."""
     pid_o = tl.program_id(0)
+    c = tl.minimum(BLOCK_O, W - pid_o * BLOCK_O).to(tl.float32)
+    mean = tl.sum(tl.where(col_ok[None, :], v, 0.0), 1) / c
+    centred = tl.where(col_ok[None, :], v - mean[:, None], 0.0)
+    at = stats_ptr + (pid_o * N + rows.to(tl.int64)) * 2
+    tl.store(at, mean, mask=row_ok)
+    tl.store(at + 1, tl.sum(centred * centred, 1) / c, mask=row_ok)
+
+
+@triton.jit
+def _round(v, like_ptr, UPCAST: tl.constexpr):
+    """fp32 v rounded to nearest in the dtype ``like_ptr`` points to, back in fp32: where the
+    reference step holds a tensor of that dtype. Triton's interpreter truncates fp32 to bf16
+    (UPCAST is set for bf16 there), so there the rounding is done on the bits."""
+    if UPCAST:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return v.to(like_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _product(x_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, K, OUT,
+             stats_ptr, T, TILE, lnw_ptr, lnb_ptr, N, eps,
+             NORM: tl.constexpr, INT8: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+             ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """x[rows] · w[:, cols] in fp32 [BLOCK_R, BLOCK_O]: x [N, K] in the step's dtype (with NORM,
+    LayerNorm'd first, from the statistics its producer left, and rounded to the step's dtype as
+    the reference's LayerNorm output is), w [K, OUT] (int8: times the columns' scales)."""
+    K, OUT = aligned(K, ALIGN_X), aligned(OUT, ALIGN_W)  # row strides: wide enough to copy asynchronously
+    if NORM:
+        mean, var = _merged_stats(stats_ptr, rows, row_ok, N, K, T, TILE)
+        rstd = 1.0 / tl.sqrt(var + eps)
+    acc = tl.zeros([rows.shape[0], BLOCK_O], tl.float32)
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * K
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=3):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        x = tl.load(x_rows + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [BLOCK_R, BLOCK_K]
+        if NORM:
+            g = tl.load(lnw_ptr + k, mask=k_ok, other=0.0)
+            b = tl.load(lnb_ptr + k, mask=k_ok, other=0.0)
+            h = (x.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
+            x = _round(tl.where(row_ok[:, None] & k_ok[None, :], h, 0.0), x_ptr, UPCAST).to(x_ptr.dtype.element_ty)
+        w = tl.load(w_ptr + k.to(tl.int64)[:, None] * OUT + cols[None, :], mask=k_ok[:, None] & col_ok[None, :],
+                    other=0)  # [BLOCK_K, BLOCK_O]: this program's tile of the weight, read once
+        if UPCAST:  # (the interpreter's bf16 is its raw bits: widen int8 straight to fp32)
+            w = w.to(tl.float32)
+        else:
+            w = w.to(x.dtype)
+        acc = dot(x, w, acc, PRECISION, UPCAST)
+    if INT8:
+        acc *= tl.load(scale_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    return acc
+
+
+@triton.jit
+def _qkv_kernel(
+    x_ptr, stats_ptr, lnw_ptr, lnb_ptr, w_ptr, scale_ptr, b_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr,
+    N, W, OUT, NSTATE, D, T, TILE, sk_n, sk_h, sk_s, BC, NB, PRIME, eps,
+    KIND: tl.constexpr, INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+    ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] samples
     row_ok = rows < N
-    mean, var = _row_stats(x_ptr, rows, row_ok, W, True, BLOCK_R, BLOCK_K)
-    rstd = 1.0 / tl.sqrt(var + eps)
-    cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)  # [BLOCK_O] of q | k | v
+    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)  # [BLOCK_O] of q | k | v
     col_ok = cols < OUT
-    acc = tl.zeros([BLOCK_R, BLOCK_O], tl.float32)
-    for k0 in range(0, W, BLOCK_K):
-        h = _ln_rows(x_ptr, lnw_ptr, lnb_ptr, rows, row_ok, k0, W, mean, rstd, True, BLOCK_K)
-        k = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_ptr + k.to(tl.int64)[:, None] * OUT + cols[None, :], mask=(k < W)[:, None] & col_ok[None, :],
-                    other=0.0)  # [BLOCK_K, BLOCK_O]
-        acc = dot(h.to(w.dtype), w, acc, PRECISION, UPCAST)
-    y = acc + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    y = _product(x_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, W, OUT, stats_ptr, T, TILE, lnw_ptr, lnb_ptr,
+                 N, eps, True, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
+    y = _round(y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], kc_ptr, UPCAST)
     rows64 = rows.to(tl.int64)
-    tl.store(q_ptr + rows64[:, None] * NSTATE + cols[None, :], y, mask=row_ok[:, None] & (cols < NSTATE)[None, :])
+    tl.store(q_ptr + rows64[:, None] * NSTATE + cols[None, :], y.to(q_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols < NSTATE)[None, :])
     if KIND != KIND_CROSS:  # self-attention: k and v of this position into the caches (cross: q only)
         slot = cache_slot(tl.load(pos_ptr), BC, NB, PRIME, KIND)
         kv = cols - NSTATE  # [BLOCK_O] column within k | v
@@ -122,112 +151,145 @@ def _ln_qkv_kernel(
 
 
 @triton.jit
-def _proj_residual_kernel(
-    a_ptr, w_ptr, b_ptr, b2_ptr, x_ptr, h1_ptr, out_ptr, N, NSTATE, W, res_scale,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+def _proj_kernel(
+    o_ptr, w_ptr, scale_ptr, b_ptr, x_ptr, a_ptr, h1_ptr, stats_ptr, N, NSTATE, W,
+    INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+    ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_o = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
-    rows64 = rows.to(tl.int64)
-    cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     col_ok = cols < W
-    acc = tl.zeros([BLOCK_R, BLOCK_O], tl.float32)
-    for k0 in range(0, NSTATE, BLOCK_K):
-        a = _load_rows(a_ptr, rows, row_ok, k0, NSTATE, False, BLOCK_K)
-        k = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_ptr + k.to(tl.int64)[:, None] * W + cols[None, :], mask=(k < NSTATE)[:, None] & col_ok[None, :],
-                    other=0.0)
-        acc = dot(a.to(w.dtype), w, acc, PRECISION, UPCAST)
-    t = acc + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]  # the attention's output
+    t = _product(o_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, NSTATE, W, stats_ptr, 0, 1, b_ptr, b_ptr,
+                 N, 0.0, False, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
+    a = _round(t + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], a_ptr, UPCAST)
     ok = row_ok[:, None] & col_ok[None, :]
-    at = rows64[:, None] * W + cols[None, :]
-    x = _from_fixed(tl.load(x_ptr + at, mask=ok, other=0))
-    tl.store(h1_ptr + at, x + t, mask=ok)
-    b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + at, _to_fixed(x + res_scale * (t + b2)), mask=ok)  # the MLP's slices add the rest
+    at = rows.to(tl.int64)[:, None] * W + cols[None, :]
+    h1 = _round(tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32) + a, h1_ptr, UPCAST)
+    tl.store(a_ptr + at, a.to(a_ptr.dtype.element_ty), mask=ok)
+    tl.store(h1_ptr + at, h1.to(h1_ptr.dtype.element_ty), mask=ok)
+    _tile_stats(h1, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O)
 
 
 @triton.jit
-def _mlp_kernel(
-    h1_ptr, lnw_ptr, lnb_ptr, w1_ptr, b1_ptr, w2_ptr, out_ptr, N, W, HIDDEN, eps, res_scale,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_O: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+def _fc_kernel(
+    h1_ptr, stats_ptr, lnw_ptr, lnb_ptr, w_ptr, scale_ptr, b_ptr, f_ptr, N, W, HIDDEN, T, TILE, eps,
+    INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+    ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_j = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
-    rows64 = rows.to(tl.int64)
-    mean, var = _row_stats(h1_ptr, rows, row_ok, W, False, BLOCK_R, BLOCK_K)
-    rstd = 1.0 / tl.sqrt(var + eps)
-    j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # [BLOCK_J] hidden units of this program
-    j_ok = j < HIDDEN
-    f = tl.zeros([BLOCK_R, BLOCK_J], tl.float32)
-    for k0 in range(0, W, BLOCK_K):
-        h = _ln_rows(h1_ptr, lnw_ptr, lnb_ptr, rows, row_ok, k0, W, mean, rstd, False, BLOCK_K)
-        k = k0 + tl.arange(0, BLOCK_K)
-        w1 = tl.load(w1_ptr + k.to(tl.int64)[:, None] * HIDDEN + j[None, :], mask=(k < W)[:, None] & j_ok[None, :],
-                     other=0.0)
-        f = dot(h.to(w1.dtype), w1, f, PRECISION, UPCAST)
-    f = f + tl.load(b1_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-    f = f * tl.sigmoid(1.702 * f)  # quick-GELU
-    f = tl.where(row_ok[:, None] & j_ok[None, :], f, 0.0).to(w2_ptr.dtype.element_ty)  # as the reference rounds it
-    for o0 in range(0, W, BLOCK_O):
-        cols = o0 + tl.arange(0, BLOCK_O)
-        col_ok = cols < W
-        w2 = tl.load(w2_ptr + j.to(tl.int64)[:, None] * W + cols[None, :], mask=j_ok[:, None] & col_ok[None, :],
-                     other=0.0)  # [BLOCK_J, BLOCK_O]: rows j of the second product, read once
-        m = dot(f, w2, tl.zeros([BLOCK_R, BLOCK_O], tl.float32), PRECISION, UPCAST)
-        tl.atomic_add(out_ptr + rows64[:, None] * W + cols[None, :], _to_fixed(res_scale * m),
-                      mask=row_ok[:, None] & col_ok[None, :], sem="relaxed")
+    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)  # hidden units
+    col_ok = cols < HIDDEN
+    f = _product(h1_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, W, HIDDEN, stats_ptr, T, TILE, lnw_ptr,
+                 lnb_ptr, N, eps, True, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
+    f = _round(f + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], f_ptr, UPCAST)
+    f = _round(f * tl.sigmoid(1.702 * f), f_ptr, UPCAST)  # quick-GELU
+    tl.store(f_ptr + rows.to(tl.int64)[:, None] * HIDDEN + cols[None, :], f.to(f_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
-def step_config(n_rows: int, width: int, hidden: int, dtype: torch.dtype, sms: int = 132) -> dict:
-    """Tiles of the three kernels: BLOCK_R samples per program (the rest in more programs), BLOCK_K
-    inputs per loaded chunk, BLOCK_O outputs per program (16, so that even a 1440-wide q | k | v
-    is 90 programs), BLOCK_J hidden units per MLP program: the widest power of two that still
-    gives every SM a program (fewer programs add fewer atomics). Not yet timed on a GPU."""
-    block_r = 16
-    block_j = 16
-    while hidden // (2 * block_j) >= sms and block_j < 64:
-        block_j *= 2
-    return dict(BLOCK_R=block_r, BLOCK_K=128, BLOCK_O=16, BLOCK_J=block_j, num_warps=4,
+@triton.jit
+def _out_kernel(
+    f_ptr, w_ptr, scale_ptr, b_ptr, x_ptr, a_ptr, y_ptr, stats_ptr, N, HIDDEN, W, res_scale,
+    RES_ONE: tl.constexpr, INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_O: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < N
+    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    col_ok = cols < W
+    m = _product(f_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, HIDDEN, W, stats_ptr, 0, 1, b_ptr, b_ptr,
+                 N, 0.0, False, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
+    m = _round(m + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], y_ptr, UPCAST)
+    ok = row_ok[:, None] & col_ok[None, :]
+    at = rows.to(tl.int64)[:, None] * W + cols[None, :]
+    x = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    if RES_ONE:  # x + a + m, summed in the reference's order
+        y = _round(_round(x + a, y_ptr, UPCAST) + m, y_ptr, UPCAST)
+    else:  # x + r·(a + m)
+        y = _round(x + _round(res_scale * _round(a + m, y_ptr, UPCAST), y_ptr, UPCAST), y_ptr, UPCAST)
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=ok)
+    _tile_stats(y, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O)
+
+
+def step_config(n_rows: int, dtype: torch.dtype, weight_dtype: torch.dtype, norm: bool) -> dict:
+    """Tiles of a product launch for N samples in ``dtype`` with weights of ``weight_dtype``
+    (``norm``: a LayerNorm'd input, whose fp32 parameters every program also reads).
+
+    BLOCK_R samples a program: all of them up to 64; past that more programs, each reading the
+    weights again. BLOCK_O output columns: wide enough that what every program reads besides its
+    weight tile (its rows, and the LayerNorm's parameters) is at most an eighth of that tile's
+    bytes; so 16 columns at batch 1 without a LayerNorm, 64 with one, 128 at batch 16 (16-bit
+    weights; twice as many for int8). BLOCK_K inputs a pipelined step, 64 where the weight tile
+    is wide or fp32 (three stages in shared memory). Chosen from the cost model and the compiled
+    resources; not yet timed on a GPU."""
+    block_r = min(64, max(16, triton.next_power_of_2(n_rows)))
+    rows = min(n_rows, block_r)
+    row_bytes, weight_bytes = torch.finfo(dtype).bits // 8, torch.empty(0, dtype=weight_dtype).element_size()
+    shared = rows * row_bytes + (8 if norm else 0)  # bytes each program reads per input, beside the weights
+    least = 32 if weight_bytes == 1 else 16  # int8 rows of 16 bytes were copied synchronously
+    block_o = min(256 if weight_bytes == 1 or norm else 128, max(least, triton.next_power_of_2(8 * shared // weight_bytes)))
+    block_k = 64 if dtype == torch.float32 or block_o * weight_bytes >= 512 else 128
+    return dict(BLOCK_R=block_r, BLOCK_O=block_o, BLOCK_K=block_k, num_warps=4 if block_r * block_o <= 2048 else 8,
                 PRECISION=dot_precision(dtype, "tf32x3"), UPCAST=upcast_dot(dtype))
 
 
-def _options(cfg: dict, *names: str) -> dict:
-    return {k: cfg[k] for k in ("BLOCK_R", "num_warps", "PRECISION", "UPCAST", *names)}
+def tiles(width: int, cfg: dict) -> int:
+    """Column tiles of a [N, width] product output: the row statistics' tile count."""
+    return triton.cdiv(width, cfg["BLOCK_O"])
 
 
-def ln_qkv(x, ln_w, ln_b, w, b, q, k_cache, v_cache, position, n_state: int, d: int, kind: int, block_ctx: int,
-           blocks: int, prime_len: int, enc_length: int, eps: float, cfg: dict) -> None:
-    """x int64 [N, W] (fixed point) -> q fp32 [N, n_state]; for self-attention also k and v into
-    k_cache, v_cache [N, H, S, d] (contiguous) at ``position``'s slot. kind ... enc_length: the
-    cache layout, as ``CacheLayout.kernel_args()`` gives it (enc_length unused: cross-attention
-    caches are not written here)."""
+def row_stats(x: torch.Tensor, stats: torch.Tensor) -> None:
+    """The step's first rows' statistics, x [N, W] -> stats [1, N, 2] (mean, variance): one tile."""
+    var, mean = torch.var_mean(x.float(), dim=1, correction=0)
+    torch.stack((mean, var), dim=1, out=stats[0])
+
+
+def _launch(kernel, x: torch.Tensor, w: torch.Tensor, scale, n: int, cols: int, cfg: dict, *args, **constexprs):
+    grid = (triton.cdiv(cols, cfg["BLOCK_O"]), triton.cdiv(n, cfg["BLOCK_R"]))
+    int8 = w.dtype == torch.int8
+    launch(kernel, grid, *args, INT8=int8, ALIGN_X=alignment(x.shape[1], x), ALIGN_W=alignment(w.shape[1], w),
+           **constexprs, **cfg)
+
+
+def qkv(x, stats, n_tiles: int, tile: int, ln_w, ln_b, w, scale, b, q, k_cache, v_cache, position, n_state: int,
+        d: int, kind: int, block_ctx: int, blocks: int, prime_len: int, enc_length: int, eps: float, cfg: dict) -> None:
+    """x [N, W] (statistics: ``n_tiles`` tiles of ``tile`` columns in stats) -> q [N, n_state]; for
+    self-attention also k and v into k_cache, v_cache [N, H, S, d] (contiguous) at ``position``'s
+    slot. kind ... enc_length: the cache layout, as ``CacheLayout.kernel_args()`` gives it
+    (enc_length unused: cross-attention caches are not written here). ``scale``: the int8
+    weight's column scales, else None."""
     n, width = x.shape
-    out = w.shape[1]
-    grid = (triton.cdiv(out, cfg["BLOCK_O"]), triton.cdiv(n, cfg["BLOCK_R"]))
-    launch(_ln_qkv_kernel, grid, x, ln_w, ln_b, w, b, q, k_cache, v_cache, position,
-           n, width, out, n_state, d, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-           block_ctx, blocks, prime_len, eps, KIND=kind, **_options(cfg, "BLOCK_K", "BLOCK_O"))
+    _launch(_qkv_kernel, x, w, scale, n, w.shape[1], cfg,
+            x, stats, ln_w, ln_b, w, w if scale is None else scale, b, q, k_cache, v_cache, position,
+            n, width, w.shape[1], n_state, d, n_tiles, tile, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            block_ctx, blocks, prime_len, eps, KIND=kind)
 
 
-def proj_residual(a, w, b, b2, x, h1, out, res_scale: float, cfg: dict) -> None:
-    """a fp32 [N, n_state], x int64 [N, W] -> h1 fp32 [N, W] = x + a·w + b, and out int64 [N, W]
-    = x + res_scale·(a·w + b + b2)."""
-    n, n_state = a.shape
+def proj(o, w, scale, b, x, a, h1, stats, cfg: dict) -> None:
+    """o [N, n_state] (the attention's output) -> a = o·w + b and h1 = x + a, both [N, W], and
+    h1's statistics per column tile into stats."""
+    n, n_state = o.shape
     width = w.shape[1]
-    grid = (triton.cdiv(width, cfg["BLOCK_O"]), triton.cdiv(n, cfg["BLOCK_R"]))
-    launch(_proj_residual_kernel, grid, a, w, b, b2, x, h1, out, n, n_state, width, float(res_scale),
-           **_options(cfg, "BLOCK_K", "BLOCK_O"))
+    _launch(_proj_kernel, o, w, scale, n, width, cfg, o, w, w if scale is None else scale, b, x, a, h1, stats,
+            n, n_state, width)
 
 
-def mlp(h1, ln_w, ln_b, w1, b1, w2, out, eps: float, res_scale: float, cfg: dict) -> None:
-    """out int64 [N, W] += res_scale · quick_gelu(LN(h1)·w1 + b1)·w2, slice by slice."""
+def fc(h1, stats, n_tiles: int, tile: int, ln_w, ln_b, w, scale, b, f, eps: float, cfg: dict) -> None:
+    """h1 [N, W] -> f = quick_gelu(LN(h1)·w + b) [N, hidden]."""
     n, width = h1.shape
-    hidden = w1.shape[1]
-    grid = (triton.cdiv(hidden, cfg["BLOCK_J"]), triton.cdiv(n, cfg["BLOCK_R"]))
-    launch(_mlp_kernel, grid, h1, ln_w, ln_b, w1, b1, w2, out, n, width, hidden, eps, float(res_scale),
-           BLOCK_O=64, **_options(cfg, "BLOCK_K", "BLOCK_J"))
+    hidden = w.shape[1]
+    _launch(_fc_kernel, h1, w, scale, n, hidden, cfg, h1, stats, ln_w, ln_b, w, w if scale is None else scale, b, f,
+            n, width, hidden, n_tiles, tile, eps)
+
+
+def out(f, w, scale, b, x, a, y, stats, res_scale: float, cfg: dict) -> None:
+    """f [N, hidden] -> y = x + a + (f·w + b) (x + r·(a + f·w + b) when r ≠ 1) [N, W], and y's
+    statistics per column tile into stats (the next layer's LayerNorm)."""
+    n, hidden = f.shape
+    width = w.shape[1]
+    _launch(_out_kernel, f, w, scale, n, width, cfg, f, w, w if scale is None else scale, b, x, a, y, stats,
+            n, hidden, width, float(res_scale), RES_ONE=res_scale == 1.0)

@@ -41,3 +41,16 @@ def random_stack(n, width, heads, d, hidden, res_scale=1.0, layouts=LAYOUTS, see
 def copy_caches(stack: DecodeStack) -> DecodeStack:
     return DecodeStack([DecodeLayer(l.weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale, l.eps,
                                     l.scales) for l in stack.layers])
+
+
+def int8_stack(exact: DecodeStack) -> DecodeStack:
+    """``exact`` with its four projection matrices in weight-only int8 (per-column scales)."""
+    from jukebox_fast.models.transformer import quantize_int8
+
+    layers = []
+    for l in exact.layers:
+        quantized = {i: quantize_int8(l.weights[i]) for i in (2, 4, 8, 10)}
+        weights = tuple(quantized[i][0] if i in quantized else w for i, w in enumerate(l.weights))
+        scales = tuple(quantized[i][1] for i in (2, 4, 8, 10))
+        layers.append(DecodeLayer(weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale, l.eps, scales))
+    return DecodeStack(layers)

@@ -8,7 +8,7 @@ import torch
 from jukebox_fast import dispatch, extension
 from jukebox_fast.dispatch import BackendUnavailableError
 from jukebox_fast.ops import DecodeLayer, DecodeStack, decode_layers
-from decode_stacks import LAYOUTS, LENGTH, SHAPES, copy_caches, random_stack
+from decode_stacks import LAYOUTS, LENGTH, SHAPES, copy_caches, int8_stack, random_stack
 
 pytestmark = pytest.mark.skipif(extension.load() is not None, reason=f"C++ extension: {extension.load()}")
 
@@ -80,19 +80,6 @@ def test_a_schedule_outside_the_cache_is_refused():
     with pytest.raises(RuntimeError, match="outside its 8 cache slots"):
         torch.ops.jukebox_fast_ext.decode_layers(torch.randn(1, 40), weights, scales, k, v, schedule, heads, res_scale,
                                                  eps, torch.tensor([5]), out)
-
-
-def int8_stack(exact: DecodeStack) -> DecodeStack:
-    """``exact`` with its four projection matrices in weight-only int8 (per-column scales)."""
-    from jukebox_fast.models.transformer import quantize_int8
-
-    layers = []
-    for l in exact.layers:
-        quantized = {i: quantize_int8(l.weights[i]) for i in (2, 4, 8, 10)}
-        weights = tuple(quantized[i][0] if i in quantized else w for i, w in enumerate(l.weights))
-        scales = tuple(quantized[i][1] for i in (2, 4, 8, 10))
-        layers.append(DecodeLayer(weights, l.k.clone(), l.v.clone(), l.layout, l.n_head, l.res_scale, l.eps, scales))
-    return DecodeStack(layers)
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], (3, 1024, 4, 16, 1100)], ids=str)

@@ -22,9 +22,10 @@ Implementations, in priority order:
   projection matrices fp32, fp16, bf16 or int8 with per-column scales, streamed as stored and
   widened to fp32 in registers), products that stream each weight
   once for all samples;
-- ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, four launches a layer
+- ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, five launches a layer
   (LayerNorm + q|k|v + cache write; attention over the cache, split where that fills the GPU;
-  output projection + residual; LayerNorm + MLP + residual), fp32 or 16-bit weights;
+  output projection + residual; LayerNorm + the MLP's first product; its second + residual),
+  each weight read once, fp32, 16-bit or int8 weights;
 - ``torch``: the reference, the layers one by one with ``decode_attention_reference``.
 
 The position is a device tensor and no implementation reads it on the host off the CPU, so a
@@ -221,27 +222,35 @@ decode_layers_reference = _layer_loop(decode_attention_reference)
 decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, decode_attention_reference inside."
 
 
-# -- Triton: four launches a layer ------------------------------------------------------------------
+# -- Triton: five launches a layer ------------------------------------------------------------------
 class _TritonStep:
     """What the Triton step keeps from one step to the next, allocated once per stack (so a CUDA
-    graph replays the same buffers): the weights in the step's dtype, the residual stream's two
-    fixed-point rows, the scratch rows of q, the attention and h₁ = x + a, each long layer's
-    split scratch, and the tiles."""
+    graph replays the same buffers): the weights in the step's dtype (int8 as stored, with their
+    scales), two residual rows the layers take turns writing, the scratch rows (q, the attention's
+    output o, its projection a, h₁ = x + a, f), the row statistics, each long layer's split
+    scratch, and the tiles."""
 
     def __init__(self, stack: DecodeStack):
         from ..kernels import decode as attention_kernels
         from ..kernels import decode_step
 
         self.weights = _in_step_dtype(stack)
+        self.scales = [tuple(None if s is None else s.float().contiguous() for s in layer.scales)
+                       for layer in stack.layers]
         first = stack.layers[0]
-        n, width, dev = first.k.shape[0], first.weights[0].shape[0], first.k.device
+        n, width, dev, dt = first.k.shape[0], first.weights[0].shape[0], first.k.device, first.k.dtype
         n_state = max(layer.weights[4].shape[0] for layer in stack.layers)
         hidden = max(layer.weights[8].shape[1] for layer in stack.layers)
-        self.residual = torch.empty(2, n, width, dtype=torch.int64, device=dev)  # [2, N, W] fixed point
-        self.q = torch.empty(n, n_state, device=dev)  # fp32 [N, H·d]
-        self.a = torch.empty(n, n_state, device=dev)
-        self.h1 = torch.empty(n, width, device=dev)
-        self.cfg = decode_step.step_config(n, width, hidden, self.weights[0][2].dtype, multiprocessors(dev))
+        self.cfg = {norm: decode_step.step_config(n, dt, self.weights[0][2].dtype, norm) for norm in (True, False)}
+        self.tiles = decode_step.tiles(width, self.cfg[False])  # column tiles of proj's and out's [N, W]
+        self.residual = torch.empty(2, n, width, dtype=dt, device=dev)  # [2, N, W]
+        # Flat: each layer views [N, its width] contiguously.
+        self.q = torch.empty(n * n_state, dtype=dt, device=dev)  # [N, H·d]
+        self.o = torch.empty(n * n_state, dtype=dt, device=dev)
+        self.f = torch.empty(n * hidden, dtype=dt, device=dev)  # [N, MLP width]
+        self.a = torch.empty(n, width, dtype=dt, device=dev)
+        self.h1 = torch.empty(n, width, dtype=dt, device=dev)
+        self.stats = torch.empty(2, self.tiles, n, 2, device=dev)  # [x, h1] × [tiles, N, (mean, variance)]
         self.splits = []  # per layer: (splits, partials, counters)
         for layer in stack.layers:
             heads, d = layer.n_head, layer.k.shape[-1]
@@ -256,23 +265,32 @@ def _triton_call(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) ->
     from ..kernels import decode_step as kernels
 
     step = stack.prepared("triton", _TritonStep)
-    n = x.shape[0]
-    cur, nxt = step.residual[0], step.residual[1]
-    cur.copy_(x.float().mul(kernels.FIXED_SCALE))  # into fixed point (the copy rounds toward zero)
-    for layer, weights, (splits, partials, counts) in zip(stack.layers, step.weights, step.splits):
+    n, width = x.shape
+    x_stats, h1_stats = step.stats[0], step.stats[1]
+    norm, plain = step.cfg[True], step.cfg[False]
+    kernels.row_stats(x, x_stats)  # the first rows' statistics: one tile as wide as the row
+    n_tiles, tile = 1, width
+    result = buffers.new_empty(tuple(x.shape), x.dtype, x.device)
+    last = len(stack.layers) - 1
+    for i, (layer, weights, scales, (splits, partials, counts)) in enumerate(
+            zip(stack.layers, step.weights, step.scales, step.splits)):
         ln0_w, ln0_b, attn_w, attn_b, proj_w, proj_b, ln1_w, ln1_b, fc_w, fc_b, out_w, out_b = weights
+        attn_s, proj_s, fc_s, out_s = scales
         heads, d = layer.n_head, layer.k.shape[-1]
         n_state = heads * d
-        q, a = step.q[:, :n_state], step.a[:, :n_state]
+        q, o = step.q[: n * n_state].view(n, n_state), step.o[: n * n_state].view(n, n_state)
+        f = step.f[: n * fc_w.shape[1]].view(n, fc_w.shape[1])
+        y = result if i == last else step.residual[i % 2]  # this layer's output rows
         args = layer.layout.kernel_args()
-        kernels.ln_qkv(cur, ln0_w, ln0_b, attn_w, attn_b, q, layer.k, layer.v, position, n_state, d, *args, layer.eps,
-                       step.cfg)
-        attention_kernels.decode(q.view(n, heads, d), layer.k, layer.v, a.view(n, heads, d), position, *args,
+        kernels.qkv(x, x_stats, n_tiles, tile, ln0_w, ln0_b, attn_w, attn_s, attn_b, q, layer.k, layer.v, position,
+                    n_state, d, *args, layer.eps, norm)
+        attention_kernels.decode(q.view(n, heads, d), layer.k, layer.v, o.view(n, heads, d), position, *args,
                                  1.0 / math.sqrt(d), splits, partials, counts)
-        kernels.proj_residual(a, proj_w, proj_b, out_b, cur, step.h1, nxt, layer.res_scale, step.cfg)
-        kernels.mlp(step.h1, ln1_w, ln1_b, fc_w, fc_b, out_w, nxt, layer.eps, layer.res_scale, step.cfg)
-        cur, nxt = nxt, cur
-    return cur.to(torch.float32).div_(kernels.FIXED_SCALE).to(x.dtype)
+        kernels.proj(o, proj_w, proj_s, proj_b, x, step.a, step.h1, h1_stats, plain)
+        kernels.fc(step.h1, h1_stats, step.tiles, plain["BLOCK_O"], ln1_w, ln1_b, fc_w, fc_s, fc_b, f, layer.eps, norm)
+        kernels.out(f, out_w, out_s, out_b, x, step.a, y, x_stats, layer.res_scale, plain)
+        x, n_tiles, tile = y, step.tiles, plain["BLOCK_O"]
+    return result
 
 
 def _triton_supports(x, stack, position) -> list[str]:
@@ -281,8 +299,11 @@ def _triton_supports(x, stack, position) -> list[str]:
     tensors = [t for layer in stack.layers for t in layer.weights]
     if len({w.dtype for layer in stack.layers for i, w in enumerate(layer.weights) if i in _MATRICES}) != 1:
         reasons.append("the Triton step takes projection weights of one dtype")
-    if any(w.dtype == torch.int8 for layer in stack.layers for w in layer.weights):
-        reasons.append("the Triton step takes 16- and 32-bit weights; int8 runs the reference on a GPU")
+    if any((layer.weights[i].dtype == torch.int8) != (s is not None)
+           for layer in stack.layers for i, s in zip(_MATRICES, layer.scales)):
+        reasons.append("the Triton step takes scales for its int8 matrices, and only for them")
+    if not x.is_contiguous():
+        reasons.append("the Triton step needs contiguous rows x")
     if any(not t.is_contiguous() for t in tensors + [lay.k for lay in stack.layers] + [lay.v for lay in stack.layers]):
         reasons.append("the Triton step needs contiguous weights and caches")
     if any(w.dtype != torch.float32 for layer in stack.layers for i, w in enumerate(layer.weights) if i in _NORMS):
@@ -335,6 +356,6 @@ dispatch.register("decode_layers", "cpp", _cpp_call, available=extension.load, s
                   note="csrc/decode_layers.cpp: the whole stack in one call on the CPU, fp32 rows, 16-bit weights streamed")
 dispatch.register("decode_layers", "triton", _triton_call, supports=_triton_supports,
                   prepare=_preparer("triton", _TritonStep),
-                  note="kernels/decode_step.py: four launches a layer (LN+qkv+cache, attention, proj+residual, MLP)")
+                  note="kernels/decode_step.py: five launches a layer (LN+qkv+cache, attention, proj, LN+fc, out+residual)")
 dispatch.register("decode_layers", "torch", decode_layers_reference, prepare=_preparer("torch", _in_step_dtype),
                   note="PyTorch reference")
