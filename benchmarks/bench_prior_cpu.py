@@ -1,15 +1,22 @@
-"""One training step (forward + backward) of a prior: jukebox_fast against HF transformers' port.
+"""One training step (forward + backward) of a prior: jukebox_fast, eager and compiled, against HF
+transformers' port.
 
 Same random weights (copied through checkpoint.openai_to_hf), same codes and labels, same
-process; each time is the median of ``--runs`` steps after a warm-up, the two models taking
-turns so that machine noise hits both alike. Also checks that both give the same loss.
+process. ``--rounds`` rounds; in each, every implementation runs ``--steps`` steps in turn (the
+order rotating from round to round, so that machine noise hits all alike) and its round time is
+the median of those steps. A table cell is the median round (the range over rounds); a ratio is
+HF's time over ours within a round: its median and its worst round. "compiled" is
+``TrainConfig(compile=True)``: each transformer block compiled with torch.compile
+(``jukebox_fast/train/compiled.py``); the compiler's own time (first steps) is reported beside it,
+not in the step time. Also checks that all give the same loss.
 
     python benchmarks/bench_prior_cpu.py --out benchmarks/results/prior_cpu.md
-    python benchmarks/bench_prior_cpu.py --smoke     # one preset, one run: checks the script
+    python benchmarks/bench_prior_cpu.py --smoke     # one preset, one short round: checks the script
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -18,23 +25,51 @@ from pathlib import Path
 import torch
 
 from jukebox_fast.models.resnet import set_recompute
+from jukebox_fast.train.compiled import compile_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import add_smoke, device_name, git_commit, report  # noqa: E402
 from prior_inputs import codes, labels  # noqa: E402
 from test_prior_hf_parity import build_pair  # noqa: E402
 
+# Released widths and attention blocks (96 and 64 positions), few layers and a short context, so
+# that a CPU steps them in about a second.
+RELEASED = {
+    "prior_1b_lyrics": dict(prior_depth=2, n_ctx=512, n_tokens=64, blocks=6),
+    "upsampler_level_1": dict(prior_depth=2, n_ctx=512, blocks=8, cond_depth=2),
+}
+
+
+def _rounds(fns: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Per implementation, its median step time (s) in each round; the order turns every round."""
+    names = list(fns)
+    out = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fns[name]()
+                times.append(time.perf_counter() - t0)
+            out[name].append(statistics.median(times))
+    return out
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny_prior", "tiny_prior_5b_lyrics", "tiny_upsampler"])
+    parser.add_argument("--released", nargs="*", default=[], choices=list(RELEASED),
+                        help="also these released widths, reduced (RELEASED in this script)")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="steps per implementation per round")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled rows")
     parser.add_argument("--out", type=Path)
     add_smoke(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.presets, args.batch, args.runs = ["tiny_prior"], 1, 1
+        args.presets, args.released, args.batch, args.rounds, args.steps = ["tiny_prior"], [], 1, 1, 1
+        args.no_compile = True  # the compiler alone takes a minute
     import transformers
 
     lines = [
@@ -42,25 +77,30 @@ def main() -> None:
         "",
         f"Machine: {device_name('cpu')}; torch {torch.__version__}, transformers {transformers.__version__}, "
         f"commit {git_commit()}.",
-        f"Batch {args.batch}; forward + backward of the training loss; median of {args.runs} alternating runs "
-        "after a warm-up. The upsampler's conditioner keeps its activations, as `train_prior` runs it "
-        "where memory allows (`--recompute auto`: the original's gradient checkpointing only where the "
-        "step would not fit otherwise); HF's port keeps them too.",
+        f"Batch {args.batch} (1 for the 5b_lyrics structure: HF gives every row row 0's lyrics); forward + "
+        f"backward of the training loss; {args.rounds} rounds of {args.steps} steps of each implementation in "
+        "turn, the order rotating. Cells: the median round's step time (the range over rounds); ratios: HF / "
+        "ours in the same round, median (worst round). The upsampler's conditioner keeps its activations, as "
+        "`train_prior` runs it where memory allows; HF's port keeps them too. Compile: the seconds the first "
+        "compiled step took (the compiler, with a cold cache unless said), not counted in the step times.",
         "",
-        "| preset | parameters | jukebox_fast (ms) | HF (ms) | HF / ours | loss difference |",
-        "|---|---|---|---|---|---|",
+        "| preset | parameters | eager (ms) | compiled (ms) | HF (ms) | HF / eager | HF / compiled | compile (s) | "
+        "loss difference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in args.presets:
-        ours, hf = build_pair(name)
+    for name, overrides in [(p, {}) for p in args.presets] + [(p, RELEASED[p]) for p in args.released]:
+        ours, hf = build_pair(name, **overrides)
         set_recompute(ours.train(), False)
         hf.train()
-        n = 1 if name == "tiny_prior_5b_lyrics" else args.batch  # HF gives every row row 0's lyrics there
+        n = 1 if "5b_lyrics" in name else args.batch
         zs, y = codes(ours, n), labels(ours, n)
 
-        def step_ours():
-            loss, _ = ours(zs, y)
-            loss.backward()
-            return loss
+        def step(model):
+            def run():
+                loss, _ = model(zs, y)
+                loss.backward()
+                return loss
+            return run
 
         def step_hf():
             if ours.n_tokens:
@@ -71,16 +111,36 @@ def main() -> None:
             loss.backward()
             return loss
 
-        diff = float((step_ours() - step_hf()).abs())  # also the warm-up
-        times = {"ours": [], "hf": []}
-        for _ in range(args.runs):
-            for key, fn in (("ours", step_ours), ("hf", step_hf)):
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-        a, b = (statistics.median(times[k]) * 1e3 for k in ("ours", "hf"))
+        fns = {"eager": step(ours), "hf": step_hf}
+        reference = step_hf()
+        diffs = [float((fns["eager"]() - reference).abs())]  # also the warm-up
+        compile_s = None
+        if not args.no_compile:
+            compiled = copy.deepcopy(ours)
+            compile_blocks(compiled)
+            fns["compiled"] = step(compiled)
+            t0 = time.perf_counter()
+            diffs.append(float((fns["compiled"]() - reference).abs()))
+            compile_s = time.perf_counter() - t0
+            fns["compiled"]()
+        times = _rounds(fns, args.rounds, args.steps)
+
+        def cell(key):
+            if key not in times:
+                return "–"
+            t = times[key]
+            return f"{statistics.median(t) * 1e3:.1f} ({min(t) * 1e3:.1f}-{max(t) * 1e3:.1f})"
+
+        def ratio(key):
+            if key not in times:
+                return "–"
+            r = [h / o for h, o in zip(times["hf"], times[key])]
+            return f"{statistics.median(r):.2f}x ({min(r):.2f}x)"
+
+        label = name + (" (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")" if overrides else "")
         params = sum(p.numel() for p in ours.parameters())
-        lines.append(f"| {name} | {params:,} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {diff:.1e} |")
+        lines.append(f"| {label} | {params:,} | {cell('eager')} | {cell('compiled')} | {cell('hf')} | {ratio('eager')} | "
+                     f"{ratio('compiled')} | {'–' if compile_s is None else f'{compile_s:.0f}'} | {max(diffs):.1e} |")
         print(lines[-1], file=sys.stderr, flush=True)
     report("\n".join(lines) + "\n", args.out)
 

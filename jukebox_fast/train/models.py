@@ -30,9 +30,9 @@ def _rank() -> int | None:
 def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> None:
     """Refuse to train over a run in ``out_dir`` unless asked to go on with it (with the same
     settings) or start over. ``steps`` is not a setting: a resumed run may go on for longer, and
-    ``recompute`` trades memory for time without changing what is learnt."""
+    ``recompute`` and ``compile`` trade memory or start-up for time without changing what is learnt."""
     cfg = dataclasses.asdict(settings.pop("cfg"))
-    for name in ("steps", "checkpoint_every", "recompute"):
+    for name in ("steps", "checkpoint_every", "recompute", "compile"):
         cfg.pop(name)
     claim_output(out_dir, {**settings, **cfg}, resume=resume, overwrite=overwrite and not resume,
                  made=("checkpoint.pt", final), what="a run trained", names={"vqvae": "the VQ-VAE"},
