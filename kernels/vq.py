@@ -135,25 +135,32 @@ def _segment_sums_kernel(
     tl.store(sums_ptr + code.to(tl.int64) * D + cols, acc, mask=col_ok)
 
 
-# Tiles by element size, and whether a row is wider than 64 (the released codebook's width):
-# (BLOCK_N rows, BLOCK_K codes, BLOCK_D width chunk (0: the whole row, padded to a power of two),
-# num_warps, num_stages). Each is the largest candidate that compiles for an H200 block without
-# spills for all three variants (search, fused statistics with atomics, and without) with both
-# Triton 3.6 and 3.9; benchmarks/kernel_resources.py sweeps D = 16, 64, 100, 128, 140, 256. Three
-# stages everywhere, so that a codebook tile is in flight while the previous one is multiplied (two
-# made the pipeliner wait for every copy). A wide row is a sum over chunks inside the codebook loop,
-# its chunks loaded once before it: a whole 100-256-wide row spilled in fp32 (three TF32 products)
+# Tiles by element size, whether a row is wider than 64 (the released codebook's width), and
+# whether the launch writes the training outputs: (BLOCK_N rows, BLOCK_K codes, BLOCK_D width
+# chunk (0: the whole row, padded to a power of two), num_warps, num_stages). Each is the largest
+# candidate that compiles for an H200 block without spills with both Triton 3.6 and 3.9;
+# benchmarks/kernel_resources.py sweeps D = 16, 64, 100, 128, 140, 256. Three stages everywhere,
+# so that a codebook tile is in flight while the previous one is multiplied (two made the
+# pipeliner wait for every copy). A wide row is a sum over chunks inside the codebook loop, its
+# chunks loaded once before it: a whole 100-256-wide row spilled in fp32 (three TF32 products)
 # and, at widths that are not a power of two, in the 16-bit fused variants; fp32 rows of 256 with
-# 64 codes a tile needed 272 KiB of shared memory, so fp32 takes 32. Not yet timed on a GPU.
+# 64 codes a tile needed 272 KiB of shared memory, so fp32 takes 32. Every row tile reads the whole
+# codebook, so the rows a tile holds set how often it is read: the 16-bit search alone (encoding)
+# takes 256 rows (the codebook read 1292 times at N = 330736, not 2584-5168), which puts its
+# traffic under its floor; the training variants' statistics spill there with Triton 3.6. Not
+# yet timed on a GPU.
 _TILES = {
-    (2, False): (128, 64, 0, 8, 3), (2, True): (64, 64, 64, 8, 3),
-    (4, False): (128, 64, 0, 8, 3), (4, True): (64, 32, 32, 8, 3),
+    (2, False, False): (256, 32, 0, 8, 3), (2, True, False): (256, 32, 64, 8, 3),
+    (2, False, True): (128, 64, 0, 8, 3), (2, True, True): (64, 64, 64, 8, 3),
+    (4, False, False): (128, 64, 0, 8, 3), (4, True, False): (64, 32, 32, 8, 3),
+    (4, False, True): (128, 64, 0, 8, 3), (4, True, True): (64, 32, 32, 8, 3),
 }
 
 
-def _tiles(d: int, itemsize: int) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, BLOCK_D, D_CHUNKS, num_warps, num_stages) for rows d wide."""
-    block_n, block_k, chunk, warps, stages = _TILES[(itemsize, d > 64)]
+def _tiles(d: int, itemsize: int, training: bool) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, BLOCK_D, D_CHUNKS, num_warps, num_stages) for rows d wide; ``training``:
+    the launch writes the training outputs too."""
+    block_n, block_k, chunk, warps, stages = _TILES[(itemsize, d > 64, training)]
     block_d = chunk or max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16 along each dimension
     return block_n, block_k, block_d, triton.cdiv(d, block_d), warps, stages
 
@@ -163,7 +170,7 @@ def search_config(
     block_n: int | None = None, block_k: int | None = None,
 ) -> tuple[dict, dict]:
     """The compile-time constants and launch options of ``_search_kernel`` for these inputs."""
-    default_n, default_k, block_d, chunks, num_warps, num_stages = _tiles(d, dtype.itemsize)
+    default_n, default_k, block_d, chunks, num_warps, num_stages = _tiles(d, dtype.itemsize, quantise or atomic_stats)
     constexprs = dict(
         BLOCK_N=block_n or default_n, BLOCK_K=block_k or default_k, BLOCK_D=block_d, D_CHUNKS=chunks,
         PRECISION=dot_precision(dtype, "tf32x3"), QUANTISE=quantise, ATOMIC_STATS=atomic_stats,
@@ -212,8 +219,9 @@ def search(
 
 
 def errors_size(n: int, d: int, dtype: torch.dtype, block_n: int | None = None) -> int:
-    """Length of the per-program error buffer :func:`search` writes for N rows of width d."""
-    return triton.cdiv(n, block_n or _tiles(d, dtype.itemsize)[0])
+    """Length of the per-program error buffer :func:`search` writes for N rows of width d (the
+    training outputs' launch)."""
+    return triton.cdiv(n, block_n or _tiles(d, dtype.itemsize, True)[0])
 
 
 def segment_sums(
