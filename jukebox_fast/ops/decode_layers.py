@@ -223,6 +223,11 @@ decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, 
 
 
 # -- Triton: five launches a layer ------------------------------------------------------------------
+# Not four: the MLP's two products in one launch would split the hidden units across programs, each
+# holding a partial sum of every output element. Adding those needs atomics (non-deterministic in
+# fp32) or partial rows through memory: 2·P·N·W·4 bytes, 81 MB at the 5b width, batch 16 and one
+# program per SM, 88 % of the MLP's 92 MB of bf16 weights (the layer would move 1.5× its bytes).
+# A fifth launch costs about 2 µs in a CUDA graph.
 class _TritonStep:
     """What the Triton step keeps from one step to the next, allocated once per stack (so a CUDA
     graph replays the same buffers): the weights in the step's dtype (int8 as stored, with their
@@ -265,6 +270,7 @@ def _triton_call(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) ->
     from ..kernels import decode_step as kernels
 
     step = stack.prepared("triton", _TritonStep)
+    x = x.contiguous()  # (bind checked a stand-in once; the kernels take rows W apart)
     n, width = x.shape
     x_stats, h1_stats = step.stats[0], step.stats[1]
     norm, plain = step.cfg[True], step.cfg[False]
