@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from jukebox_fast.ops.patterns import Kind
+
 from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 from .patterns import KIND_COLUMN, key_span, query_layout, query_span, visible
 
@@ -356,9 +358,11 @@ def _width_chunk(d: int) -> int:
 # queries; bwd_kv's block_n at least the released block_ctx (64) means a query tile is read by one
 # key program of a block layer. Heads of 480 keep both accumulators of bwd_kv in registers only
 # with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
+# The forward's query tile: 128 at 256 wide too (a whole 128-long column in one tile, where 64
+# read each column's keys twice).
 _TILES = {
     ("fwd", 2, "64"): (128, 64, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 8, 3),
-    ("fwd", 2, "256"): (64, 64, 0, 8, 3), ("fwd", 2, "256, unaligned"): (128, 32, 0, 8, 3),
+    ("fwd", 2, "256"): (128, 32, 0, 8, 3), ("fwd", 2, "256, unaligned"): (128, 32, 0, 8, 3),
     ("fwd", 2, "512"): (64, 16, 128, 8, 3),
     ("bwd_kv", 2, "64"): (64, 64, 0, 8, 3), ("bwd_kv", 2, "128"): (32, 64, 0, 8, 3),
     ("bwd_kv", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv", 2, "256, unaligned"): (32, 64, 0, 8, 3),
@@ -378,6 +382,15 @@ _TILES = {
 }
 
 
+# Forward tiles of the layers whose queries see long runs of keys (dense, prime, cross): every
+# query tile reads all the keys it sees, so 256 queries read them half as often as 128, which
+# brings heads up to 128 under the bytes rule. The local layers keep 128: a query tile there
+# spans blocks whose keys it must mask, and 256 would double that wasted work. Wider heads: 256
+# queries spill or overflow shared memory.
+_LONG_RUNS = (int(Kind.DENSE), int(Kind.PRIME), int(Kind.CROSS))
+_LONG_TILES = {("fwd", 2, "64"): (256, 32, 0, 8, 3), ("fwd", 2, "128"): (256, 32, 0, 8, 3)}
+
+
 def _width_class(d: int) -> str:
     """16-bit heads up to 64, 128, 256 or 512 wide; a head up to 256 whose width is not a multiple
     of 8 elements (150: the 5b priors) loads 4 bytes at a time and needs other tiles."""
@@ -387,11 +400,13 @@ def _width_class(d: int) -> str:
     return "512"
 
 
-def config_for(d: int, dtype: torch.dtype, kernel: str = "fwd") -> AttentionConfig:
-    """Tiles of ``kernel`` (one of :data:`KERNELS`) for head width d and this dtype."""
+def config_for(d: int, dtype: torch.dtype, kernel: str = "fwd", kind: int | None = None) -> AttentionConfig:
+    """Tiles of ``kernel`` (one of :data:`KERNELS`) for head width d, this dtype and (the
+    forward's) pattern kind."""
     width = _width_class(d)
     key = (kernel, dtype.itemsize, width.removesuffix(", unaligned") if dtype == torch.float32 else width)
-    block_m, block_n, block_dk, num_warps, num_stages = _TILES[key]
+    tiles = _LONG_TILES.get(key) if kind in _LONG_RUNS else None
+    block_m, block_n, block_dk, num_warps, num_stages = tiles or _TILES[key]
     return AttentionConfig(block_m, block_n, block_dk or _width_chunk(d), num_warps, num_stages)
 
 
@@ -431,7 +446,7 @@ def forward(
     """
     n, h, lq, d = q.shape
     lk = k.shape[2]
-    cfg = cfg or config_for(d, q.dtype, "fwd")
+    cfg = cfg or config_for(d, q.dtype, "fwd", int(kind))
     constexprs, options = launch_config(kind, d, q.dtype, cfg, alignment(d, q, k, v, out))
     launch(_fwd_kernel, _grid(kind, lq, lk, cfg.block_m, block_ctx, n * h),
            q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),

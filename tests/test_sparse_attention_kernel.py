@@ -42,7 +42,7 @@ def pattern_id(p: AttentionPattern) -> str:
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(kernels, "config_for", lambda d, dtype, kernel="fwd": SMALL_TILES)
+    monkeypatch.setattr(kernels, "config_for", lambda d, dtype, kernel="fwd", kind=None: SMALL_TILES)
 
 
 @pytest.mark.parametrize("lq,lk", LENGTHS, ids=lambda n: str(n))
@@ -121,7 +121,7 @@ def test_random_shapes_and_patterns(kind, block_ctx, prime, lk, q_frac, d, heads
     grad_out = torch.randn(1, heads, lq, d, device=dev)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(buffers, "new_empty", poison)
-        mp.setattr(kernels, "config_for", lambda d, dtype, kernel="fwd": SMALL_TILES)
+        mp.setattr(kernels, "config_for", lambda d, dtype, kernel="fwd", kind=None: SMALL_TILES)
         got = run(q, k, v, pattern, "triton", grad_out, scale=0.37)
     for a, b in zip(got, run(q, k, v, pattern, "torch", grad_out, scale=0.37)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
