@@ -359,7 +359,8 @@ def _width_chunk(d: int) -> int:
 # key program of a block layer. Heads of 480 keep both accumulators of bwd_kv in registers only
 # with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
 # The forward's query tile: 128 at 256 wide too (a whole 128-long column in one tile, where 64
-# read each column's keys twice).
+# read each column's keys twice), and 128 in fp32 up to 128 wide (32 read a 64-key block or a
+# column two to four times); fp32 heads of 129-256 spill at 128 queries with Triton 3.6.
 _TILES = {
     ("fwd", 2, "64"): (128, 64, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 8, 3),
     ("fwd", 2, "256"): (128, 32, 0, 8, 3), ("fwd", 2, "256, unaligned"): (128, 32, 0, 8, 3),
@@ -373,7 +374,7 @@ _TILES = {
     ("bwd_q", 2, "64"): (128, 64, 0, 8, 3), ("bwd_q", 2, "128"): (128, 64, 0, 8, 3),
     ("bwd_q", 2, "256"): (64, 32, 0, 8, 3), ("bwd_q", 2, "256, unaligned"): (64, 64, 0, 8, 3),
     ("bwd_q", 2, "512"): (32, 32, 128, 8, 3),
-    ("fwd", 4, "64"): (32, 32, 16, 4, 3), ("fwd", 4, "128"): (32, 32, 16, 4, 3), ("fwd", 4, "256"): (32, 16, 32, 4, 3),
+    ("fwd", 4, "64"): (128, 32, 16, 8, 3), ("fwd", 4, "128"): (128, 32, 16, 8, 3), ("fwd", 4, "256"): (32, 16, 32, 4, 3),
     ("bwd_kv", 4, "64"): (16, 16, 16, 8, 3), ("bwd_kv", 4, "128"): (16, 16, 64, 4, 3),
     ("bwd_kv", 4, "256"): (16, 16, 32, 4, 3),
     ("bwd_kv_atomic", 4, "64"): (32, 16, 16, 8, 3), ("bwd_kv_atomic", 4, "128"): (16, 16, 16, 4, 3),
