@@ -62,42 +62,43 @@ def test_every_pattern_at_its_edges_matches_the_reference(shape, res_scale):
         torch.testing.assert_close(a.v, b.v, rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_16_bit_weights_are_within_twice_the_references_error(dtype):
+def steps(base: DecodeStack, dtype, seed: int):
+    """(position, Triton step, reference step, fp32 reference step) in ``dtype`` for random rows at
+    three positions, each step on its own copy of ``base``'s caches."""
     dev = kernel_device()
-    base = random_stack(3, 40, 3, 5, 71, seed=7)
     ours, ref, exact = on(base, dev, dtype), on(copy_caches(base), dev, dtype), on(copy_caches(base), dev)
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator().manual_seed(seed)
     for p in (0, 13, 39):
         x = torch.randn(3, 40, generator=g).to(dev)
         position = torch.tensor([p], device=dev)
-        got = decode_layers(x.to(dtype), ours, position, backend="triton").float()
-        ref_out = decode_layers(x.to(dtype), ref, position, backend="torch").float()
-        want = decode_layers(x.to(dtype).float(), exact, position, backend="torch")
-        err, ref_err = (got - want).abs().max().item(), (ref_out - want).abs().max().item()
-        assert err <= 2 * ref_err + torch.finfo(dtype).eps * want.abs().max().item(), (p, err, ref_err)
+        yield (p, decode_layers(x.to(dtype), ours, position, backend="triton").float(),
+               decode_layers(x.to(dtype), ref, position, backend="torch").float(),
+               decode_layers(x.to(dtype).float(), exact, position, backend="torch"))
+
+
+def assert_within_twice_the_references_error(p, got, ref_out, want, dtype):
+    err, ref_err = (got - want).abs().max().item(), (ref_out - want).abs().max().item()
+    assert err <= 2 * ref_err + torch.finfo(dtype).eps * want.abs().max().item(), (p, err, ref_err)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16_bit_weights_are_within_twice_the_references_error(dtype):
+    for p, got, ref_out, want in steps(random_stack(3, 40, 3, 5, 71, seed=7), dtype, seed=2):
+        assert_within_twice_the_references_error(p, got, ref_out, want, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_int8_weights_are_widened_in_registers_and_scaled_per_column(dtype):
     # The step's product (x·q)·s against the reference's x·(q·s): fp32 alike up to rounding; in
     # bf16 within twice the reference's own error against the fp32 step of the same int8 weights.
-    dev = kernel_device()
     base = int8_stack(random_stack(3, 40, 3, 5, 71, seed=13))
-    ours, ref, exact = on(base, dev, dtype), on(copy_caches(base), dev, dtype), on(copy_caches(base), dev)
-    assert all(layer.weights[i].dtype == torch.int8 for layer in ours.layers for i in (2, 4, 8, 10))
-    g = torch.Generator().manual_seed(3)
-    for p in (0, 13, 39):
-        x = torch.randn(3, 40, generator=g).to(dev)
-        position = torch.tensor([p], device=dev)
-        got = decode_layers(x.to(dtype), ours, position, backend="triton").float()
-        ref_out = decode_layers(x.to(dtype), ref, position, backend="torch").float()
+    assert all(layer.weights[i].dtype == torch.int8 for layer in on(base, kernel_device()).layers
+               for i in (2, 4, 8, 10))
+    for p, got, ref_out, want in steps(base, dtype, seed=3):
         if dtype == torch.float32:
             torch.testing.assert_close(got, ref_out, rtol=1e-4, atol=2e-5, msg=lambda m: f"position {p}: {m}")
-            continue
-        want = decode_layers(x.to(dtype).float(), exact, position, backend="torch")
-        err, ref_err = (got - want).abs().max().item(), (ref_out - want).abs().max().item()
-        assert err <= 2 * ref_err + torch.finfo(dtype).eps * want.abs().max().item(), (p, err, ref_err)
+        else:
+            assert_within_twice_the_references_error(p, got, ref_out, want, dtype)
 
 
 def test_a_split_cache_inside_the_step(monkeypatch):
