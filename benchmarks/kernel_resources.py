@@ -446,7 +446,7 @@ def ttgir_facts(ttgir: str) -> str:
     return "yes" if not why else "no: " + "; ".join(sorted(set(why)))
 
 
-_TILE_NAMES = ("BLOCK_N", "BLOCK_K", "BLOCK_M", "BLOCK_D", "BLOCK_DK", "D_CHUNKS", "PRECISION")
+_TILE_NAMES = ("BLOCK_N", "BLOCK_K", "BLOCK_M", "BLOCK_D", "BLOCK_DK", "D_CHUNKS", "PRECISION", "DQ")
 
 
 def _row(case: Case, kernel, compiled, limits: Limits) -> Row:

@@ -127,8 +127,11 @@ def _attention(name: str, grid, a: dict) -> LaunchCost:
                 loaded += 2 * keys * row + queries * (2 * row + 8)  # k, v once; q, dO, lse, Δ per trip
                 stored += 2 * keys * row
                 products = 4  # Sᵀ, dPᵀ, dV, dK
-                if a["ATOMIC_DQ"]:
+                if a["DQ"] == 1:  # DQ_ATOMIC
                     stored += queries * d * 4  # dQ's fp32 partial sums, one atomic per element per trip
+                    products = 5
+                elif a["DQ"] == 2:  # DQ_STORE: each query's dQ written once, by the one tile it sees
+                    stored += queries * row
                     products = 5
                 flops += trips * products * tile_flops
                 continue

@@ -27,10 +27,17 @@ visible keys directly (:mod:`jukebox_fast.ops.patterns` is the definition they f
   both products that need it (q·kᵀ and dS·K use the same k chunk): no operand is loaded twice.
 
 Backward: ``_delta_kernel`` computes Δ = rowsum(dO ∘ O); ``_bwd_kv_kernel`` walks, per key tile,
-the query tiles that can see it and accumulates dK and dV in registers. dQ comes either from
-``_bwd_q_kernel`` (per query tile, a second recomputation that reads q, k, v and dO again;
-deterministic) or from fp32 atomics in ``_bwd_kv_kernel`` (one pass; the order of the additions
-varies from run to run).
+the query tiles that can see it and accumulates dK and dV in registers. dQ comes one of three ways
+(``DQ``):
+
+* stored by ``_bwd_kv_kernel`` itself, when its key tile holds every key its queries see (block
+  and previous-block layers whose key tile is whole blocks, a column in one tile, any layer
+  whose keys fit one tile): each query tile is then visited once, by one program, and its dQ is
+  complete after that trip. One pass, no atomics, each byte read once, deterministic;
+* from ``_bwd_q_kernel`` (per query tile, a second recomputation that reads q, k, v and dO again;
+  deterministic);
+* from fp32 atomics in ``_bwd_kv_kernel`` (one pass; the order of the additions varies from run
+  to run).
 
 Launchers fill outputs the caller allocated; the op (``jukebox_fast.ops.attention``) checks shapes
 and dtypes. Every tensor needs unit stride along d.
@@ -48,8 +55,13 @@ from jukebox_fast.ops.patterns import Kind
 from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 from .patterns import KIND_COLUMN, key_span, query_layout, query_span, visible
 
+# How _bwd_kv_kernel produces dQ (its DQ constant).
+DQ_LATER = tl.constexpr(0)  # not at all: _bwd_q_kernel computes it
+DQ_ATOMIC = tl.constexpr(1)  # fp32 atomics into a zeroed buffer
+DQ_STORE = tl.constexpr(2)  # stored: the key tile holds every key its queries see
+
 __all__ = ["AttentionConfig", "KERNELS", "MAX_HEAD_DIM", "MAX_FP32_HEAD_DIM", "config_for", "launch_config",
-           "forward", "backward"]
+           "dq_in_one_pass", "forward", "backward"]
 
 MAX_HEAD_DIM = 512
 # fp32 products run on the CUDA cores, whose operands sit in registers: past 256, bwd_kv's key and
@@ -187,11 +199,11 @@ def _fwd_kernel(
 def _bwd_kv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dq_ptr,
     sq_n, sq_h, sq_t, sk_n, sk_h, sk_t, sv_n, sv_h, sv_t, sdo_n, sdo_h, sdo_t,
-    sdk_n, sdk_h, sdk_t, sdv_n, sdv_h, sdv_t,
+    sdk_n, sdk_h, sdk_t, sdv_n, sdv_h, sdv_t, sdq_n, sdq_h, sdq_t,
     H, LQ, LK, D, BC, PRIME, qk_scale, scale,
     KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr, D_CHUNKS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr, ALIGN: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, DQ: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     nh, n, h = _program(H)
@@ -204,7 +216,8 @@ def _bwd_kv_kernel(
     dv_ptr += aligned(n * sdv_n + h * sdv_h, ALIGN)
     sq_t, sk_t, sv_t, sdo_t = aligned(sq_t, ALIGN), aligned(sk_t, ALIGN), aligned(sv_t, ALIGN), aligned(sdo_t, ALIGN)
     sdk_t, sdv_t = aligned(sdk_t, ALIGN), aligned(sdv_t, ALIGN)
-    dq_ptr += nh.to(tl.int64) * LQ * D  # fp32 [N, H, LQ, D] contiguous (atomic mode only)
+    dq_ptr += aligned(n * sdq_n + h * sdq_h, ALIGN)  # DQ_ATOMIC: an fp32 [N, H, LQ, D] buffer
+    sdq_t = aligned(sdq_t, ALIGN)
     lse_ptr += nh.to(tl.int64) * LQ
     delta_ptr += nh.to(tl.int64) * LQ
 
@@ -243,14 +256,17 @@ def _bwd_kv_kernel(
         dst = pt * (dpt - delta[None, :])
         acc_dv = _chunked_dot(pt, dos, acc_dv, PRECISION, UPCAST, D_CHUNKS)
         acc_dk = _chunked_dot(dst, qs, acc_dk, PRECISION, UPCAST, D_CHUNKS)
-        if ATOMIC_DQ:
+        if DQ != DQ_LATER:
             dqs = _chunked_dot(tl.trans(dst), ks, _zero_chunks(BLOCK_M, BLOCK_DK, D_CHUNKS), PRECISION, UPCAST,
                                D_CHUNKS)  # [BLOCK_M, BLOCK_DK] per chunk
-            for c in tl.static_range(D_CHUNKS):
-                d = c * BLOCK_DK + tl.arange(0, BLOCK_DK)
-                # A plain sum: relaxed ordering, without the fence acq_rel (the default) puts before each.
-                tl.atomic_add(dq_ptr + q_rows[:, None] * D + d[None, :], dqs[c] * scale,
-                              mask=q_ok[:, None] & (d < D)[None, :], sem="relaxed")
+            if DQ == DQ_STORE:  # these queries see no key outside this tile: their dQ is whole
+                _store_chunks(dq_ptr, dqs, q_rows, q_ok, sdq_t, D, scale, BLOCK_DK, D_CHUNKS)
+            else:
+                for c in tl.static_range(D_CHUNKS):
+                    d = c * BLOCK_DK + tl.arange(0, BLOCK_DK)
+                    # A plain sum: relaxed ordering, without the fence acq_rel (the default) puts before each.
+                    tl.atomic_add(dq_ptr + q_rows[:, None] * sdq_t + d[None, :], dqs[c] * scale,
+                                  mask=q_ok[:, None] & (d < D)[None, :], sem="relaxed")
 
     _store_chunks(dk_ptr, acc_dk, k_rows, k_ok, sdk_t, D, scale, BLOCK_DK, D_CHUNKS)
     _store_chunks(dv_ptr, acc_dv, k_rows, k_ok, sdv_t, D, 1.0, BLOCK_DK, D_CHUNKS)
@@ -336,7 +352,9 @@ class AttentionConfig:
     num_stages: int = 3
 
 
-KERNELS = ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q")
+# bwd_kv_dq: _bwd_kv_kernel with dQ's product in its key loop (DQ_STORE or DQ_ATOMIC); bwd_kv
+# without it (DQ_LATER), bwd_q after it.
+KERNELS = ("fwd", "bwd_kv", "bwd_kv_dq", "bwd_q")
 
 
 def _width_chunk(d: int) -> int:
@@ -355,9 +373,12 @@ def _width_chunk(d: int) -> int:
 # pipeliner waits for every copy at the top of each trip). The resource check
 # (benchmarks/kernel_resources.py) compiles every configuration chosen here. Not yet timed on a
 # GPU. block_dk 0: _width_chunk(d). The program tile of bwd_kv is block_n keys, of bwd_q block_m
-# queries; bwd_kv's block_n at least the released block_ctx (64) means a query tile is read by one
-# key program of a block layer. Heads of 480 keep both accumulators of bwd_kv in registers only
-# with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
+# queries. bwd_kv's key tiles are as long as registers allow, since every query tile that sees
+# them is read once per key tile: 128 keys in 16 bits up to 128 wide (a whole 128-unit column of
+# the released shapes, so column layers take one pass; 80 wide in 32-wide chunks, since 16-wide
+# ones spill), 64 in fp32 up to 128 and at 150 in bwd_kv_dq (whole 64-long blocks, so block and
+# previous-block layers take one pass). Heads of 256 and 480 keep both accumulators in registers
+# only with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
 # The forward's query tile: 128 at 256 wide too (a whole 128-long column in one tile, where 64
 # read each column's keys twice), and 128 in fp32 up to 128 wide (32 read a 64-key block or a
 # column two to four times); fp32 heads of 129-256 spill at 128 queries with Triton 3.6.
@@ -365,20 +386,20 @@ _TILES = {
     ("fwd", 2, "64"): (128, 64, 0, 4, 3), ("fwd", 2, "128"): (128, 64, 0, 8, 3),
     ("fwd", 2, "256"): (128, 32, 0, 8, 3), ("fwd", 2, "256, unaligned"): (128, 32, 0, 8, 3),
     ("fwd", 2, "512"): (64, 16, 128, 8, 3),
-    ("bwd_kv", 2, "64"): (64, 64, 0, 8, 3), ("bwd_kv", 2, "128"): (32, 64, 0, 8, 3),
+    ("bwd_kv", 2, "64"): (32, 128, 0, 8, 3), ("bwd_kv", 2, "128"): (16, 128, 32, 8, 3),
     ("bwd_kv", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv", 2, "256, unaligned"): (32, 64, 0, 8, 3),
     ("bwd_kv", 2, "512"): (16, 32, 128, 8, 3),
-    ("bwd_kv_atomic", 2, "64"): (64, 64, 0, 8, 3), ("bwd_kv_atomic", 2, "128"): (32, 64, 0, 8, 3),
-    ("bwd_kv_atomic", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv_atomic", 2, "256, unaligned"): (16, 32, 0, 8, 3),
-    ("bwd_kv_atomic", 2, "512"): (32, 16, 128, 8, 3),
+    ("bwd_kv_dq", 2, "64"): (32, 128, 0, 8, 3), ("bwd_kv_dq", 2, "128"): (16, 128, 32, 8, 3),
+    ("bwd_kv_dq", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv_dq", 2, "256, unaligned"): (16, 64, 0, 8, 3),
+    ("bwd_kv_dq", 2, "512"): (32, 16, 128, 8, 3),
     ("bwd_q", 2, "64"): (128, 64, 0, 8, 3), ("bwd_q", 2, "128"): (128, 64, 0, 8, 3),
     ("bwd_q", 2, "256"): (64, 32, 0, 8, 3), ("bwd_q", 2, "256, unaligned"): (64, 64, 0, 8, 3),
     ("bwd_q", 2, "512"): (32, 32, 128, 8, 3),
     ("fwd", 4, "64"): (128, 32, 16, 8, 3), ("fwd", 4, "128"): (128, 32, 16, 8, 3), ("fwd", 4, "256"): (32, 16, 32, 4, 3),
-    ("bwd_kv", 4, "64"): (16, 16, 16, 8, 3), ("bwd_kv", 4, "128"): (16, 16, 64, 4, 3),
+    ("bwd_kv", 4, "64"): (16, 64, 16, 8, 3), ("bwd_kv", 4, "128"): (16, 64, 16, 8, 3),
     ("bwd_kv", 4, "256"): (16, 16, 32, 4, 3),
-    ("bwd_kv_atomic", 4, "64"): (32, 16, 16, 8, 3), ("bwd_kv_atomic", 4, "128"): (16, 16, 16, 4, 3),
-    ("bwd_kv_atomic", 4, "256"): (16, 16, 16, 8, 3),
+    ("bwd_kv_dq", 4, "64"): (16, 64, 16, 8, 3), ("bwd_kv_dq", 4, "128"): (16, 64, 16, 8, 3),
+    ("bwd_kv_dq", 4, "256"): (16, 16, 16, 8, 3),
     ("bwd_q", 4, "64"): (16, 16, 16, 8, 3), ("bwd_q", 4, "128"): (16, 16, 64, 4, 3), ("bwd_q", 4, "256"): (32, 16, 16, 4, 3),
 }
 
@@ -454,6 +475,20 @@ def forward(
            h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, **constexprs, **options)
 
 
+def dq_in_one_pass(kind: int, lk: int, block_ctx: int, prime_len: int, block_n: int) -> bool:
+    """Whether a key tile of ``block_n`` holds every key that each query it reaches sees, so that
+    ``_bwd_kv_kernel`` can store dQ itself (DQ_STORE): all keys in one tile; whole blocks per tile
+    in block and previous-block layers (a query sees its own block, or the one before); a whole
+    column in one tile; the primed keys in one tile."""
+    if lk <= block_n:
+        return True
+    if kind in (Kind.BLOCK, Kind.PREV_BLOCK):
+        return block_n % block_ctx == 0
+    if kind == Kind.COLUMN:
+        return triton.cdiv(lk, block_ctx) <= block_n
+    return kind == Kind.PRIME and prime_len <= block_n
+
+
 def backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
@@ -471,17 +506,30 @@ def backward(
            d, BLOCK_M=block_m, BLOCK_D=block_d, ALIGN=alignment(d, do, out), num_warps=4)
     common = (h, lq, lk, d, block_ctx, prime_len, scale * LOG2E, scale)
     align = alignment(d, q, k, v, do, dq, dk, dv)
-    kv_cfg = cfg or config_for(d, q.dtype, "bwd_kv" if deterministic else "bwd_kv_atomic")
+    # The one-pass tiles (dQ's product in the key loop too) serve DQ_STORE and DQ_ATOMIC.
+    one_pass = cfg or config_for(d, q.dtype, "bwd_kv_dq", int(kind))
+    dq_acc = None
+    if dq_in_one_pass(kind, lk, block_ctx, prime_len, one_pass.block_n):
+        mode, kv_cfg, dq_out = DQ_STORE.value, one_pass, dq
+        # No key program reaches a query that sees no key: the first block of a previous-block
+        # layer, every query of a prime layer with no primed keys. Their dQ is zero.
+        blind = {Kind.PREV_BLOCK: block_ctx - (lk - lq), Kind.PRIME: lq if prime_len == 0 else 0}.get(kind, 0)
+        dq[:, :, : max(0, blind)].zero_()
+    elif deterministic:
+        mode, kv_cfg, dq_out = DQ_LATER.value, cfg or config_for(d, q.dtype, "bwd_kv", int(kind)), dq
+    else:
+        dq_acc = torch.zeros(n, h, lq, d, dtype=torch.float32, device=q.device)  # fp32 partial sums
+        mode, kv_cfg, dq_out = DQ_ATOMIC.value, one_pass, dq_acc
     constexprs, options = launch_config(kind, d, q.dtype, kv_cfg, align)
-    dq_acc = None if deterministic else torch.zeros(n, h, lq, d, dtype=torch.float32, device=q.device)
     launch(_bwd_kv_kernel, _grid(kind, lk, lk, kv_cfg.block_n, block_ctx, n * h),
-           q, k, v, do, lse, delta, dk, dv, dq if dq_acc is None else dq_acc,
-           *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-           *common, ATOMIC_DQ=not deterministic, **constexprs, **options)
+           q, k, v, do, lse, delta, dk, dv, dq_out,
+           *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *_strides(dq_out),
+           *common, DQ=mode, **constexprs, **options)
     if dq_acc is not None:
         dq.copy_(dq_acc)
+    if mode != DQ_LATER.value:
         return
-    q_cfg = cfg or config_for(d, q.dtype, "bwd_q")
+    q_cfg = cfg or config_for(d, q.dtype, "bwd_q", int(kind))
     constexprs, options = launch_config(kind, d, q.dtype, q_cfg, align)
     launch(_bwd_q_kernel, _grid(kind, lq, lk, q_cfg.block_m, block_ctx, n * h),
            q, k, v, do, lse, delta, dq,

@@ -17,6 +17,7 @@ kernel sources it compiled. These tests hold the table to the code:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,31 @@ def test_sum_atomics_are_relaxed_and_only_where_asked_for(committed):
         if r["kernel"] == "_decode_kernel":  # a split cache's counter: acquire-release, its reset relaxed
             assert r["atomics"] in ("-", "acq_rel, relaxed"), (version, r)
             continue
-        sums = ("atomic dQ" in r["configuration"] and r["kernel"] == "_bwd_kv_kernel") or (
+        sums = (r["kernel"] == "_bwd_kv_kernel" and "DQ=1" in r["tiles"]) or (
             "atomics" in r["configuration"] and r["kernel"] == "_search_kernel")
         assert r["atomics"] == ("relaxed" if sums else "-"), (version, r)
+        if "DQ=1" in r["tiles"]:  # dQ's atomics only where the caller allowed them
+            assert "atomic dQ" in r["configuration"], (version, r)
+
+
+# Where the backward takes one pass at the released shapes (block_ctx 64, columns of 128): its key
+# tiles hold whole blocks (block and previous-block layers) or a whole column.
+ONE_PASS = {1: {("16-bit", 64), ("16-bit", 80), ("16-bit", 150), ("float32", 64), ("float32", 80)},
+            2: {("16-bit", 64), ("16-bit", 80), ("float32", 64), ("float32", 80)}}
+ONE_PASS[3] = ONE_PASS[1]
+
+
+def test_block_column_and_previous_block_backwards_take_one_pass_where_their_tiles_allow(committed):
+    seen = 0
+    for version, r in _rows(committed):
+        found = re.match(r"backward, .*kind (\d), d=(\d+), (\w+)$", r["configuration"])
+        if r["kernel"] != "_bwd_kv_kernel" or not found:
+            continue
+        kind, d, dtype = int(found[1]), int(found[2]), "float32" if found[3] == "float32" else "16-bit"
+        if (dtype, d) in ONE_PASS.get(kind, ()):
+            assert "DQ=2" in r["tiles"], (version, r)
+            seen += 1
+    assert seen
 
 
 def test_width_150_loads_more_than_one_element_at_a_time(committed):

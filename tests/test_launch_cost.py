@@ -84,3 +84,22 @@ def test_a_block_layers_forward_moves_its_unique_bytes_when_tiles_hold_whole_blo
     assert got.moved == want.bytes  # q, k, v read once, o and the log-sum-exp written once
     # Each 128-query tile walks its two blocks' 128 keys in 64-key trips: 2 trips × 2 products.
     assert got.flops == n_heads * 2 * 2 * 2 * (2 * 128 * 64 * 80)
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(list(Kind)), bc=st.integers(1, 9), prime=st.integers(0, 6), lk=st.integers(1, 40),
+       q_frac=st.floats(0.0, 1.0), block_n=st.integers(1, 12))
+def test_a_one_pass_backward_is_chosen_only_when_each_query_sees_one_key_tile(kind, bc, prime, lk, q_frac, block_n):
+    # The backward stores dQ from its key loop when dq_in_one_pass says so: then no query may see
+    # keys of two key tiles (tiles of block_n positions, or of block_n units of a column).
+    attention = pytest.importorskip("jukebox_fast.kernels.attention", reason="the kernels need triton")
+    pattern = AttentionPattern(kind, block_ctx=bc, prime_len=prime_window(prime, 2) if prime else 0)
+    if not attention.dq_in_one_pass(kind, lk, bc, pattern.prime_len, block_n):
+        return
+    lq = max(1, round(lk * q_frac)) if kind != Kind.CROSS else 1 + round(30 * q_frac)
+    q_pos = torch.arange(lq) + (0 if kind == Kind.CROSS else lk - lq)
+    seen = pattern.visible(q_pos, torch.arange(lk))  # [lq, lk]
+    key_units = torch.arange(lk) // bc if kind == Kind.COLUMN else torch.arange(lk)
+    tiles = key_units // block_n  # [lk] the key tile of each key
+    for row in seen:
+        assert len(tiles[row].unique()) <= 1, (pattern, lq, lk, block_n)

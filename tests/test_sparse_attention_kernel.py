@@ -106,6 +106,52 @@ def test_deterministic_backward_is_bit_repeatable_and_agrees_with_atomics(patter
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+# (pattern, Lk, whether a 16-key tile holds every key its queries see): the backward then stores
+# dQ from its key loop (one pass, no atomics, nothing read twice), else dQ takes the second kernel
+# (deterministic) or fp32 atomics.
+ONE_PASS = [
+    (AttentionPattern(Kind.BLOCK, block_ctx=8), 40, True), (AttentionPattern(Kind.BLOCK, block_ctx=5), 40, False),
+    (AttentionPattern(Kind.PREV_BLOCK, block_ctx=8), 40, True),
+    (AttentionPattern(Kind.PREV_BLOCK, block_ctx=7), 40, False),
+    (AttentionPattern(Kind.COLUMN, block_ctx=3), 40, True),  # 14 units: one tile
+    (AttentionPattern(Kind.COLUMN, block_ctx=2), 40, False),  # 20 units: two tiles
+    (AttentionPattern(Kind.DENSE), 16, True), (AttentionPattern(Kind.DENSE), 40, False),
+    (AttentionPattern(Kind.PRIME, prime_len=10), 40, True), (AttentionPattern(Kind.PRIME, prime_len=20), 40, False),
+    (AttentionPattern(Kind.PRIME, prime_len=0), 40, True),  # no query sees a key: dQ all zeros
+    (AttentionPattern(Kind.CROSS), 12, True), (AttentionPattern(Kind.CROSS), 40, False),
+]
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomics"])
+@pytest.mark.parametrize("pattern,lk,one_pass", ONE_PASS, ids=[f"{pattern_id(p)}-{n}" for p, n, _ in ONE_PASS])
+def test_backward_stores_dq_in_one_pass_when_a_key_tile_holds_every_key_its_queries_see(
+        pattern, lk, one_pass, deterministic, dev, small_tiles, monkeypatch):
+    assert kernels.dq_in_one_pass(pattern.kind, lk, pattern.block_ctx, pattern.prime_len, 16) == one_pass
+    launched = []
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append((kernel.fn.__name__, kwargs.get("DQ")))
+        return kernels_launch(kernel, grid, *args, **kwargs)
+
+    kernels_launch = kernels.launch
+    monkeypatch.setattr(kernels, "launch", spy)
+    lq = min(lk, 29) if pattern.kind != Kind.CROSS else 23  # the last queries of the keys (or 23 on the lyrics)
+    q, k, v = inputs(2, 2, lq, lk, 20, device=dev)
+    grad_out = torch.randn(2, 2, lq, 20, device=dev)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        got = run(q, k, v, pattern, "triton", grad_out)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    backward = launched[launched.index(("_delta_kernel", None)):]
+    mode = kernels.DQ_STORE if one_pass else kernels.DQ_LATER if deterministic else kernels.DQ_ATOMIC
+    assert backward[1] == ("_bwd_kv_kernel", mode.value)
+    assert [name for name, _ in backward] == ["_delta_kernel", "_bwd_kv_kernel"] + (
+        ["_bwd_q_kernel"] if mode == kernels.DQ_LATER else [])
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, run(q, k, v, pattern, "torch", grad_out)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     kind=st.sampled_from([0, 1, 2, 3, 6, 7]), block_ctx=st.integers(1, 9), prime=st.integers(0, 30),
