@@ -376,8 +376,8 @@ def _width_chunk(d: int) -> int:
 # queries. bwd_kv's key tiles are as long as registers allow, since every query tile that sees
 # them is read once per key tile: 128 keys in 16 bits up to 128 wide (a whole 128-unit column of
 # the released shapes, so column layers take one pass; 80 wide in 32-wide chunks, since 16-wide
-# ones spill), 64 in fp32 up to 128 and at 150 in bwd_kv_dq (whole 64-long blocks, so block and
-# previous-block layers take one pass). Heads of 256 and 480 keep both accumulators in registers
+# ones spill) and in fp32's bwd_kv_dq up to 128, 64 in fp32's bwd_kv and at 150 in bwd_kv_dq
+# (whole 64-long blocks, so block and previous-block layers take one pass). Heads of 256 and 480 keep both accumulators in registers
 # only with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
 # The forward's query tile: 128 at 256 wide too (a whole 128-long column in one tile, where 64
 # read each column's keys twice), and 128 in fp32 up to 128 wide (32 read a 64-key block or a
@@ -396,9 +396,9 @@ _TILES = {
     ("bwd_q", 2, "256"): (64, 32, 0, 8, 3), ("bwd_q", 2, "256, unaligned"): (64, 64, 0, 8, 3),
     ("bwd_q", 2, "512"): (32, 32, 128, 8, 3),
     ("fwd", 4, "64"): (128, 32, 16, 8, 3), ("fwd", 4, "128"): (128, 32, 16, 8, 3), ("fwd", 4, "256"): (32, 16, 32, 4, 3),
-    ("bwd_kv", 4, "64"): (16, 64, 16, 8, 3), ("bwd_kv", 4, "128"): (16, 64, 16, 8, 3),
+    ("bwd_kv", 4, "64"): (16, 64, 32, 8, 3), ("bwd_kv", 4, "128"): (16, 64, 16, 8, 3),
     ("bwd_kv", 4, "256"): (16, 16, 32, 4, 3),
-    ("bwd_kv_dq", 4, "64"): (16, 64, 16, 8, 3), ("bwd_kv_dq", 4, "128"): (16, 64, 16, 8, 3),
+    ("bwd_kv_dq", 4, "64"): (16, 128, 16, 8, 3), ("bwd_kv_dq", 4, "128"): (16, 128, 16, 8, 3),
     ("bwd_kv_dq", 4, "256"): (16, 16, 16, 8, 3),
     ("bwd_q", 4, "64"): (16, 16, 16, 8, 3), ("bwd_q", 4, "128"): (16, 16, 64, 4, 3), ("bwd_q", 4, "256"): (32, 16, 16, 4, 3),
 }
