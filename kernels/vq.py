@@ -147,8 +147,8 @@ def _segment_sums_kernel(
 # 64 codes a tile needed 272 KiB of shared memory, so fp32 takes 32. Every row tile reads the whole
 # codebook, so the rows a tile holds set how often it is read: the 16-bit search alone (encoding)
 # takes 256 rows (the codebook read 1292 times at N = 330736, not 2584-5168), which puts its
-# traffic under its floor; the training variants' statistics spill there with Triton 3.6. Not
-# yet timed on a GPU.
+# traffic under its floor; the training variants' statistics spill there with 8 warps and Triton
+# 3.6, so those take 16 (_TRAINING_16BIT). Not yet timed on a GPU.
 _TILES = {
     (2, False, False): (256, 32, 0, 8, 3), (2, True, False): (256, 32, 64, 8, 3),
     (2, False, True): (128, 64, 0, 8, 3), (2, True, True): (64, 64, 64, 8, 3),
@@ -157,10 +157,21 @@ _TILES = {
 }
 
 
+# The 16-bit training variants, by the widest row each tile serves: with 16 warps the statistics'
+# registers spread over twice the threads, so a tile holds 256 rows up to 64 wide (the codebook
+# read half as often as with 128; 64 codes a tile for rows of 32 bytes or less, whose 32-code
+# tiles were copied synchronously) and 128 rows up to 192 wide (three 64-wide chunks). Rows of
+# 256 spill at 128 rows and keep the 8-warp tile above.
+_TRAINING_16BIT = ((32, (256, 64, 0, 16, 3)), (64, (256, 32, 0, 16, 3)), (192, (128, 32, 64, 16, 3)))
+
+
 def _tiles(d: int, itemsize: int, training: bool) -> tuple[int, int, int, int, int, int]:
     """(BLOCK_N, BLOCK_K, BLOCK_D, D_CHUNKS, num_warps, num_stages) for rows d wide; ``training``:
     the launch writes the training outputs too."""
-    block_n, block_k, chunk, warps, stages = _TILES[(itemsize, d > 64, training)]
+    tiles = _TILES[(itemsize, d > 64, training)]
+    if itemsize == 2 and training:
+        tiles = next((t for top, t in _TRAINING_16BIT if d <= top), tiles)
+    block_n, block_k, chunk, warps, stages = tiles
     block_d = chunk or max(16, triton.next_power_of_2(d))  # tl.dot needs at least 16 along each dimension
     return block_n, block_k, block_d, triton.cdiv(d, block_d), warps, stages
 
