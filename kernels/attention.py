@@ -379,8 +379,9 @@ def _width_chunk(d: int) -> int:
 # ones spill) and in fp32's bwd_kv_dq up to 128, 64 in fp32's bwd_kv and at 150 in bwd_kv_dq
 # (whole 64-long blocks, so block and previous-block layers take one pass). Heads of 256 and 480 keep both accumulators in registers
 # only with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
-# bwd_q's query tile is 256 up to 128 wide: each query tile reads the keys it sees, so 256 read
-# them half as often as 128 (a deterministic dense backward moves 0.98x its floor, was 1.27).
+# bwd_q's query tile is 256 up to 128 wide and 128 up to 256: each query tile reads the keys it
+# sees, so 256 read them half as often as 128 (a deterministic dense backward moves 0.98x its
+# floor at 64-80 wide, was 1.27; 1.84 at 150, was 2.41; 2.99 at 256, was 3.56).
 # The forward's query tile: 128 at 256 wide too (a whole 128-long column in one tile, where 64
 # read each column's keys twice), and 128 in fp32 up to 128 wide (32 read a 64-key block or a
 # column two to four times); fp32 heads of 129-256 spill at 128 queries with Triton 3.6.
@@ -395,7 +396,7 @@ _TILES = {
     ("bwd_kv_dq", 2, "256"): (32, 32, 0, 8, 3), ("bwd_kv_dq", 2, "256, unaligned"): (16, 64, 0, 8, 3),
     ("bwd_kv_dq", 2, "512"): (32, 16, 128, 8, 3),
     ("bwd_q", 2, "64"): (256, 32, 0, 8, 3), ("bwd_q", 2, "128"): (256, 32, 0, 8, 3),
-    ("bwd_q", 2, "256"): (64, 32, 0, 8, 3), ("bwd_q", 2, "256, unaligned"): (64, 64, 0, 8, 3),
+    ("bwd_q", 2, "256"): (128, 16, 0, 8, 3), ("bwd_q", 2, "256, unaligned"): (128, 32, 0, 8, 3),
     ("bwd_q", 2, "512"): (32, 32, 128, 8, 3),
     ("fwd", 4, "64"): (128, 32, 16, 8, 3), ("fwd", 4, "128"): (128, 32, 16, 8, 3), ("fwd", 4, "256"): (32, 16, 32, 4, 3),
     ("bwd_kv", 4, "64"): (16, 64, 32, 8, 3), ("bwd_kv", 4, "128"): (16, 64, 16, 8, 3),
