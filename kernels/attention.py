@@ -377,8 +377,9 @@ def _width_chunk(d: int) -> int:
 # them is read once per key tile: 128 keys in 16 bits up to 128 wide (a whole 128-unit column of
 # the released shapes, so column layers take one pass; 80 wide in 32-wide chunks, since 16-wide
 # ones spill) and in fp32's bwd_kv_dq up to 128, 64 in fp32's bwd_kv and at 150 in bwd_kv_dq
-# (whole 64-long blocks, so block and previous-block layers take one pass). Heads of 256 and 480 keep both accumulators in registers
-# only with 16-32 keys a program (mma.sync, not wgmma), and read each query tile two to four times.
+# (whole 64-long blocks, so block and previous-block layers take one pass). Heads of 256 and 480
+# keep both accumulators in registers only with 16-32 keys a program (mma.sync, not wgmma), and
+# read each query tile two to four times.
 # bwd_q's query tile is 256 up to 128 wide and 128 up to 256: each query tile reads the keys it
 # sees, so 256 read them half as often as 128 (a deterministic dense backward moves 0.98x its
 # floor at 64-80 wide, was 1.27; 1.84 at 150, was 2.41; 2.99 at 256, was 3.56).

@@ -127,13 +127,12 @@ ONE_PASS = [
 def test_backward_stores_dq_in_one_pass_when_a_key_tile_holds_every_key_its_queries_see(
         pattern, lk, one_pass, deterministic, dev, small_tiles, monkeypatch):
     assert kernels.dq_in_one_pass(pattern.kind, lk, pattern.block_ctx, pattern.prime_len, 16) == one_pass
-    launched = []
+    launched, kernels_launch = [], kernels.launch
 
     def spy(kernel, grid, *args, **kwargs):
         launched.append((kernel.fn.__name__, kwargs.get("DQ")))
         return kernels_launch(kernel, grid, *args, **kwargs)
 
-    kernels_launch = kernels.launch
     monkeypatch.setattr(kernels, "launch", spy)
     lq = min(lk, 29) if pattern.kind != Kind.CROSS else 23  # the last queries of the keys (or 23 on the lyrics)
     q, k, v = inputs(2, 2, lq, lk, 20, device=dev)
@@ -144,10 +143,10 @@ def test_backward_stores_dq_in_one_pass_when_a_key_tile_holds_every_key_its_quer
     finally:
         torch.use_deterministic_algorithms(False)
     backward = launched[launched.index(("_delta_kernel", None)):]
-    mode = kernels.DQ_STORE if one_pass else kernels.DQ_LATER if deterministic else kernels.DQ_ATOMIC
-    assert backward[1] == ("_bwd_kv_kernel", mode.value)
+    mode = (kernels.DQ_STORE if one_pass else kernels.DQ_LATER if deterministic else kernels.DQ_ATOMIC).value
+    assert backward[1] == ("_bwd_kv_kernel", mode)
     assert [name for name, _ in backward] == ["_delta_kernel", "_bwd_kv_kernel"] + (
-        ["_bwd_q_kernel"] if mode == kernels.DQ_LATER else [])
+        ["_bwd_q_kernel"] if mode == kernels.DQ_LATER.value else [])
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, run(q, k, v, pattern, "torch", grad_out)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
