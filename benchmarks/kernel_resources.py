@@ -274,16 +274,18 @@ def _decode_step_case(model: str, dtype: torch.dtype, n: int, int8: bool = False
 
 def sample_cases() -> list[Case]:
     """One configuration of each kernel and code path (VQ search and fused statistics, whole rows
-    and chunked; attention forward and both backward variants at a 16-bit and an fp32 width;
-    decode attention with and without a split cache; the fused decode step): what the tests
-    compile on every run, in well under a minute, to check the committed table against this
-    Triton."""
+    and chunked; attention forward at a 16-bit and an fp32 width, and the backward's three ways to
+    dQ: stored in one pass, a second kernel, atomics; decode attention with and without a split
+    cache; the fused decode step): what the tests compile on every run, in well under a minute,
+    to check the committed table against this Triton."""
     bf16, fp32 = torch.bfloat16, torch.float32
     return [_vq_case(fp32, 6890, "search"), _vq_case(bf16, 6890, "fused statistics, atomics"),
             _vq_case(fp32, 330_736, "fused statistics, atomics", 140),  # a row searched in chunks
-            _attention_case(Kind.BLOCK, 150, bf16, "forward"), _attention_case(Kind.BLOCK, 150, bf16, "backward, atomic dQ"),
+            _attention_case(Kind.BLOCK, 150, bf16, "forward"),
+            _attention_case(Kind.BLOCK, 150, bf16, "backward, atomic dQ"),  # whole blocks a key tile: one pass
             _attention_case(Kind.CROSS, 80, fp32, "forward"),
             _attention_case(Kind.COLUMN, 256, bf16, "backward, deterministic dQ"),
+            _attention_case(Kind.COLUMN, 256, bf16, "backward, atomic dQ"),
             _decode_case(Kind.DENSE, 256, bf16, LENGTH), _decode_case(Kind.BLOCK, 150, bf16, LENGTH),
             _decode_step_case("upsampler", bf16, 1)]
 

@@ -101,6 +101,9 @@ def test_the_sample_compiles_to_the_tables_numbers_with_both_versions(sample, co
             compared += 1
     in_table = sum(rep["versions"]["triton"] in tables for rep in sample)
     assert in_table >= 1 and compared == in_table * len(kernel_resources.sample_cases())
+    # every way the backward makes dQ is among them: later (a second kernel), atomics, stored
+    modes = {t for rep in sample for r in rep["rows"] if r["kernel"] == "_bwd_kv_kernel" for t in r["tiles"].split(", ")}
+    assert {"DQ=0", "DQ=1", "DQ=2"} <= modes, modes
 
 
 def _rows(committed):
