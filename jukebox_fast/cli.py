@@ -62,7 +62,8 @@ def _train_vqvae(args) -> int:
     from .train import train_vqvae
 
     _, summary = train_vqvae(args.data, args.out, args.preset, _train_config(args), args.resume,
-                             _device(args.device), not args.quiet, args.bad_files, args.overwrite)
+                             _device(args.device), not args.quiet, args.bad_files, args.overwrite,
+                             start_level=args.start_level)
     print(f"{summary['steps']} steps, loss {summary['losses'][-1]:.4f}; wrote {args.out}/vqvae.pth.tar"
           + _skipped(summary))
     return 0
@@ -97,14 +98,17 @@ def _read_clip(path, sr: int, hop: int, seconds: float | None = None):
     return audio[:n]
 
 
-def _encode_clip(vqvae, audio, copies: int = 1):
+def _encode_clip(vqvae, audio, copies: int = 1, start_level: int = 0):
     """The codes of a clip from :func:`_read_clip`, ``copies`` rows of them: per level
     [copies, T_level], one encoding seen ``copies`` times (a view: the sizes are checked before
-    anything is allocated for them)."""
+    anything is allocated for them). Levels below ``start_level`` (none sampled there; maybe
+    never trained) get no codes: [copies, 0]."""
     import torch
 
     x = torch.from_numpy(audio).view(1, len(audio), 1)  # [1, n, 1]
-    return [z.expand(copies, -1) for z in vqvae.encode(x.to(next(vqvae.parameters()).device))]
+    device = next(vqvae.parameters()).device
+    zs = vqvae.encode(x.to(device), start_level=start_level)
+    return [torch.zeros(copies, 0, dtype=torch.int64, device=device)] * start_level + [z.expand(copies, -1) for z in zs]
 
 
 def _encode(args) -> int:
@@ -112,7 +116,8 @@ def _encode(args) -> int:
     from .files import atomic_save
 
     vqvae = load_vqvae(args.vqvae, device=args.device)
-    codes = [z.cpu() for z in _encode_clip(vqvae, _read_clip(args.audio, vqvae.hps.sr, vqvae.hps.hop_lengths[-1]))]
+    clip = _read_clip(args.audio, vqvae.hps.sr, vqvae.hps.hop_lengths[-1])
+    codes = [z.cpu() for z in _encode_clip(vqvae, clip, start_level=vqvae.first_trained_level)]
     atomic_save({"codes": codes, "hop_lengths": vqvae.hps.hop_lengths, "sr": vqvae.hps.sr,
                  "source": str(args.audio)}, args.out)
     print(f"wrote {args.out}: " + ", ".join(f"level {lvl} {tuple(z.shape)}" for lvl, z in enumerate(codes)))
@@ -273,7 +278,7 @@ def _sample(args) -> int:
         print(plan.table())
         return 0
     vqvae = load_vqvae(vqvae_path, device=device)
-    prime = None if clip is None else _encode_clip(vqvae, clip, args.n_samples)
+    prime = None if clip is None else _encode_clip(vqvae, clip, args.n_samples, min(levels))
     try:
         generate(vqvae, priors, song, total_length=total, n_samples=args.n_samples, levels=levels, prime=prime,
                  sampling=sampling, out_dir=args.out, sr=sr, overwrite=args.overwrite,
@@ -459,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-vqvae", help="train a VQ-VAE on a folder of audio", formatter_class=defaults)
     _add_training(p)
     p.add_argument("--preset", default="tiny_vqvae", help="hparams preset (vqvae, tiny_vqvae)")
+    p.add_argument("--start-level", type=int, default=0,
+                   help="train only this level and those above it (the levels the priors will use; "
+                        "level 0 is more than half of the tiny VQ-VAE's step)")
     p.set_defaults(func=_train_vqvae)
 
     p = sub.add_parser("train-prior", help="train a prior or upsampler on a VQ-VAE's codes", formatter_class=defaults)

@@ -38,9 +38,10 @@ def test_demo_writes_listenable_audio_pictures_and_a_report(demo):
     assert set(report["seconds"]) == {"data", "vqvae", "top_prior", "upsampler", "sample", "cached_vs_recompute",
                                       "measures"}
     measured = report["musicality"]
-    assert {"training clip", "training clips (all)", "reconstruction (level 0)", "reconstruction (level 2)",
+    assert {"training clip", "training clips (all)", "reconstruction (level 1)", "reconstruction (level 2)",
             "sample 0 (level 1)", "sample 0 (level 2)", "upsampler on the true level-2 codes",
             "white noise"} <= set(measured)
+    assert "reconstruction (level 0)" not in measured  # the demo trains levels 1 and 2 only
     assert measured["training clip"]["pitched"] > 0.9 and measured["white noise"]["pitched"] == 0.0
     assert "| white noise | 0.0% |" in (demo / "report.md").read_text()
     wavs = sorted((demo / "samples").glob("level_[12]_item_*.wav")) + [demo / "reconstruction.wav"]
@@ -99,7 +100,10 @@ def test_encode_then_decode(demo, tmp_path, capsys):
     codes = tmp_path / "codes.pt"
     assert main(["encode", str(song), "--vqvae", vqvae, "--out", str(codes)]) == 0
     saved = torch.load(codes)
-    assert [z.shape[1] for z in saved["codes"]] == [88192 // 8, 88192 // 32, 88192 // 128]
+    # The demo trains levels 1 and 2 only: level 0 has no codes
+    assert [z.shape[1] for z in saved["codes"]] == [0, 88192 // 32, 88192 // 128]
+    assert main(["decode", str(codes), "--vqvae", vqvae, "--out", str(tmp_path / "dec"), "--level", "0"]) == 2
+    assert "no codes at level 0" in capsys.readouterr().err
     assert main(["decode", str(codes), "--vqvae", vqvae, "--out", str(tmp_path / "dec"), "--level", "1"]) == 0
     audio, sr = soundfile.read(tmp_path / "dec" / "level_1_item_0.wav")
     assert len(audio) == 88192 and sr == 44100

@@ -90,6 +90,24 @@ def test_loss_goes_down(folder, tmp_path):
     assert sum(last) < sum(first), summary["losses"]
 
 
+def test_a_vqvae_trained_from_level_1_saves_loads_and_refuses_level_0(folder, tmp_path):
+    from jukebox_fast import load_vqvae
+
+    cfg = TrainConfig(steps=2, **CFG)
+    model, summary = train_vqvae(folder, tmp_path, SHORT_VQVAE, cfg=cfg, progress=False, start_level=1)
+    assert len(summary["losses"]) == 2 and model.first_trained_level == 1
+    loaded = load_vqvae(tmp_path / "vqvae.pth.tar")
+    assert loaded.first_trained_level == 1
+    x = folder.clips[0][:8192].view(1, -1, 1)
+    with pytest.raises(ValueError, match="never trained"):
+        loaded.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.encode(x, start_level=1), model.encode(x, start_level=1)))
+    with pytest.raises(ValueError, match="other settings \\(start_level: 1 -> "):  # resume only the same levels
+        train_vqvae(folder, tmp_path, SHORT_VQVAE, cfg=TrainConfig(steps=3, **CFG), progress=False, resume=True)
+    with pytest.raises(ValueError, match="start_level must be one of this VQ-VAE's levels, 0..2, got 3"):
+        train_vqvae(folder, tmp_path / "other", SHORT_VQVAE, cfg=cfg, progress=False, start_level=3)
+
+
 def test_bad_data_paths_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="training data folder not found"):
         AudioFolder(tmp_path / "missing")

@@ -143,6 +143,45 @@ def test_training_pass_losses_metrics_and_gradients(spectral):
     assert dec_grad is not None and dec_grad.abs().sum() > 0
 
 
+def test_training_from_a_level_up_gives_those_levels_the_gradients_of_the_whole_pass():
+    """start_level=1: levels 1 and 2 get what the whole pass gives them (their terms of the loss
+    are the same), level 0 never runs: no gradient, its codebook never initialised."""
+    torch.manual_seed(0)
+    x = 0.3 * torch.randn(2, 4096, 1)
+    whole = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096))
+    part = make_vqvae(hparams.get("tiny_vqvae", sample_length=4096))
+    part.load_state_dict(whole.state_dict())
+    whole.init_codebooks(x)
+    for a, b in zip(whole.bottleneck.level_blocks, part.bottleneck.level_blocks):
+        b.k.copy_(a.k)
+    part.bottleneck.level_blocks[1].init = part.bottleneck.level_blocks[2].init = True
+    whole.eval(), part.eval()  # no EMA step: both passes see the same codebooks
+    x_whole, loss_whole, m_whole = whole(x)
+    x_part, loss_part, m_part = part(x, start_level=1)
+    assert "recons_loss_l1" not in m_part
+    for key in ("recons_loss_l2", "recons_loss_l3", "multispectral_loss_l2", "multispectral_loss_l3"):
+        torch.testing.assert_close(m_part[key], m_whole[key], rtol=0, atol=0)
+    assert float(loss_part) < float(loss_whole)
+    # The reconstruction it returns is level 1's: the whole pass's level-1 decode of the same codes.
+    torch.testing.assert_close(x_part, whole.decode(whole.encode(x, start_level=1), start_level=1))
+    loss_whole.backward(), loss_part.backward()
+    for level in (1, 2):
+        for (name, a), (_, b) in zip(whole.encoders[level].named_parameters(), part.encoders[level].named_parameters()):
+            torch.testing.assert_close(b.grad, a.grad, msg=name)
+        torch.testing.assert_close(part.decoders[level].out.weight.grad, whole.decoders[level].out.weight.grad)
+    assert all(p.grad is None for p in (*part.encoders[0].parameters(), *part.decoders[0].parameters()))
+    # A model trained from level 1 refuses level 0, and says which levels it has.
+    part.train()(x, start_level=1)
+    assert part.first_trained_level == 1 and not part.bottleneck.level_blocks[0].init
+    with pytest.raises(ValueError, match=r"level\(s\) \[0\] of this VQ-VAE were never trained .* levels 1\.\.2"):
+        part.encode(x)
+    with pytest.raises(ValueError, match="never trained"):
+        part.decode([torch.zeros(1, 8, dtype=torch.long)] * 3, start_level=0)
+    assert [z.shape[1] for z in part.encode(x, start_level=1)] == [4096 // 32, 4096 // 128]
+    with pytest.raises(ValueError, match="start_level < end_level"):
+        part(x, start_level=3)
+
+
 def test_eval_pass_leaves_codebooks_alone(tiny):
     before = [b.k.clone() for b in tiny.bottleneck.level_blocks]
     _, loss, metrics = tiny(0.3 * torch.randn(1, 4096, 1))

@@ -200,9 +200,10 @@ class Bottleneck(nn.Module):
         for level, block in enumerate(self.level_blocks):
             block.restore_k(None if num_tokens is None else num_tokens[level], threshold)
 
-    def forward(self, xs: list[torch.Tensor]) -> list[BottleneckOutput]:
+    def forward(self, xs: list[torch.Tensor], start_level: int = 0) -> list[BottleneckOutput]:
+        """Latents of levels ``start_level, start_level+1, ...`` -> their quantised outputs."""
         outs = []
-        for block, x in zip(self.level_blocks, xs):
+        for block, x in zip(self.level_blocks[start_level:], xs):
             out = block(x, update_k=self.training)
             if not self.training:
                 # Out of training no gradient may reach the encoder through the straight-through path.

@@ -136,6 +136,23 @@ class VQVAE(nn.Module):
         """[N, 1, T] -> [N, T, 1]."""
         return x.permute(0, 2, 1)
 
+    @property
+    def first_trained_level(self) -> int:
+        """The lowest level whose codebook was trained or initialised (0 for a fresh model, or one
+        trained whole; 1 for the demo's, which trains levels 1 and 2 only)."""
+        return next((level for level, block in enumerate(self.bottleneck.level_blocks) if block.init), 0)
+
+    def _check_trained(self, levels: Sequence[int]) -> None:
+        """Refuse levels a partly trained model never trained (``train_vqvae(start_level=...)``):
+        their codebooks are all zero, so their codes and audio would be meaningless. A model
+        with no level trained (a fresh one, e.g. for a benchmark) is let through."""
+        blocks = self.bottleneck.level_blocks
+        missing = [level for level in levels if not blocks[level].init]
+        if missing and any(block.init for block in blocks):
+            first = self.first_trained_level
+            raise ValueError(f"level(s) {missing} of this VQ-VAE were never trained (it was trained from level "
+                             f"{first} up); encode or decode levels {first}..{self.levels - 1}")
+
     @staticmethod
     def _check_chunks(bs_chunks: int) -> None:
         if not isinstance(bs_chunks, int) or isinstance(bs_chunks, bool) or bs_chunks < 1:
@@ -155,6 +172,7 @@ class VQVAE(nn.Module):
         levels = self._levels(start_level, end_level)
         self._check_chunks(bs_chunks)
         self._check_audio(x, levels, any_length=True)
+        self._check_trained(levels)
         if check_finite and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).flatten().nonzero()
             raise ValueError(f"audio holds {len(bad)} NaN or inf sample(s) (the first at flat index {int(bad[0])}); "
@@ -176,6 +194,7 @@ class VQVAE(nn.Module):
         levels = self._levels(start_level, end_level)
         self._check_chunks(bs_chunks)
         self._check_codes(zs, levels)
+        self._check_trained([start_level])
         decoder, block = self.decoders[start_level], self.bottleneck.level_blocks[start_level]
         outs = [self.postprocess(decoder([block.decode(z)], all_levels=False))
                 for z in torch.chunk(zs[0], bs_chunks, dim=0)]
@@ -194,19 +213,22 @@ class VQVAE(nn.Module):
             block.init_k(block.preprocess(self.encoders[level](x_in)[-1]))
 
     # -- training -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Training pass: audio [N, T, 1] -> (level-0 reconstruction [N, T, 1], loss, metrics).
+    def forward(self, x: torch.Tensor, start_level: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Training pass: audio [N, T, 1] -> (reconstruction [N, T, 1] from ``start_level``, loss, metrics).
 
         The loss is the original's: Σ_levels recons + spectral·Σ spec + multispectral·Σ multispec
         + commit·Σ commit, plus Σ codebook losses in ``"vqvae1"`` mode. In training mode the
         codebooks are initialised from the first batch and updated by EMA with random restarts.
+        ``start_level`` > 0 gives the loss of levels ``start_level`` and up (each term as the
+        whole pass computes it: every level is its own stack) and never runs, or initialises, the
+        levels below.
         """
         hps = self.hps
-        levels = range(self.levels)
+        levels = self._levels(start_level, None)
         self._check_audio(x, levels)
         x_in = self.preprocess(x)
         latents = [self.encoders[level](x_in)[-1] for level in levels]
-        bottleneck = self.bottleneck(latents)
+        bottleneck = dict(zip(levels, self.bottleneck(latents, start_level)))
 
         x_target = x.float()
         device = x_target.device
@@ -233,11 +255,11 @@ class VQVAE(nn.Module):
             spec = spec + this_spec
             multispec = multispec + this_multispec
 
-        commit = sum(out.commit_loss for out in bottleneck)
-        codebook = sum(out.codebook_loss for out in bottleneck)
+        commit = sum(out.commit_loss for out in bottleneck.values())
+        codebook = sum(out.codebook_loss for out in bottleneck.values())
         loss = recons + hps.spectral * spec + hps.multispectral * multispec + hps.commit * commit + codebook
 
-        with torch.no_grad():  # metrics of the level-0 reconstruction, as the original logs them
+        with torch.no_grad():  # metrics of the lowest level's reconstruction, as the original logs them
             metrics.update(
                 spectral_convergence=spectral_convergence(x_target, x_out).mean(),
                 l2_loss=reconstruction_loss("l2", x_target, x_out, hps, self.bandwidth),
@@ -248,7 +270,7 @@ class VQVAE(nn.Module):
         if hps.codebook_mode == "vqvae1":
             metrics["codebook_loss"] = codebook
         if self.training:
-            metrics.update(_average([out.metrics for out in bottleneck]))
+            metrics.update(_average([out.metrics for out in bottleneck.values()]))
         return x_out, loss, {k: v.detach() for k, v in metrics.items()}
 
 

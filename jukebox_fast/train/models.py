@@ -41,9 +41,12 @@ def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> No
 
 def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, preset: str = "tiny_vqvae",
                 cfg: TrainConfig | None = None, resume: bool = False, device: str | None = None,
-                progress: bool = True, bad_files: str = "skip", overwrite: bool = False):
+                progress: bool = True, bad_files: str = "skip", overwrite: bool = False, start_level: int = 0):
     """Train a VQ-VAE on random windows (``sample_length`` samples) of the audio under ``data``.
     ``preset``: a preset's name or :class:`~jukebox_fast.hparams.VQVAEHparams`.
+    ``start_level`` > 0 trains only that level and those above. Each level is its own encoder,
+    codebook and decoder; only the gradient clipping (on the norm of all gradients) couples them.
+    The levels below stay untrained, and the model refuses to encode or decode them.
 
     Writes ``out_dir/checkpoint.pt`` (resumable) and, at the end, ``out_dir/vqvae.pth.tar``.
     A folder holding a run is only trained over with ``resume`` (go on) or ``overwrite``.
@@ -57,6 +60,8 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     if not isinstance(hps, hparams.VQVAEHparams):
         raise ValueError(f"preset {preset!r} is a {type(hps).__name__[:-7].lower()}, not a VQ-VAE "
                          f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
+    if not (isinstance(start_level, int) and 0 <= start_level < hps.levels):
+        raise ValueError(f"start_level must be one of this VQ-VAE's levels, 0..{hps.levels - 1}, got {start_level!r}")
     folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)  # before the claim
     dev = process_device(device)
     hop = hps.hop_lengths[-1]
@@ -67,7 +72,8 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
     require_memory({"audio": cfg.batch_size * window * 4, "activations": cfg.batch_size * window * hps.width * 4},
                    dev, f"a batch of {cfg.batch_size} windows of {window} samples", "lower --batch-size")
     with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
-        _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg)
+        _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg,
+               **({"start_level": start_level} if start_level else {}))
         folder.drop_shorter(window)
         torch.manual_seed(cfg.seed)  # the initial weights too
         model = make_vqvae(hps).to(dev)
@@ -77,7 +83,7 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
             return folder.windows(window, cfg.batch_size, gen)[0].to(dev)
 
         def loss_fn(m, x):
-            _, loss, metrics = m(x)
+            _, loss, metrics = m(x, start_level)
             return loss, metrics
 
         summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress,
