@@ -119,8 +119,8 @@ class DemoConfig:
     @classmethod
     def quality(cls) -> "DemoConfig":
         """Longer training for every stage, whose loss still falls where the defaults stop
-        (``benchmarks/results/demo_cpu.md``): 12.5-14 minutes on a 2-core AVX2 CPU."""
-        return cls(vqvae_steps=450, top_prior_steps=6000, upsampler_steps=8000)
+        (``benchmarks/results/demo_cpu.md``)."""
+        return cls(vqvae_steps=600, top_prior_steps=6000, upsampler_steps=8000)
 
     @classmethod
     def small(cls) -> "DemoConfig":
