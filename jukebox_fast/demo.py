@@ -87,7 +87,7 @@ def synth_set(folder: str | Path, clips: int, seconds: float, sr: int = 44100, s
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults take about six minutes on a quiet 2-core CPU, and each
+    """Sizes of the demo. The defaults take 6.7-7.3 minutes on a quiet 2-core AVX2 CPU, and each
     choice is measured (``benchmarks/results/demo_cpu.md``); :meth:`small` is the CI size (well
     under a minute)."""
 
