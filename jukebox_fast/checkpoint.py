@@ -190,7 +190,9 @@ def load_vqvae(path: str | os.PathLike, device: torch.device | str | None = None
 
     The architecture comes from ``hparams`` if given, else from the file (ours, or the
     original's ``hps``), else the released ``vqvae`` preset. Keys with HF transformers' names are
-    converted. The model is returned in eval mode with its codebooks marked initialised.
+    converted. The model is returned in eval mode with its codebooks marked initialised (ours
+    keep the saved state: a level never trained, ``train_vqvae(start_level=...)``, stays so, and
+    ``encode``/``decode`` refuse it).
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for an unreadable
     one or one whose keys or shapes do not fit (the message names the key).
     """
