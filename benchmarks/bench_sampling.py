@@ -3,7 +3,7 @@
 GPU (default there): the released upsampler and 1b_lyrics shapes with random weights, the
 transformer body in bf16 (``Sampling(dtype=torch.bfloat16)``), batch 1 and 16, with each decode
 step implementation (``torch``: the PyTorch layer loop with the reference attention; ``triton``:
-``kernels/decode_step.py``, five launches a layer), and the Triton step with weight-only int8
+``kernels/decode_step.py``, three launches a layer), and the Triton step with weight-only int8
 projections of the same weights. A window is prefilled to ``--prefill`` tokens,
 then ``--steps`` decode steps are timed, eagerly and replaying a CUDA graph. Bandwidth = (bytes of
 transformer weights + bytes of KV cache each step reads) / step time, against the copy bandwidth

@@ -384,7 +384,8 @@ def ptx_facts(ptx: str) -> dict:
     orders = re.findall(r"\b(?:red|atom)\.global\.(?:\w+\.)?(relaxed|acq_rel|acquire|release)\.", ptx)
     plain = re.findall(r"\b(?:red|atom)\.global\.(?:add|inc|max|min|and|or|xor|exch|cas)\b", ptx)  # relaxed
     widths = [int(v or 1) * int(b) // 8 for v, b in re.findall(r"\bld\.global[\w.]*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx)]
-    widths += [int(n) for n in re.findall(r"\bcp\.async\.c[ag]\.shared\.global(?:\.\w+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*(\d+)", ptx)]
+    widths += [int(n, 0) for n in re.findall(  # (the copy's size: decimal or hex, as ptxas reads both)
+        r"\bcp\.async\.c[ag]\.shared\.global(?:\.\w+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*(0x[0-9a-fA-F]+|\d+)", ptx)]
     if "cp.async.bulk.tensor" in ptx:
         widths.append(16)
     return {"tensor_cores": cores, "atomics": ", ".join(sorted(set(orders + ["relaxed"] * bool(plain)))),

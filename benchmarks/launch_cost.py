@@ -214,44 +214,56 @@ def _decode(grid, a: dict) -> LaunchCost:
     return LaunchCost(loaded, stored, flops, "ieee")
 
 
-# The decode step's product launches (``kernels/decode_step.py``): name -> (input rows, weight,
-# input width, output width, LayerNorm'd input, the epilogue's extra [N, cols] tiles read, written).
-_STEP = {
-    "_qkv_kernel": ("x_ptr", "w_ptr", "W", "OUT", True, 0, None),
-    "_proj_kernel": ("o_ptr", "w_ptr", "NSTATE", "W", False, 1, 2),
-    "_fc_kernel": ("h1_ptr", "w_ptr", "W", "HIDDEN", True, 0, 1),
-    "_out_kernel": ("f_ptr", "w_ptr", "HIDDEN", "W", False, 2, 1),
+# The decode step's products (``kernels/decode_step.py``): name -> (input rows, weight, bias,
+# scales, input width, output width, column tile, step, LayerNorm'd input, the epilogue's extra
+# [N, cols] tiles read, written, whether it writes tile statistics). ``_qkv_kernel`` is a launch;
+# ``_proj_mlp_kernel`` runs the other three as phases of one launch.
+_PRODUCTS = {
+    "qkv": ("x_ptr", "w_ptr", "b_ptr", "W", "OUT", "BLOCK_O", "BLOCK_K", True, 0, None, False),
+    "proj": ("o_ptr", "proj_w_ptr", "proj_b_ptr", "NSTATE", "W", "BLOCK_O", "BLOCK_K", False, 1, 2, True),
+    "fc": ("h1_ptr", "fc_w_ptr", "fc_b_ptr", "W", "HIDDEN", "FC_BLOCK_O", "FC_BLOCK_K", True, 0, 1, False),
+    "out": ("f_ptr", "out_w_ptr", "out_b_ptr", "HIDDEN", "W", "BLOCK_O", "BLOCK_K", False, 2, 1, True),
 }
 
 
-def _step(name: str, grid, a: dict) -> LaunchCost:
-    """A decode step's product launch: each program reads its rows' whole input (and, LayerNorm'd,
-    the producer's per-tile statistics and the LayerNorm's parameters), its column tile of the
-    weight (with its bias and, int8, its scales) once, and the epilogue's tiles; it writes its
-    output tile (and statistics)."""
-    x_name, w_name, k_name, out_name, norm, extra_in, extra_out = _STEP[name]
-    cols_programs, row_programs = grid
-    n, br, bo, k, out = a["N"], a["BLOCK_R"], a["BLOCK_O"], a[k_name], a[out_name]
+def _product(phase: str, a: dict) -> LaunchCost:
+    """One product of a decode step, over all its programs: each reads its rows' whole input (and,
+    LayerNorm'd, the producer's per-tile statistics and the LayerNorm's parameters), its column
+    tile of the weight (with its bias and, int8, its scales) once, and the epilogue's tiles; it
+    writes its output tile (and statistics)."""
+    x_name, w_name, b_name, k_name, out_name, bo_name, bk_name, norm, extra_in, extra_out, stats = _PRODUCTS[phase]
+    n, br, bo, k, out = a["N"], a["BLOCK_R"], a[bo_name], a[k_name], a[out_name]
     ex, ew = _size(a[x_name]), _size(a[w_name])  # rows in the step's dtype, in and out
     loaded = stored = flops = 0
-    for rb in range(row_programs):
+    for rb in range(_cdiv(n, br)):
         r = min(br, n - rb * br)  # sample rows this row block holds
-        for po in range(cols_programs):
+        for po in range(_cdiv(out, bo)):
             cols = min(bo, out - po * bo)
-            loaded += r * k * ex + k * cols * ew + cols * _size(a["b_ptr"])
+            loaded += r * k * ex + k * cols * ew + cols * _size(a[b_name])
             if a.get("INT8"):
                 loaded += cols * 4
-            if norm:
-                loaded += a["T"] * r * 8 + 2 * k * 4  # the statistics' tiles; LayerNorm weight and bias
+            if norm:  # the statistics' tiles (T of them: the producer's column tiles); LayerNorm weight and bias
+                loaded += (a["T"] if phase == "qkv" else _cdiv(a["W"], a["BLOCK_O"])) * r * 8 + 2 * k * 4
             loaded += extra_in * r * cols * ex
-            if name == "_qkv_kernel":
+            if phase == "qkv":
                 q_cols = max(0, min(cols, a["NSTATE"] - po * bo))
                 kv = cols - q_cols if a["KIND"] != Kind.CROSS else 0
                 stored += r * q_cols * _size(a["q_ptr"]) + r * kv * _size(a["kc_ptr"])
             else:
-                stored += extra_out * r * cols * ex + (r * 8 if name in ("_proj_kernel", "_out_kernel") else 0)
-            flops += _cdiv(k, a["BLOCK_K"]) * 2 * br * a["BLOCK_K"] * bo
+                stored += extra_out * r * cols * ex + (r * 8 if stats else 0)
+            flops += _cdiv(k, a[bk_name]) * 2 * br * a[bk_name] * bo
     return LaunchCost(loaded, stored, flops, a["PRECISION"])
+
+
+def _step(name: str, a: dict) -> LaunchCost:
+    """A decode step's launch: qkv's product, or proj, fc and out's as phases of one launch (each
+    program also takes a ticket and counts itself done: two 4-byte atomics)."""
+    if name == "_qkv_kernel":
+        return _product("qkv", a)
+    cost = _product("proj", a) + _product("fc", a) + _product("out", a)
+    programs = 2 * _cdiv(a["N"], a["BLOCK_R"]) * _cdiv(a["W"], a["BLOCK_O"]) + (
+        _cdiv(a["N"], a["BLOCK_R"]) * _cdiv(a["HIDDEN"], a["FC_BLOCK_O"]))
+    return cost + LaunchCost(0, 2 * 4 * programs, 0, cost.precision)
 
 
 def launch_cost(kernel, grid, args: tuple, kwargs: dict) -> LaunchCost:
@@ -269,6 +281,6 @@ def launch_cost(kernel, grid, args: tuple, kwargs: dict) -> LaunchCost:
         return _segment_sums(tuple(grid), a)
     if name == "_decode_kernel":
         return _decode(tuple(grid), a)
-    if name in _STEP:
-        return _step(name, tuple(grid), a)
+    if name in ("_qkv_kernel", "_proj_mlp_kernel"):
+        return _step(name, a)
     raise KeyError(f"no cost model for {name}")

@@ -1,27 +1,42 @@
-"""One decode step through a transformer layer in five launches (with ``kernels.decode``'s attention).
+"""One decode step through a transformer layer in three launches (with ``kernels.decode``'s attention).
 
 A layer is the prior's pre-LN block (``jukebox_fast.ops.decode_layers`` states it):
 
 1. ``qkv``: LayerNorm of the rows entering the layer, the q | k | v projection (bias added),
    q into a scratch row, k and v into the layer's caches at this position's slot;
 2. attention over the cache (``kernels.decode``: split over the cache where that fills the GPU);
-3. ``proj``: the attention's output projection a, and h₁ = x + a, the MLP's LayerNorm input;
-4. ``fc``: LayerNorm of h₁, the MLP's first product and quick-GELU: f;
-5. ``out``: the MLP's second product m and the layer's output x + a + m (x + r·(a + m)).
+3. ``proj_mlp``, three phases of one launch:
 
-Every launch is one matrix product for up to BLOCK_R samples (``_product``): a program owns
-BLOCK_O output columns over the whole input width, so each weight is read once, and no two
-programs add into one element: no atomics, and a step is bit-repeatable (sampling resumes to the
-same codes). The column tile widens with the rows a program holds (:func:`step_config`), so the
-sample rows every program reads stay an eighth of its weights.
+   - proj: the attention's output projection a, and h₁ = x + a, the MLP's LayerNorm input;
+   - fc: LayerNorm of h₁, the MLP's first product and quick-GELU: f;
+   - out: the MLP's second product m and the layer's output x + a + m (x + r·(a + m)).
 
-LayerNorm statistics are computed once, where the rows are made: ``proj`` and ``out`` write
-each column tile's mean and variance per row ([tiles, N, 2], fp32), and the consumer (``fc``,
-the next layer's ``qkv``) merges the tiles in order (Chan's parallel formula) before its
-product. The step's first rows come from outside; their statistics are the launcher's one
-PyTorch reduction.
+Every product (a launch, or a phase) runs for up to BLOCK_R samples (``_product``): a program
+owns BLOCK_O output columns over the whole input width, so each weight is read once, and no two
+programs add into one element: no sums by atomics, and a step is bit-repeatable (sampling
+resumes to the same codes). The column tile widens with the rows a program holds
+(:func:`step_config`), so the sample rows every program reads stay an eighth of its weights.
 
-Rows between launches are in the step's dtype, rounded where the reference step rounds them
+Why phases rather than launches: at batch 1 a layer's floor is 6-31 µs (its bytes at the H200's
+bandwidth), and starting a kernel after the one it depends on costs about 2 µs even in a CUDA
+graph (not yet measured here). A phase boundary still waits for the slowest program of the phase
+before, as a launch boundary does; what it saves is the launch. A phase needs whole rows of the
+phase before it (a LayerNorm, or every hidden unit), so its programs wait for that phase's
+count. Programs take their phase from a ticket (an atomic counter: the order in which they
+start), not from their program id, so a program waits only for programs that started before it,
+which are running or done: the launch cannot deadlock however the GPU schedules its grid (a
+single-pass scan's decoupled look-back relies on the same order), and the interpreter, which
+runs programs in order, never waits. The launch's last program sets the counters back to zero
+for the next step (or graph replay). Splitting a product's inner dimension across programs
+instead (the MLP's hidden units) would need partial sums of every output element: atomics, or
+rows of partials as large as the weights at batch 16.
+
+LayerNorm statistics are computed once, where the rows are made: proj and out write each
+column tile's mean and variance per row ([tiles, N, 2], fp32), and the consumer (fc, the next
+layer's ``qkv``) merges the tiles in order (Chan's parallel formula) before its product. The
+step's first rows come from outside; their statistics are the launcher's one PyTorch reduction.
+
+Rows between products are in the step's dtype, rounded where the reference step rounds them
 (its q, attention output, a, h₁, f and residual are tensors of that dtype); products take
 operands of that dtype with fp32 accumulation; statistics, softmax and GELU are fp32. Weights
 may be int8 with one fp32 scale per output column (``weights="int8"``): a tile is widened in
@@ -38,7 +53,7 @@ import triton.language as tl
 from .common import aligned, alignment, dot, dot_precision, launch, upcast_dot
 from .patterns import KIND_CROSS, cache_slot
 
-__all__ = ["qkv", "proj", "fc", "out", "step_config", "tiles", "row_stats"]
+__all__ = ["qkv", "proj_mlp", "step_config", "tiles", "row_stats"]
 
 
 @triton.jit
@@ -63,10 +78,9 @@ def _merged_stats(stats_ptr, rows, row_ok, N, K, T, TILE):
 
 
 @triton.jit
-def _tile_stats(v, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O: tl.constexpr):
-    """This program's column tile of rows v [BLOCK_R, BLOCK_O] (fp32): its mean and variance per
-    row into stats [tiles, N, 2] at the tile's index."""
-    pid_o = tl.program_id(0)
+def _tile_stats(v, pid_o, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O: tl.constexpr):
+    """Column tile ``pid_o`` of rows v [BLOCK_R, BLOCK_O] (fp32): its mean and variance per row
+    into stats [tiles, N, 2] at the tile's index."""
     c = tl.minimum(BLOCK_O, W - pid_o * BLOCK_O).to(tl.float32)
     mean = tl.sum(tl.where(col_ok[None, :], v, 0.0), 1) / c
     centred = tl.where(col_ok[None, :], v - mean[:, None], 0.0)
@@ -151,14 +165,33 @@ def _qkv_kernel(
 
 
 @triton.jit
-def _proj_kernel(
-    o_ptr, w_ptr, scale_ptr, b_ptr, x_ptr, a_ptr, h1_ptr, stats_ptr, N, NSTATE, W,
-    INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-    ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _wait(count_ptr, target):
+    """Spin until ``target`` programs have counted themselves done at count_ptr. Only programs of
+    an earlier phase are waited for, and every one of them took its ticket (:func:`_phase`) before
+    this program took its own, so they are running or finished: the wait always ends (as in a
+    single-pass scan's decoupled look-back), whatever order the GPU schedules the grid in. The
+    acquire orders this program's later loads after their stores."""
+    while tl.atomic_add(count_ptr, 0, sem="acquire") < target:
+        pass
+
+
+@triton.jit
+def _done(count_ptr):
+    """Count this program done at count_ptr, after every one of its stores; returns the count
+    before it (acquire too: the program that sees every other one done may reset the counts)."""
+    tl.debug_barrier()  # every thread's stores are issued before the count moves
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel")
+
+
+@triton.jit
+def _proj_phase(pid_o, pid_r, o_ptr, w_ptr, scale_ptr, b_ptr, x_ptr, a_ptr, h1_ptr, stats_ptr, N, NSTATE, W,
+                INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a = o·w + b and h₁ = x + a for column tile ``pid_o`` of row block ``pid_r``; h₁'s tile
+    statistics."""
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] samples
     row_ok = rows < N
-    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)  # [BLOCK_O] of W
     col_ok = cols < W
     t = _product(o_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, NSTATE, W, stats_ptr, 0, 1, b_ptr, b_ptr,
                  N, 0.0, False, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
@@ -168,18 +201,17 @@ def _proj_kernel(
     h1 = _round(tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32) + a, h1_ptr, UPCAST)
     tl.store(a_ptr + at, a.to(a_ptr.dtype.element_ty), mask=ok)
     tl.store(h1_ptr + at, h1.to(h1_ptr.dtype.element_ty), mask=ok)
-    _tile_stats(h1, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O)
+    _tile_stats(h1, pid_o, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O)
 
 
 @triton.jit
-def _fc_kernel(
-    h1_ptr, stats_ptr, lnw_ptr, lnb_ptr, w_ptr, scale_ptr, b_ptr, f_ptr, N, W, HIDDEN, T, TILE, eps,
-    INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-    ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _fc_phase(pid_o, pid_r, h1_ptr, stats_ptr, lnw_ptr, lnb_ptr, w_ptr, scale_ptr, b_ptr, f_ptr, N, W, HIDDEN, T,
+              TILE, eps, INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+              ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """f = quick_gelu(LN(h₁)·w + b) for hidden-unit tile ``pid_o`` of row block ``pid_r``."""
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
-    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)  # hidden units
+    cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)  # [BLOCK_O] hidden units
     col_ok = cols < HIDDEN
     f = _product(h1_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, W, HIDDEN, stats_ptr, T, TILE, lnw_ptr,
                  lnb_ptr, N, eps, True, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
@@ -190,15 +222,15 @@ def _fc_kernel(
 
 
 @triton.jit
-def _out_kernel(
-    f_ptr, w_ptr, scale_ptr, b_ptr, x_ptr, a_ptr, y_ptr, stats_ptr, N, HIDDEN, W, res_scale,
-    RES_ONE: tl.constexpr, INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_O: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+def _out_phase(pid_o, pid_r, f_ptr, w_ptr, scale_ptr, b_ptr, x_ptr, a_ptr, y_ptr, stats_ptr, N, HIDDEN, W,
+               res_scale, RES_ONE: tl.constexpr, INT8: tl.constexpr, BLOCK_R: tl.constexpr,
+               BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr, ALIGN_X: tl.constexpr, ALIGN_W: tl.constexpr,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """m = f·w + b and the layer's output x + a + m (x + r·(a + m)) for column tile ``pid_o`` of
+    row block ``pid_r``; its tile statistics (the next layer's LayerNorm)."""
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < N
-    cols = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     col_ok = cols < W
     m = _product(f_ptr, w_ptr, scale_ptr, rows, row_ok, cols, col_ok, HIDDEN, W, stats_ptr, 0, 1, b_ptr, b_ptr,
                  N, 0.0, False, INT8, BLOCK_K, BLOCK_O, ALIGN_X, ALIGN_W, PRECISION, UPCAST)
@@ -212,7 +244,49 @@ def _out_kernel(
     else:  # x + r·(a + m)
         y = _round(x + _round(res_scale * _round(a + m, y_ptr, UPCAST), y_ptr, UPCAST), y_ptr, UPCAST)
     tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=ok)
-    _tile_stats(y, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O)
+    _tile_stats(y, pid_o, rows, row_ok, col_ok, stats_ptr, N, W, BLOCK_O)
+
+
+@triton.jit
+def _proj_mlp_kernel(
+    o_ptr, proj_w_ptr, proj_s_ptr, proj_b_ptr, x_ptr, a_ptr, h1_ptr, h1_stats_ptr, lnw_ptr, lnb_ptr,
+    fc_w_ptr, fc_s_ptr, fc_b_ptr, f_ptr, out_w_ptr, out_s_ptr, out_b_ptr, y_ptr, y_stats_ptr, sync_ptr,
+    N, NSTATE, W, HIDDEN, eps, res_scale,
+    RES_ONE: tl.constexpr, INT8: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_O: tl.constexpr, FC_BLOCK_K: tl.constexpr, FC_BLOCK_O: tl.constexpr,
+    ALIGN_O: tl.constexpr, ALIGN_PROJ: tl.constexpr, ALIGN_H1: tl.constexpr, ALIGN_FC: tl.constexpr,
+    ALIGN_F: tl.constexpr, ALIGN_OUT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    # Three phases in one launch: proj's programs, then fc's, then out's. A program's phase and tile
+    # come from its ticket, the order programs start in, not from its program id: a phase waits
+    # only for programs that started before it, so the launch never deadlocks. sync [4] int32:
+    # tickets taken, then programs done per phase; zero between launches.
+    row_blocks = tl.cdiv(N, BLOCK_R)
+    tiles = tl.cdiv(W, BLOCK_O)  # proj's and out's column tiles; fc's hidden tiles below
+    n_proj = tiles * row_blocks
+    n_fc = tl.cdiv(HIDDEN, FC_BLOCK_O) * row_blocks
+    ticket = tl.atomic_add(sync_ptr, 1, sem="relaxed")
+    if ticket < n_proj:
+        _proj_phase(ticket % tiles, ticket // tiles, o_ptr, proj_w_ptr, proj_s_ptr, proj_b_ptr, x_ptr, a_ptr,
+                    h1_ptr, h1_stats_ptr, N, NSTATE, W, INT8, BLOCK_R, BLOCK_K, BLOCK_O, ALIGN_O, ALIGN_PROJ,
+                    PRECISION, UPCAST)
+        _done(sync_ptr + 1)
+    elif ticket < n_proj + n_fc:
+        _wait(sync_ptr + 1, n_proj)  # h₁ and its statistics, whole rows
+        t = ticket - n_proj
+        fc_tiles = tl.cdiv(HIDDEN, FC_BLOCK_O)
+        _fc_phase(t % fc_tiles, t // fc_tiles, h1_ptr, h1_stats_ptr, lnw_ptr, lnb_ptr, fc_w_ptr, fc_s_ptr,
+                  fc_b_ptr, f_ptr, N, W, HIDDEN, tiles, BLOCK_O, eps, INT8, BLOCK_R, FC_BLOCK_K, FC_BLOCK_O,
+                  ALIGN_H1, ALIGN_FC, PRECISION, UPCAST)
+        _done(sync_ptr + 2)
+    else:
+        _wait(sync_ptr + 2, n_fc)  # f, whole rows
+        t = ticket - n_proj - n_fc
+        _out_phase(t % tiles, t // tiles, f_ptr, out_w_ptr, out_s_ptr, out_b_ptr, x_ptr, a_ptr, y_ptr,
+                   y_stats_ptr, N, HIDDEN, W, res_scale, RES_ONE, INT8, BLOCK_R, BLOCK_K, BLOCK_O, ALIGN_F,
+                   ALIGN_OUT, PRECISION, UPCAST)
+        if _done(sync_ptr + 3) == n_proj - 1:  # (out has proj's tiles)  # the launch's last program: every other one has finished
+            tl.store(sync_ptr + tl.arange(0, 4), tl.zeros([4], tl.int32))
 
 
 def step_config(n_rows: int, dtype: torch.dtype, weight_dtype: torch.dtype, norm: bool) -> dict:
@@ -269,27 +343,24 @@ def qkv(x, stats, n_tiles: int, tile: int, ln_w, ln_b, w, scale, b, q, k_cache, 
             block_ctx, blocks, prime_len, eps, KIND=kind)
 
 
-def proj(o, w, scale, b, x, a, h1, stats, cfg: dict) -> None:
-    """o [N, n_state] (the attention's output) -> a = o·w + b and h1 = x + a, both [N, W], and
-    h1's statistics per column tile into stats."""
+def proj_mlp(o, proj_w, proj_s, proj_b, x, a, h1, h1_stats, ln_w, ln_b, fc_w, fc_s, fc_b, f, out_w, out_s, out_b,
+             y, y_stats, sync, res_scale: float, eps: float, plain: dict, norm: dict) -> None:
+    """The layer after its attention, in one launch: o [N, n_state] (the attention's output) ->
+    a = o·proj_w + proj_b and h1 = x + a [N, W] (h1's statistics per column tile into h1_stats);
+    f = quick_gelu(LN(h1)·fc_w + fc_b) [N, hidden]; y = x + a + (f·out_w + out_b) (x + r·(a + ...)
+    when r ≠ 1) [N, W] and y's statistics into y_stats (the next layer's LayerNorm). ``*_s``: an
+    int8 matrix's column scales, else None; ``sync``: int32 [4], zero (left at zero); ``plain``
+    and ``norm``: :func:`step_config` without and with a LayerNorm'd input."""
     n, n_state = o.shape
-    width = w.shape[1]
-    _launch(_proj_kernel, o, w, scale, n, width, cfg, o, w, w if scale is None else scale, b, x, a, h1, stats,
-            n, n_state, width)
-
-
-def fc(h1, stats, n_tiles: int, tile: int, ln_w, ln_b, w, scale, b, f, eps: float, cfg: dict) -> None:
-    """h1 [N, W] -> f = quick_gelu(LN(h1)·w + b) [N, hidden]."""
-    n, width = h1.shape
-    hidden = w.shape[1]
-    _launch(_fc_kernel, h1, w, scale, n, hidden, cfg, h1, stats, ln_w, ln_b, w, w if scale is None else scale, b, f,
-            n, width, hidden, n_tiles, tile, eps)
-
-
-def out(f, w, scale, b, x, a, y, stats, res_scale: float, cfg: dict) -> None:
-    """f [N, hidden] -> y = x + a + (f·w + b) (x + r·(a + f·w + b) when r ≠ 1) [N, W], and y's
-    statistics per column tile into stats (the next layer's LayerNorm)."""
-    n, hidden = f.shape
-    width = w.shape[1]
-    _launch(_out_kernel, f, w, scale, n, width, cfg, f, w, w if scale is None else scale, b, x, a, y, stats,
-            n, hidden, width, float(res_scale), RES_ONE=res_scale == 1.0)
+    width, hidden = proj_w.shape[1], fc_w.shape[1]
+    row_blocks = triton.cdiv(n, plain["BLOCK_R"])
+    programs = (2 * triton.cdiv(width, plain["BLOCK_O"]) + triton.cdiv(hidden, norm["BLOCK_O"])) * row_blocks
+    cfg = {k: plain[k] for k in ("BLOCK_R", "BLOCK_K", "BLOCK_O", "PRECISION", "UPCAST")}
+    launch(_proj_mlp_kernel, (programs,),
+           o, proj_w, proj_w if proj_s is None else proj_s, proj_b, x, a, h1, h1_stats, ln_w, ln_b,
+           fc_w, fc_w if fc_s is None else fc_s, fc_b, f, out_w, out_w if out_s is None else out_s, out_b,
+           y, y_stats, sync, n, n_state, width, hidden, eps, float(res_scale),
+           RES_ONE=res_scale == 1.0, INT8=proj_w.dtype == torch.int8, FC_BLOCK_K=norm["BLOCK_K"],
+           FC_BLOCK_O=norm["BLOCK_O"], ALIGN_O=alignment(n_state, o), ALIGN_PROJ=alignment(width, proj_w),
+           ALIGN_H1=alignment(width, h1), ALIGN_FC=alignment(hidden, fc_w), ALIGN_F=alignment(hidden, f),
+           ALIGN_OUT=alignment(width, out_w), num_warps=max(plain["num_warps"], norm["num_warps"]), **cfg)

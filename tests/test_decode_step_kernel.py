@@ -2,10 +2,12 @@
 
 On a CUDA device, or on the CPU with ``TRITON_INTERPRET=1``: every pattern at every position of a
 40-position context, odd shapes, more samples than a program's rows, 16-bit weights by the 2×
-rule, int8 weights, the split cache inside a step, bit-repeatability, and the launch budget (five a
+rule, int8 weights, the split cache inside a step, bit-repeatability, and the launch budget (three a
 layer, and the first rows' statistics once a step).
 """
 from __future__ import annotations
+
+import signal
 
 import pytest
 import torch
@@ -114,16 +116,53 @@ def test_a_split_cache_inside_the_step(monkeypatch):
     assert all(int(c.abs().sum()) == 0 for _, _, c in ours.state["triton"].splits if c is not None)  # counters at 0
 
 
-def test_a_step_is_bit_repeatable():
-    # No two programs add into one element (no atomics), and the row statistics' tiles merge in a
-    # fixed order: nothing depends on which program runs first.
+def _start_in_reverse(monkeypatch) -> None:
+    """The interpreter starts a launch's programs from the last program id to the first (it starts
+    them in order of id; a GPU may start them in any order)."""
+    from triton.runtime import interpreter
+
+    builder, grid = interpreter.interpreter_builder, []
+    set_dim, set_idx = builder.set_grid_dim, builder.set_grid_idx
+
+    def dim(x, y, z):
+        grid[:] = (x, y, z)
+        set_dim(x, y, z)
+
+    monkeypatch.setattr(builder, "set_grid_dim", dim)
+    monkeypatch.setattr(builder, "set_grid_idx", lambda x, y, z: set_idx(grid[0] - 1 - x, grid[1] - 1 - y,
+                                                                          grid[2] - 1 - z))
+
+
+WAIT_LIMIT_S = 300  # the three interpreted steps take about 5 s
+
+
+def _fail_after(request, seconds: int, why: str) -> None:
+    """Fail this test if it is still running in ``seconds``, rather than hang: in the interpreter a
+    wait that is not over at once never ends (the test's thread runs every program)."""
+    def fail(*_):
+        raise TimeoutError(why)
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    request.addfinalizer(lambda: (signal.alarm(0), signal.signal(signal.SIGALRM, previous)))
+
+
+def test_a_step_is_bit_repeatable_whatever_order_programs_start_in(monkeypatch, request):
+    # No two programs add into one element (no sums by atomics), the row statistics' tiles merge in
+    # a fixed order, and proj_mlp's programs take their phase from the order they start in, not from
+    # their ids (taken from ids, the last ids would start first here and wait for ever): nothing
+    # depends on which program runs first. On the GPU, the same twice.
     dev = kernel_device()
     base = random_stack(3, 40, 3, 5, 71, seed=4)
     outs = []
-    for _ in range(2):
+    for reverse in (False, True):
+        if reverse and dev == "cpu":
+            _start_in_reverse(monkeypatch)
+            _fail_after(request, WAIT_LIMIT_S, "a program waited for one that had not started: phases taken from program ids?")
         stack = on(copy_caches(base), dev)
         x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5)).to(dev)
         outs.append([decode_layers(x, stack, torch.tensor([p], device=dev), backend="triton") for p in range(3)])
+        assert stack.state["triton"].sync.tolist() == [0, 0, 0, 0]
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
@@ -169,7 +208,7 @@ def traced(monkeypatch):
     return ops, launches
 
 
-def test_the_step_launches_five_kernels_a_layer(traced):
+def test_the_step_launches_three_kernels_a_layer(traced):
     # The GPU path's step as the interpreter runs it: every Triton launch, and every ATen op that
     # would be a kernel on a GPU, counted for one step of a 6-layer stack.
     ops, launches = traced
@@ -183,7 +222,9 @@ def test_the_step_launches_five_kernels_a_layer(traced):
     kernels = [f for f, _ in ops.calls if f.overloadpacket.__name__.removesuffix("_") not in _METADATA]
     layers = len(stack.layers)
     names = [k.fn.__name__ for k in launches]
-    assert names == ["_qkv_kernel", "_decode_kernel", "_proj_kernel", "_fc_kernel", "_out_kernel"] * layers, names
+    assert names == ["_qkv_kernel", "_decode_kernel", "_proj_mlp_kernel"] * layers, names
+    # the last program of each proj_mlp launch left its tickets and phase counts at zero for the next
+    assert stack.state["triton"].sync.tolist() == [0, 0, 0, 0]
     kernels = [f for f in kernels if f.overloadpacket.__name__ != "full"]  # the poisoned fixture fills the output
     assert len(kernels) <= 2, kernels  # the first rows' statistics (var_mean, stacked into their buffer)
 

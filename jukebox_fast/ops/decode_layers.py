@@ -22,9 +22,10 @@ Implementations, in priority order:
   projection matrices fp32, fp16, bf16 or int8 with per-column scales, streamed as stored and
   widened to fp32 in registers), products that stream each weight
   once for all samples;
-- ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, five launches a layer
+- ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, three launches a layer
   (LayerNorm + q|k|v + cache write; attention over the cache, split where that fills the GPU;
-  output projection + residual; LayerNorm + the MLP's first product; its second + residual),
+  then one launch in three phases: output projection + residual, LayerNorm + the MLP's first
+  product, its second + residual),
   each weight read once, fp32, 16-bit or int8 weights;
 - ``torch``: the reference, the layers one by one with ``decode_attention_reference``.
 
@@ -222,18 +223,14 @@ decode_layers_reference = _layer_loop(decode_attention_reference)
 decode_layers_reference.__doc__ = "PyTorch reference: each layer's ops in turn, decode_attention_reference inside."
 
 
-# -- Triton: five launches a layer ------------------------------------------------------------------
-# Not four: the MLP's two products in one launch would split the hidden units across programs, each
-# holding a partial sum of every output element. Adding those needs atomics (non-deterministic in
-# fp32) or partial rows through memory: 2·P·N·W·4 bytes, 81 MB at the 5b width, batch 16 and one
-# program per SM, 88 % of the MLP's 92 MB of bf16 weights (the layer would move 1.5× its bytes).
-# A fifth launch costs about 2 µs in a CUDA graph.
+# -- Triton: three launches a layer -----------------------------------------------------------------
+# (kernels/decode_step.py says why proj, fc and out are phases of one launch, not launches.)
 class _TritonStep:
     """What the Triton step keeps from one step to the next, allocated once per stack (so a CUDA
     graph replays the same buffers): the weights in the step's dtype (int8 as stored, with their
     scales), two residual rows the layers take turns writing, the scratch rows (q, the attention's
-    output o, its projection a, h₁ = x + a, f), the row statistics, each long layer's split
-    scratch, and the tiles."""
+    output o, its projection a, h₁ = x + a, f), the row statistics, proj_mlp's counters, each
+    long layer's split scratch, and the tiles."""
 
     def __init__(self, stack: DecodeStack):
         from ..kernels import decode as attention_kernels
@@ -256,6 +253,7 @@ class _TritonStep:
         self.a = torch.empty(n, width, dtype=dt, device=dev)
         self.h1 = torch.empty(n, width, dtype=dt, device=dev)
         self.stats = torch.empty(2, self.tiles, n, 2, device=dev)  # [x, h1] × [tiles, N, (mean, variance)]
+        self.sync = torch.zeros(4, dtype=torch.int32, device=dev)  # proj_mlp's tickets and phase counts
         self.splits = []  # per layer: (splits, partials, counters)
         for layer in stack.layers:
             heads, d = layer.n_head, layer.k.shape[-1]
@@ -292,9 +290,8 @@ def _triton_call(x: torch.Tensor, stack: DecodeStack, position: torch.Tensor) ->
                     n_state, d, *args, layer.eps, norm)
         attention_kernels.decode(q.view(n, heads, d), layer.k, layer.v, o.view(n, heads, d), position, *args,
                                  1.0 / math.sqrt(d), splits, partials, counts)
-        kernels.proj(o, proj_w, proj_s, proj_b, x, step.a, step.h1, h1_stats, plain)
-        kernels.fc(step.h1, h1_stats, step.tiles, plain["BLOCK_O"], ln1_w, ln1_b, fc_w, fc_s, fc_b, f, layer.eps, norm)
-        kernels.out(f, out_w, out_s, out_b, x, step.a, y, x_stats, layer.res_scale, plain)
+        kernels.proj_mlp(o, proj_w, proj_s, proj_b, x, step.a, step.h1, h1_stats, ln1_w, ln1_b, fc_w, fc_s, fc_b, f,
+                         out_w, out_s, out_b, y, x_stats, step.sync, layer.res_scale, layer.eps, plain, norm)
         x, n_tiles, tile = y, step.tiles, plain["BLOCK_O"]
     return result
 
@@ -362,6 +359,6 @@ dispatch.register("decode_layers", "cpp", _cpp_call, available=extension.load, s
                   note="csrc/decode_layers.cpp: the whole stack in one call on the CPU, fp32 rows, 16-bit weights streamed")
 dispatch.register("decode_layers", "triton", _triton_call, supports=_triton_supports,
                   prepare=_preparer("triton", _TritonStep),
-                  note="kernels/decode_step.py: five launches a layer (LN+qkv+cache, attention, proj, LN+fc, out+residual)")
+                  note="kernels/decode_step.py: three launches a layer (LN+qkv+cache, attention, proj|LN+fc|out+residual)")
 dispatch.register("decode_layers", "torch", decode_layers_reference, prepare=_preparer("torch", _in_step_dtype),
                   note="PyTorch reference")
