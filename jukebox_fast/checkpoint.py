@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from . import hparams as hparams_mod
-from .files import CheckpointError, _numpy_globals, atomic_save, atomic_write, read_checkpoint
+from .files import CheckpointError, _numpy_globals, atomic_save, atomic_write, open_checkpoint, read_checkpoint
 from .hf_keys import hf_to_openai, looks_hf, openai_to_hf, openai_to_hf_key
 from .hparams import PriorHparams, VQVAEHparams
 from .models.prior import SimplePrior, make_prior
-from .models.transformer import weights_in
+from .models.transformer import Conv1D, quantize_int8, weights_in
 from .models.vqvae import VQVAE, make_vqvae
 
 __all__ = [
@@ -75,15 +75,29 @@ def tensor_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
     carry as ``checksum`` and what loading recomputes."""
     h = hashlib.sha256()
     for key, t in state_dict.items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the tensor
+        _hash_tensor(h, key, t)
     return h.hexdigest()
+
+
+def _hash_tensor(h, key: str, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the tensor
 
 
 def _verify(obj: Any, state_dict: Mapping[str, Any], path: Path, kind: str) -> None:
     """The checks before any weight is used: the file holds a ``kind`` ("vqvae" or "prior"),
     its tensors match our checksum (our files) and hold no NaN or inf (every file)."""
+    ours = _check_kind(obj, state_dict, path, kind)
+    if ours and obj.get("checksum") and tensor_checksum(state_dict) != obj["checksum"]:
+        raise _corrupt(path)
+    for key, t in state_dict.items():
+        _check_finite(path, key, t)
+
+
+def _check_kind(obj: Any, state_dict: Mapping[str, Any], path: Path, kind: str) -> bool:
+    """Raise unless the file holds a ``kind`` (our record says, else the key names tell);
+    returns whether it is one of our files."""
     ours = isinstance(obj, Mapping) and obj.get("format") == FORMAT
     if ours:
         found = obj.get("kind")
@@ -94,15 +108,20 @@ def _verify(obj: Any, state_dict: Mapping[str, Any], path: Path, kind: str) -> N
         found = "vqvae" if is_vqvae and not is_prior else "prior" if is_prior and not is_vqvae else kind
     if found != kind:
         raise _wrong_kind(path, found, kind)
-    if ours and obj.get("checksum") and tensor_checksum(state_dict) != obj["checksum"]:
-        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
-                              "(the file was changed or damaged after saving)")
-    for key, t in state_dict.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            # by pieces: isfinite over a whole tensor makes several temporaries of its size
-            bad = sum(int((~torch.isfinite(piece)).sum()) for piece in t.reshape(-1).split(1 << 18))
-            if bad:
-                raise CheckpointError(f"{path} is corrupt: {key!r} holds {bad} NaN/inf value(s) of {t.numel()}")
+    return ours
+
+
+def _corrupt(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
+                           "(the file was changed or damaged after saving)")
+
+
+def _check_finite(path: Path, key: str, t: Any) -> None:
+    if isinstance(t, torch.Tensor) and t.is_floating_point():
+        # by pieces: isfinite over a whole tensor makes several temporaries of its size
+        bad = sum(int((~torch.isfinite(piece)).sum()) for piece in t.reshape(-1).split(1 << 18))
+        if bad:
+            raise CheckpointError(f"{path} is corrupt: {key!r} holds {bad} NaN/inf value(s) of {t.numel()}")
 
 
 def _wrong_kind(path: Path, found: str, kind: str) -> CheckpointError:
@@ -120,10 +139,22 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any
     ``load_state_dict`` does in the original). ``assign=True`` adopts the tensors (moved to
     ``device``) instead of copying them, so a model built on the meta device costs no memory
     before its weights arrive. ``consume=True`` empties ``state_dict`` as it goes: a tensor that
-    is cast or moved is dropped as soon as its copy exists, so loading holds the file and one
-    tensor, not the file and the model (the memory plan counts it so).
+    is cast or moved is dropped as soon as its copy exists, so a loader that read the whole
+    file holds the file and one tensor, not the file and the model.
     """
     expected = model.state_dict()
+    _check_matches(expected, state_dict, source)
+    cast = {}
+    for key, target in expected.items():
+        value = state_dict.pop(key) if consume else state_dict[key]
+        cast[key] = value.to(device=device if assign else None, dtype=target.dtype)
+        del value
+    model.load_state_dict(cast, strict=True, assign=assign)
+
+
+def _check_matches(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any], source: str) -> None:
+    """Raise, naming the keys, unless ``state_dict`` has exactly ``expected``'s keys, each a
+    tensor of its shape."""
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
@@ -133,7 +164,6 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
         raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}")
-    cast = {}
     for key, target in expected.items():
         value = state_dict[key]
         if not isinstance(value, torch.Tensor):
@@ -142,11 +172,6 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, Any
             raise CheckpointError(
                 f"{source}: key {key!r} has shape {list(value.shape)}, the model expects {list(target.shape)}"
             )
-    for key, target in expected.items():
-        value = state_dict.pop(key) if consume else state_dict[key]
-        cast[key] = value.to(device=device if assign else None, dtype=target.dtype)
-        del value
-    model.load_state_dict(cast, strict=True, assign=assign)
 
 
 # What a prior's codes depend on in its VQ-VAE: the levels, their hops and the codebook.
@@ -258,8 +283,11 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
             LayerNorms and biases stay), converted tensor by tensor as it loads
             (:func:`~jukebox_fast.models.transformer.weights_in`).
 
-    Loading holds the file's tensors and at most one converted tensor beside them: each is
-    dropped from the file's dict as soon as the model has its copy (what the memory plan counts).
+    Loading reads the file one tensor at a time (:func:`~jukebox_fast.files.open_checkpoint`):
+    each is checked, converted to the model's form and dropped, so loading holds the converted
+    tensors and one of the file's with its conversion, never the whole file (what the memory
+    plan counts). Our files' checksum is checked once every tensor has been read, before the
+    model is returned.
 
     Raises FileNotFoundError, or :class:`CheckpointError` naming the file and the key when the
     file is unreadable, does not fit the architecture, or unties a tied output projection.
@@ -269,10 +297,9 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         raise TypeError(f"name_or_hparams must be a preset name or PriorHparams, got {type(name_or_hparams).__name__} "
                         "(the VQ-VAE goes in vqvae=)")
     path = Path(path)
-    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    obj, read = open_checkpoint(path, trust_pickle=trust_pickle)  # tensors on the meta device until read
     state_dict = _state_dict_of(obj, path)
-    _verify(obj, state_dict, path, "prior")
-    ours = isinstance(obj, Mapping) and obj.get("format") == FORMAT
+    ours = _check_kind(obj, state_dict, path, "prior")
     if name_or_hparams is None:
         if not ours:
             raise CheckpointError(f"{path} does not say which prior it holds: pass name_or_hparams "
@@ -289,20 +316,44 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
         if given_vq is not None:
             _agree(path, hparams_mod.from_dict(VQVAEHparams, obj["vqvae_hparams"]), given_vq, "the VQ-VAE",
                    fields=VQVAE_STRUCTURE)
-    del obj  # the state dict is all that is left of the file: loading empties it as it goes
+    checksum = obj.get("checksum") if ours else None
+    del obj
     with torch.device("meta"):
         model = make_prior(name_or_hparams, vqvae)
     weights_in(model, weights)
+    kept = state_dict
     if layers is not None:
         depth = len(model.prior.transformer._attn_mods)
         if not isinstance(layers, int) or not 1 <= layers <= depth:
             raise ValueError(f"layers must be an integer in 1..{depth} (this prior's blocks), got {layers!r}")
         model.prior.transformer.keep_first(layers)
         dropped = re.compile(r"prior\.transformer\._attn_mods\.(\d+)\.")
-        state_dict = {k: v for k, v in state_dict.items()
-                      if not ((m := dropped.match(k)) and int(m.group(1)) >= layers)}
-    scales = _quantize_in_place(model, state_dict) if weights == "int8" else {}
-    load_state_dict_checked(model, state_dict, str(path), assign=True, device=device or "cpu", consume=True)
+        kept = {k: v for k, v in state_dict.items() if not ((m := dropped.match(k)) and int(m.group(1)) >= layers)}
+    expected = model.state_dict()
+    _check_matches(expected, kept, str(path))  # before any tensor is read
+    # One tensor of the file at a time: read, checked, converted to the model's form, and the
+    # file's copy dropped; so loading holds the converted tensors and one of the file's.
+    int8 = {f"{name}.w" for name, m in model.named_modules() if isinstance(m, Conv1D) and m.w.dtype == torch.int8}
+    digest = hashlib.sha256() if checksum else None
+    scales = {}
+    for key in list(state_dict):
+        t = read(state_dict[key])
+        if digest is not None:
+            _hash_tensor(digest, key, t)
+        _check_finite(path, key, t)
+        if key not in kept:  # a dropped layer: read only for the checksum
+            del state_dict[key], t
+            continue
+        if key in int8:
+            kept[key], scales[key[:-2]] = quantize_int8(t)
+        else:
+            kept[key] = t.to(expected[key].dtype)
+        state_dict[key] = kept[key]
+        del t
+    if digest is not None and digest.hexdigest() != checksum:
+        raise _corrupt(path)
+    load_state_dict_checked(model, kept, str(path), assign=True, device=device or "cpu", consume=True)
+    del state_dict
     for name, scale in scales.items():
         model.get_submodule(name).w_scale = scale.to(device or "cpu")
     lm = model.prior
@@ -383,11 +434,6 @@ class PriorFile:
                                   "'prior_5b', 'upsampler_level_0'; --model on the command line)")
         return hparams_mod.from_dict(PriorHparams, record["hparams"])
 
-    @property
-    def nbytes(self) -> int:
-        """What loading reads into memory at once: the file's tensors (its size bounds them)."""
-        return self.path.stat().st_size
-
     def fingerprint(self) -> str:
         """Which file this is, for a run's settings: its path, size and modification time."""
         st = self.path.stat()
@@ -395,18 +441,6 @@ class PriorFile:
 
     def load(self, vqvae=None, device: torch.device | str | None = None, weights: str = "stored") -> SimplePrior:
         return load_prior(self.path, self.preset, vqvae, device, weights=weights)
-
-
-def _quantize_in_place(model: torch.nn.Module, state_dict: dict) -> dict[str, torch.Tensor]:
-    """Replace each Conv1D weight in ``state_dict`` by its int8 form, one tensor at a time (the
-    file's fp32 copy goes as its int8 one arrives); returns the modules' column scales."""
-    from .models.transformer import Conv1D, quantize_int8
-
-    scales = {}
-    for name, module in model.named_modules():
-        if isinstance(module, Conv1D) and f"{name}.w" in state_dict:
-            state_dict[f"{name}.w"], scales[name] = quantize_int8(state_dict[f"{name}.w"])
-    return scales
 
 
 def save_prior(model: SimplePrior, path: str | os.PathLike, **extra: Any) -> Path:

@@ -6,7 +6,7 @@ built in one go (the C++ extension's build, a Triton version installed for the r
 go through :func:`atomic_dir`. :func:`read_checkpoint` loads ``torch.save`` files
 ``weights_only`` (no arbitrary code runs), with numpy scalars and arrays allowed, since the
 original stores its hparams with numpy numbers; ``trust_pickle=True`` lifts that limit for
-files you trust.
+files you trust. :func:`open_checkpoint` reads the same files one tensor at a time.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "atomic_write", "atomic_text", "atomic_save", "atomic_dir", "read_checkpoint"]
+__all__ = ["CheckpointError", "atomic_write", "atomic_text", "atomic_save", "atomic_dir", "read_checkpoint",
+           "open_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -131,6 +132,49 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> A
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
         # (the unpickler meets arbitrary bytes with whatever its stack machine trips on)
         raise _unreadable(path, e) from None
+
+
+def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False
+                    ) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]]:
+    """:func:`read_checkpoint` with the tensors left in the file (:mod:`jukebox_fast.lazy_load`):
+    (the file's object, its tensors on the meta device; a function that reads the CPU tensor one
+    of them stands for). The same checks and errors; reading raises CheckpointError for a tensor
+    the file does not hold whole."""
+    from .lazy_load import open_lazily
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file; expected a checkpoint such as vqvae.pth.tar")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            lazy = open_lazily(path, trusted=trust_pickle)
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_globals(path) if not trust_pickle else []
+        if unsafe:
+            raise CheckpointError(
+                f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "
+                "if you trust the file, pass trust_pickle=True"
+            ) from None
+        raise _unreadable(path, e) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
+        raise _unreadable(path, e) from None
+
+    def load(meta: torch.Tensor) -> torch.Tensor:
+        try:
+            return lazy.load(meta)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+            raise _unreadable(path, e) from None
+
+    return lazy.obj, load
+
+
+def _unsafe_globals(path: Path) -> list:
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return []  # not even a readable pickle
 
 
 def _unreadable(path: Path, cause: Exception | None = None) -> CheckpointError:

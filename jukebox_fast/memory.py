@@ -25,7 +25,7 @@ import math
 import re
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -124,12 +124,14 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-def _largest_cast(stored: torch.nn.Module, loaded: torch.nn.Module) -> int:
-    """The largest tensor loading converts (``stored`` -> ``loaded`` dtypes), in its new dtype:
-    what loading holds beside the file's tensors at its worst moment."""
+def _loading_extra(stored: torch.nn.Module, loaded: torch.nn.Module) -> int:
+    """What loading holds beside the tensors it has converted (at most the loaded model), at its
+    worst: one tensor of the file (``stored`` dtypes) and its conversion (``loaded`` dtypes)
+    (``checkpoint.load_prior`` reads the file one tensor at a time)."""
     before = stored.state_dict()
-    return max((t.numel() * t.element_size() for k, t in loaded.state_dict().items() if t.dtype != before[k].dtype),
-               default=0)
+    return max((before[k].numel() * before[k].element_size()
+                + (t.numel() * t.element_size() if t.dtype != before[k].dtype else 0)
+                for k, t in loaded.state_dict().items()), default=0)
 
 
 # -- the ways to run --------------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def _decode_peak(vqvae_hps, level: int, n: int, tokens: tuple[int, ...], device:
 
 def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_samples: int, total_length: int,
                   choice: Choice = Choice(), hop_fraction: Sequence[float] = (0.5, 0.5, 0.125),
-                  stored: Mapping[int, int] | None = None, prime_tokens: Sequence[int] | None = None,
+                  prime_tokens: Sequence[int] | None = None,
                   device: str | torch.device = "cpu", trace: bool = True) -> Plan:
     """The memory plan of :func:`jukebox_fast.sample.generate` for one way to run.
 
@@ -297,11 +299,10 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
         levels: the levels sampled, top first.
         n_samples, total_length, hop_fraction: as ``generate`` takes them.
         choice: how the run spends memory (:class:`Choice`).
-        stored: per level, the bytes loading its file reads at once (default: its weights).
         prime_tokens: per level, codes the run continues (primed, continued or resumed runs).
         device: where the run holds its tensors.
-        trace: False leaves out the transients (the windows, the decode, the tensor loading
-            converts): a lower bound from one meta build per prior, for refusing what cannot fit
+        trace: False leaves out the transients (the windows, the decode, the file's tensor
+            loading holds with its conversion): a lower bound from one meta build per prior, for refusing what cannot fit
             before tracing anything.
     """
     from .sample import final_tokens, longest_context
@@ -324,10 +325,9 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
         built = meta_prior(hps[level], vqvae_hps, form)
         weights[level] = Item(f"level-{level} prior weights", model_bytes(given if given is not None else built))
 
-    def loading(level: int) -> Item:  # the file's tensors, and the one being cast beside them
-        read = (stored or {}).get(level, weights[level].nbytes)
-        cast = _largest_cast(meta_prior(hps[level], vqvae_hps), meta_prior(hps[level], vqvae_hps, form)) if trace else 0
-        return Item(f"level-{level} prior file (loading)", max(read + cast, weights[level].nbytes))
+    def loading(level: int) -> Item:  # the tensors converted so far, one of the file's and its conversion
+        extra = _loading_extra(meta_prior(hps[level], vqvae_hps), meta_prior(hps[level], vqvae_hps, form)) if trace else 0
+        return Item(f"level-{level} prior file (loading)", weights[level].nbytes + extra)
 
     plan = Plan(choice, device, [Phase("load the VQ-VAE", [vq])])
     held: list[Item] = []
@@ -376,7 +376,6 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
     device = torch.device(device)
     files = all(isinstance(priors[level], (PriorFile, PriorHparams)) for level in levels)  # not loaded yet
     specs = [p.hparams() if isinstance(p, PriorFile) else p for p in priors]
-    stored = {level: priors[level].nbytes for level in levels if isinstance(priors[level], PriorFile)}
     if weights != "stored" and not files:
         raise ValueError(f"weights={weights!r} takes priors given as files (PriorFile): loaded priors are as they are")
     base = Choice(in_turn=files, weights=weights, caches=s.dtype, batch=min(n_samples, s.max_batch_size))
@@ -396,14 +395,14 @@ def plan_generate(vqvae, priors: Sequence, levels: Sequence[int], *, n_samples: 
 
     def make(choice: Choice, trace: bool = True) -> Plan:
         return plan_sampling(vqvae_hps, specs, levels, n_samples=n_samples, total_length=total_length, choice=choice,
-                             hop_fraction=hop_fraction, stored=stored, prime_tokens=prime_tokens, device=device,
+                             hop_fraction=hop_fraction, prime_tokens=prime_tokens, device=device,
                              trace=trace)
 
     return choose(make, choices, f"{n_samples} sample(s) of {total_length / vqvae_hps.sr:.4g} s", max_memory, device)
 
 
 def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype: torch.dtype | None = None,
-                   weights: str = "stored", stored: int | None = None, device: str | torch.device = "cpu",
+                   weights: str = "stored", device: str | torch.device = "cpu",
                    trace: bool = True) -> Plan:
     """The memory plan of :func:`jukebox_fast.embed.extract` with a prior truncated to ``layers``
     blocks: both models' weights, loading, then one batch of full-context clips (each clip
@@ -431,8 +430,8 @@ def plan_embedding(vqvae_hps, prior_hps, *, layers: int, batch_size: int, dtype:
     peak = traced_peak(run, known, device) if trace else 0
     vq = Item("VQ-VAE weights", model_bytes(vqvae))
     w = Item(f"prior weights ({layers} blocks)", model_bytes(prior))
-    cast = _largest_cast(meta_prior(prior_hps, vqvae_hps), meta_prior(prior_hps, vqvae_hps, weights))
-    read = Item("prior file (loading)", max(w.nbytes, (stored or w.nbytes) + cast))
+    read = Item("prior file (loading)",
+                w.nbytes + _loading_extra(meta_prior(prior_hps, vqvae_hps), meta_prior(prior_hps, vqvae_hps, weights)))
     label = (f"{'weights as stored' if weights == 'stored' else '16-bit weights'}, "
              f"{str(dtype).removeprefix('torch.')} blocks, {batch_size} clip(s) a batch")
     return Plan(Choice(weights="stored" if weights == "stored" else "16-bit", caches=dtype, batch=batch_size), device, [
@@ -478,7 +477,6 @@ def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.d
 
     device = torch.device(device)
     hps = prior.hparams() if isinstance(prior, PriorFile) else prior
-    stored = prior.nbytes if isinstance(prior, PriorFile) else None
     choices = [Choice(caches=dtype, batch=batch_size)]  # (the blocks' dtype: what 16-bit weights follow)
     if max_memory is not None:
         choices.append(Choice(weights="16-bit", caches=dtype, batch=batch_size))
@@ -487,7 +485,7 @@ def plan_embed(vqvae_hps, prior, *, layers: int, batch_size: int, dtype: torch.d
 
     def make(choice: Choice, trace: bool = True) -> Plan:
         return plan_embedding(vqvae_hps, hps, layers=layers, batch_size=choice.batch, dtype=dtype,
-                              weights=choice.weight_form(device), stored=stored, device=device, trace=trace)
+                              weights=choice.weight_form(device), device=device, trace=trace)
 
     return choose(make, choices, f"embedding with {layers} block(s), {batch_size} clip(s) a batch", max_memory,
                   device)

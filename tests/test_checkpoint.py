@@ -217,3 +217,87 @@ def test_a_prior_where_a_vq_vae_is_expected_and_back(tiny, tmp_path):
     # the VQ-VAE in the architecture's place: said before the file is read
     with pytest.raises(TypeError, match="must be a preset name or PriorHparams, got VQVAE .the VQ-VAE goes in vqvae="):
         load_prior(tmp_path / "prior_level_1.pth.tar", tiny)
+
+
+_LOAD_PEAK = """
+import json, sys, torch
+import torch._dynamo  # (imported on first use of many ops: 150 MB of code, not the load's)
+from jukebox_fast import hparams, load_prior, make_prior
+def status(field):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
+path, form = sys.argv[1], sys.argv[2]
+hps = hparams.get("tiny_top_prior", prior_width=1024, prior_depth=16)
+with torch.device("meta"):  # first-use costs before the baseline
+    make_prior(hps, hparams.get("tiny_vqvae"))
+base = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from here
+prior = load_prior(path, hps, hparams.get("tiny_vqvae"), weights=form)
+print(json.dumps({"peak": status("VmHWM") - base}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measures the peak through Linux's /proc")
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy format (the original files)", "zip format"])
+def test_loading_reads_one_tensor_of_the_file_at_a_time(tmp_path, legacy):
+    # An fp32 prior of 110 MB loaded as int8 holds the model (int8 matrices, fp32 embeddings: 72 MB)
+    # and one file tensor with its conversion, as the memory plan counts it; never the whole file,
+    # which reading it before converting held (the file and one converted tensor).
+    import json
+    import subprocess
+    import sys
+
+    from jukebox_fast import make_prior, memory
+
+    hps = hparams.get("tiny_top_prior", prior_width=1024, prior_depth=16)
+    path = tmp_path / "prior_level_2.pth.tar"
+    torch.save({"hps": {}, "model": make_prior(hps, hparams.get("tiny_vqvae")).state_dict()}, path,
+               _use_new_zipfile_serialization=not legacy)
+    size = path.stat().st_size
+    assert size > 100e6
+    script = tmp_path / "peak.py"
+    script.write_text(_LOAD_PEAK)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # as test_memory.py measures: glibc's default
+    # dynamic threshold keeps freed blocks in the heap, where they count as resident
+    done = subprocess.run([sys.executable, str(script), str(path), "int8"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak = json.loads(done.stdout.splitlines()[-1])["peak"]
+    plan = memory.plan_sampling(hparams.get("tiny_vqvae"), [None, None, hps], [2], n_samples=1, total_length=128 * 8,
+                                choice=memory.Choice(in_turn=True, weights="int8"))
+    loading = next(i.nbytes for p in plan.phases for i in p.items if i.name.endswith("(loading)"))
+    assert peak < 0.8 * size, (peak, size)
+    assert abs(peak - loading) <= max(0.1 * loading, 20 * 2**20), (peak, loading)
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy format", "zip format"])
+def test_a_prior_read_tensor_by_tensor_is_the_prior_and_bad_files_name_themselves(tmp_path, legacy):
+    import copy
+
+    from jukebox_fast import load_prior, make_prior
+    from jukebox_fast.models.transformer import Conv1D, weights_in
+
+    vq = hparams.get("tiny_vqvae")
+    prior = make_prior("tiny_top_prior", vq)
+    sd = prior.state_dict()
+    path = tmp_path / "prior_level_2.pth.tar"
+    torch.save({"hps": {}, "model": sd}, path, _use_new_zipfile_serialization=not legacy)
+    for form in ("stored", "int8"):
+        want = weights_in(copy.deepcopy(prior), form)  # kept, or quantised from the same fp32 weights
+        got = load_prior(path, "tiny_top_prior", vq, weights=form)
+        assert _same_weights(got, want), form
+        scales = [(m.w_scale, n) for n, m in got.named_modules() if isinstance(m, Conv1D)]
+        assert all((s is None) == (form == "stored") for s, _ in scales)
+        if form == "int8":
+            assert all(torch.equal(s, want.get_submodule(n).w_scale) for s, n in scales)
+    bad = dict(sd)
+    key = "prior.transformer._attn_mods.1.mlp.c_fc.w"
+    bad[key] = bad[key].clone()
+    bad[key][3, 4] = float("nan")
+    torch.save({"hps": {}, "model": bad}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError, match=f"{path}.*{key}.*NaN"):
+        load_prior(path, "tiny_top_prior", vq, weights="int8")
+    torch.save({"hps": {}, "model": sd}, path, _use_new_zipfile_serialization=not legacy)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])  # the last tensors cut off
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_prior(path, "tiny_top_prior", vq)

@@ -54,11 +54,19 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric weight-only int8 of a Conv1D weight [in, out]: one fp32 scale per output column
     (its largest magnitude / 127), values rounded to [-127, 127]. Returns (int8 [in, out], scale [out])."""
     w = w.detach()
-    scale = w.abs().amax(dim=0).float().div_(127.0)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero column stays zero
     if w.device.type == "meta":
-        return torch.empty(w.shape, dtype=torch.int8, device="meta"), scale
-    q = torch.round(w.float() / scale).clamp_(-127, 127).to(torch.int8)
+        return torch.empty(w.shape, dtype=torch.int8, device="meta"), torch.empty(w.shape[1], device="meta")
+    # By blocks of rows, so that the temporaries stay small beside the weight (loading converts a
+    # file tensor by tensor and holds only one of them).
+    rows = max(1, (1 << 20) // max(1, w.shape[1]))
+    scale = torch.zeros(w.shape[1], dtype=torch.float32, device=w.device)
+    for block in w.split(rows):
+        torch.maximum(scale, block.abs().amax(dim=0).float(), out=scale)
+    scale.div_(127.0)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero column stays zero
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    for block, out in zip(w.split(rows), q.split(rows)):
+        out.copy_(torch.round(block.float() / scale).clamp_(-127, 127))
     return q, scale
 
 
