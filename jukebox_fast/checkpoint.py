@@ -321,7 +321,7 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
     with torch.device("meta"):
         model = make_prior(name_or_hparams, vqvae)
     weights_in(model, weights)
-    kept = state_dict
+    kept = dict(state_dict)  # the model's tensors: the file's placeholders until each is read
     if layers is not None:
         depth = len(model.prior.transformer._attn_mods)
         if not isinstance(layers, int) or not 1 <= layers <= depth:
@@ -337,23 +337,21 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
     digest = hashlib.sha256() if checksum else None
     scales = {}
     for key in list(state_dict):
-        t = read(state_dict[key])
+        placeholder = state_dict.pop(key)
+        if key not in kept and digest is None:
+            continue  # a dropped layer, with no checksum to read it for
+        t = read(placeholder)
         if digest is not None:
             _hash_tensor(digest, key, t)
         _check_finite(path, key, t)
-        if key not in kept:  # a dropped layer: read only for the checksum
-            del state_dict[key], t
-            continue
         if key in int8:
             kept[key], scales[key[:-2]] = quantize_int8(t)
-        else:
+        elif key in kept:
             kept[key] = t.to(expected[key].dtype)
-        state_dict[key] = kept[key]
         del t
     if digest is not None and digest.hexdigest() != checksum:
         raise _corrupt(path)
     load_state_dict_checked(model, kept, str(path), assign=True, device=device or "cpu", consume=True)
-    del state_dict
     for name, scale in scales.items():
         model.get_submodule(name).w_scale = scale.to(device or "cpu")
     lm = model.prior
