@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -151,7 +152,9 @@ def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False
         with torch.serialization.safe_globals(_numpy_globals()):
             lazy = open_lazily(path, trusted=trust_pickle)
     except pickle.UnpicklingError as e:
-        unsafe = _unsafe_globals(path) if not trust_pickle else []
+        # (torch lists a zip file's globals; a legacy file's first refused one is in the message)
+        unsafe = (_unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+                  if not trust_pickle else [])
         if unsafe:
             raise CheckpointError(
                 f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "

@@ -90,7 +90,8 @@ def _text(x) -> str:
 
 
 def _dtype(storage_type) -> torch.dtype:
-    return torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+    # (``_dtype``: ``dtype`` of a typed storage class warns that TypedStorage is deprecated)
+    return torch.uint8 if storage_type is torch.UntypedStorage else storage_type._dtype
 
 
 def open_lazily(path: str | os.PathLike, trusted: bool = False) -> LazyFile:

@@ -273,6 +273,7 @@ def test_loading_reads_one_tensor_of_the_file_at_a_time(tmp_path, legacy):
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy format", "zip format"])
 def test_a_prior_read_tensor_by_tensor_is_the_prior_and_bad_files_name_themselves(tmp_path, legacy):
     import copy
+    import fractions
 
     from jukebox_fast import load_prior, make_prior
     from jukebox_fast.models.transformer import Conv1D, weights_in
@@ -297,6 +298,10 @@ def test_a_prior_read_tensor_by_tensor_is_the_prior_and_bad_files_name_themselve
     torch.save({"hps": {}, "model": bad}, path, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(CheckpointError, match=f"{path}.*{key}.*NaN"):
         load_prior(path, "tiny_top_prior", vq, weights="int8")
+    torch.save({"hps": {"odd": fractions.Fraction(1, 3)}, "model": sd}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError, match=r"safe loading refuses \(fractions.Fraction\).*trust_pickle=True"):
+        load_prior(path, "tiny_top_prior", vq)
+    assert _same_weights(load_prior(path, "tiny_top_prior", vq, trust_pickle=True), prior)
     torch.save({"hps": {}, "model": sd}, path, _use_new_zipfile_serialization=not legacy)
     path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])  # the last tensors cut off
     with pytest.raises(CheckpointError, match=str(path)):
