@@ -345,9 +345,10 @@ def load_prior(path: str | os.PathLike, name_or_hparams: str | PriorHparams | No
             _hash_tensor(digest, key, t)
         _check_finite(path, key, t)
         if key in int8:
-            kept[key], scales[key[:-2]] = quantize_int8(t)
-        elif key in kept:
-            kept[key] = t.to(expected[key].dtype)
+            q, scale = quantize_int8(t)
+            kept[key], scales[key[:-2]] = q.to(device or "cpu"), scale
+        elif key in kept:  # (on a GPU, moved as it comes: the host holds one tensor of the file)
+            kept[key] = t.to(device or "cpu", expected[key].dtype)
         del t
     if digest is not None and digest.hexdigest() != checksum:
         raise _corrupt(path)

@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 import struct
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def _dtype(storage_type) -> torch.dtype:
 def open_lazily(path: str | os.PathLike, trusted: bool = False) -> LazyFile:
     """The object of the ``torch.save`` file at ``path`` with its tensors on the meta device.
     Raises what the unpickler or the format check raises for a file it cannot read (the caller
-    names the file); a legacy tar file (torch < 0.4) raises ValueError."""
+    names the file); a tar-format file (torch < 0.4) raises ValueError."""
     path = Path(path)
     with open(path, "rb") as f:
         zipped = torch.serialization._is_zipfile(f)
@@ -127,11 +128,10 @@ def open_lazily(path: str | os.PathLike, trusted: bool = False) -> LazyFile:
         lazy.obj = _unpickler(io.BytesIO(lazy.zip_reader.get_record("data.pkl")), trusted, persistent_load).load()
         return lazy
 
+    if tarfile.is_tarfile(path):
+        raise ValueError("a tar-format checkpoint (written by torch < 0.4) is not read here: load it with "
+                         "torch.load and save it again")
     with open(path, "rb") as f:
-        import tarfile
-
-        if tarfile.is_tarfile(path):
-            raise ValueError("a legacy tar checkpoint (torch < 0.4) cannot be read lazily")
         head = [_unpickler(f, trusted, None).load() for _ in range(3)]  # magic number, protocol, system info
         if head[0] != _LEGACY_MAGIC or head[1] != _LEGACY_PROTOCOL:
             raise pickle.UnpicklingError("not a torch.save file (no magic number)")

@@ -302,8 +302,8 @@ def plan_sampling(vqvae_hps, priors: Sequence, levels: Sequence[int], *, n_sampl
         prime_tokens: per level, codes the run continues (primed, continued or resumed runs).
         device: where the run holds its tensors.
         trace: False leaves out the transients (the windows, the decode, the file's tensor
-            loading holds with its conversion): a lower bound from one meta build per prior, for refusing what cannot fit
-            before tracing anything.
+            loading holds with its conversion): a lower bound from one meta build per prior,
+            for refusing what cannot fit before tracing anything.
     """
     from .sample import final_tokens, longest_context
 
