@@ -167,8 +167,8 @@ def _qkv_kernel(
 @triton.jit
 def _wait(count_ptr, target):
     """Spin until ``target`` programs have counted themselves done at count_ptr. Only programs of
-    an earlier phase are waited for, and every one of them took its ticket (:func:`_phase`) before
-    this program took its own, so they are running or finished: the wait always ends (as in a
+    an earlier phase are waited for, and every one of them took its ticket (``_proj_mlp_kernel``)
+    before this program took its own, so they are running or finished: the wait always ends (as in a
     single-pass scan's decoupled look-back), whatever order the GPU schedules the grid in. The
     acquire orders this program's later loads after their stores."""
     while tl.atomic_add(count_ptr, 0, sem="acquire") < target:
@@ -285,7 +285,9 @@ def _proj_mlp_kernel(
         _out_phase(t % tiles, t // tiles, f_ptr, out_w_ptr, out_s_ptr, out_b_ptr, x_ptr, a_ptr, y_ptr,
                    y_stats_ptr, N, HIDDEN, W, res_scale, RES_ONE, INT8, BLOCK_R, BLOCK_K, BLOCK_O, ALIGN_F,
                    ALIGN_OUT, PRECISION, UPCAST)
-        if _done(sync_ptr + 3) == n_proj - 1:  # (out has proj's tiles)  # the launch's last program: every other one has finished
+        # (out has proj's tiles) The launch's last program to finish: every other one has, so no
+        # program reads the counters any more.
+        if _done(sync_ptr + 3) == n_proj - 1:
             tl.store(sync_ptr + tl.arange(0, 4), tl.zeros([4], tl.int32))
 
 
