@@ -109,30 +109,9 @@ def _numpy_globals() -> list:
 
 def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> Any:
     """Load a checkpoint file onto the CPU, with errors that name the file and the problem."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file; expected a checkpoint such as vqvae.pth.tar")
-    try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
-            unsafe = []  # not even a readable pickle
-        if unsafe:
-            raise CheckpointError(
-                f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "
-                "if you trust the file, pass trust_pickle=True"
-            ) from None
-        raise _unreadable(path) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
-        # (the unpickler meets arbitrary bytes with whatever its stack machine trips on)
-        raise _unreadable(path, e) from None
+    path = _checkpoint_file(path)
+    with _read_errors(path, trust_pickle):
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
 
 
 def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False
@@ -143,18 +122,37 @@ def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False
     the file does not hold whole."""
     from .lazy_load import open_lazily
 
+    path = _checkpoint_file(path)
+    with _read_errors(path, trust_pickle):
+        lazy = open_lazily(path, trusted=trust_pickle)
+
+    def load(meta: torch.Tensor) -> torch.Tensor:
+        with _read_errors(path, trust_pickle):
+            return lazy.load(meta)
+
+    return lazy.obj, load
+
+
+def _checkpoint_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file; expected a checkpoint such as vqvae.pth.tar")
+    return path
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, trust_pickle: bool):
+    """Unpickling ``path`` (numpy scalars and arrays allowed when loading safely), with what the
+    unpickler raises turned into a CheckpointError that names the file and the problem."""
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
-            lazy = open_lazily(path, trusted=trust_pickle)
+            yield
     except pickle.UnpicklingError as e:
         # (torch lists a zip file's globals; a legacy file's first refused one is in the message)
-        unsafe = (_unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-                  if not trust_pickle else [])
+        unsafe = [] if trust_pickle else (_unsafe_globals(path)
+                                          or re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e)))
         if unsafe:
             raise CheckpointError(
                 f"{path} holds Python objects that safe loading refuses ({', '.join(unsafe)}); "
@@ -162,15 +160,8 @@ def open_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False
             ) from None
         raise _unreadable(path, e) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
+        # (the unpickler meets arbitrary bytes with whatever its stack machine trips on)
         raise _unreadable(path, e) from None
-
-    def load(meta: torch.Tensor) -> torch.Tensor:
-        try:
-            return lazy.load(meta)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-            raise _unreadable(path, e) from None
-
-    return lazy.obj, load
 
 
 def _unsafe_globals(path: Path) -> list:
