@@ -3,9 +3,9 @@
 // (jukebox_fast/ops/decode_layers.py holds the reference and the argument layout).
 //
 // Per layer, for the N samples' rows x [N, W] (weights in the original's Conv1D layout [in, out];
-// the four projection matrices fp32, fp16, bf16 or int8 with one fp32 scale per output column,
-// streamed as stored and widened in registers, with fp32 accumulation; an int8 product is
-// scaled once per column at the end: b + s * (x q), the factor of the dequantised x (q s)):
+// the four projection matrices fp32, fp16 or bf16, streamed as stored and widened in registers,
+// with fp32 accumulation, or int8 with one fp32 scale per output column, packed in row pairs and
+// multiplied in integers (int8_product.cpp)):
 //   h = LN0(x);  q | k | v = h Wa + ba;  k, v -> the cache slot of this position
 //   a = softmax(q K[lo:hi]^T scale) V[lo:hi] per head;  a = a Wp + bp
 //   m = quick_gelu(LN1(x + a) Wf + bf) Wm + bm;  x = x + a + m  (or x + rs (a + m))
@@ -24,6 +24,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "int8_product.h"
 
 namespace jukebox_fast {
 namespace {
@@ -95,15 +97,10 @@ void widen_bf16(const uint16_t* src, float* dst, int64_t count) {
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void widen_int8(const int8_t* src, float* dst, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
 // y[r, j0:j0+cols] = b[j0:j0+cols] + x[r, :K] w[:K, j0:j0+cols] for r < n <= kRows; x rows are K
-// apart, w (fp32, fp16, bf16 or int8, `type`; int8 columns times `scale`) rows J apart, y rows J apart.
-void rows_times(const float* x, const void* w, at::ScalarType type, const float* scale, const float* b, float* y,
-                int64_t n, int64_t K, int64_t J, int64_t j0, int64_t cols) {
+// apart, w (fp32, fp16 or bf16, `type`) rows J apart, y rows J apart.
+void rows_times(const float* x, const void* w, at::ScalarType type, const float* b, float* y, int64_t n, int64_t K,
+                int64_t J, int64_t j0, int64_t cols) {
   float acc[kRows][kCols] = {};
   if (type == at::kFloat) {
     accumulate(x, K, static_cast<const float*>(w) + j0, J, acc, n, K, cols);
@@ -113,8 +110,7 @@ void rows_times(const float* x, const void* w, at::ScalarType type, const float*
       const int64_t rows = std::min(kRowsWide, K - k0);
       for (int64_t k = 0; k < rows; ++k) {
         const int64_t at = (k0 + k) * J + j0;
-        if (type == at::kChar) widen_int8(static_cast<const int8_t*>(w) + at, wide + k * kCols, cols);
-        else if (type == at::kBFloat16) widen_bf16(static_cast<const uint16_t*>(w) + at, wide + k * kCols, cols);
+        if (type == at::kBFloat16) widen_bf16(static_cast<const uint16_t*>(w) + at, wide + k * kCols, cols);
         else widen_half(static_cast<const uint16_t*>(w) + at, wide + k * kCols, cols);
       }
       accumulate(x + k0, K, wide, kCols, acc, n, rows, cols);
@@ -122,7 +118,7 @@ void rows_times(const float* x, const void* w, at::ScalarType type, const float*
   }
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < cols; ++j)
-      y[r * J + j0 + j] = (scale ? acc[r][j] * scale[j0 + j] : acc[r][j]) + b[j0 + j];
+      y[r * J + j0 + j] = acc[r][j] + b[j0 + j];
 }
 
 // acc[r, :cols] += x[r, k] w[k, :cols] over rows k of one weight row chunk at a time: the
@@ -196,44 +192,11 @@ void axpy_rows_16(const float* xk, int64_t ldx, const uint16_t* wk, bool bf16, f
   axpy_rows(xk, ldx, wide, acc, n, cols);
 }
 
-// As axpy_rows for an int8 weight row, widened in registers (sign-extended to int32, converted
-// to fp32): a quarter of the fp32 row's bytes. Its column scales are applied by the caller.
-__attribute__((target("avx512f"))) void axpy_rows_8_avx512(const float* xk, int64_t ldx, const int8_t* wk, float* acc,
-                                                          int64_t n, int64_t cols) {
-  int64_t j = 0;
-  for (; j + 16 <= cols; j += 16) {
-    const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + j))));
-    for (int64_t r = 0; r < n; ++r) {
-      float* a = acc + r * cols + j;
-      _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(xk[r * ldx]), w, _mm512_loadu_ps(a)));
-    }
-  }
-  for (; j < cols; ++j)
-    for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * static_cast<float>(wk[j]);
-}
-
-__attribute__((target("avx2,fma"))) void axpy_rows_8_avx2(const float* xk, int64_t ldx, const int8_t* wk, float* acc,
-                                                         int64_t n, int64_t cols) {
-  int64_t j = 0;
-  for (; j + 8 <= cols; j += 8) {
-    const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wk + j))));
-    for (int64_t r = 0; r < n; ++r) {
-      float* a = acc + r * cols + j;
-      _mm256_storeu_ps(a, _mm256_fmadd_ps(_mm256_set1_ps(xk[r * ldx]), w, _mm256_loadu_ps(a)));
-    }
-  }
-  for (; j < cols; ++j)
-    for (int64_t r = 0; r < n; ++r) acc[r * cols + j] += xk[r * ldx] * static_cast<float>(wk[j]);
-}
-
 // The narrow weight forms a row can be streamed in, widened to fp32 in registers.
-enum class Narrow { kHalf, kBF16, kInt8 };
+enum class Narrow { kHalf, kBF16 };
 
 template <Narrow kForm>
 __attribute__((target("avx512f"))) inline __m512 widen16(const void* w, int64_t i) {  // weights i..i+15
-  if constexpr (kForm == Narrow::kInt8)
-    return _mm512_cvtepi32_ps(
-        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(w) + i))));
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + i));
   if constexpr (kForm == Narrow::kBF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
   return _mm512_cvtph_ps(raw);
@@ -241,9 +204,6 @@ __attribute__((target("avx512f"))) inline __m512 widen16(const void* w, int64_t 
 
 template <Narrow kForm>
 __attribute__((target("avx2,f16c"))) inline __m256 widen8(const void* w, int64_t i) {  // weights i..i+7
-  if constexpr (kForm == Narrow::kInt8)
-    return _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(w) + i))));
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
   if constexpr (kForm == Narrow::kBF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
   return _mm256_cvtph_ps(raw);
@@ -251,7 +211,6 @@ __attribute__((target("avx2,f16c"))) inline __m256 widen8(const void* w, int64_t
 
 template <Narrow kForm>
 inline float widen1(const void* w, int64_t i) {
-  if constexpr (kForm == Narrow::kInt8) return static_cast<float>(static_cast<const int8_t*>(w)[i]);
   const uint16_t raw = static_cast<const uint16_t*>(w)[i];
   if constexpr (kForm == Narrow::kBF16) return c10::detail::f32_from_bits(raw);
   return c10::detail::fp16_ieee_to_fp32_value(raw);
@@ -304,13 +263,6 @@ void axpy_rows4(const float* xk, int64_t ldx, const void* w, int64_t ldw, float*
   else axpy_rows4_avx2<kForm>(xk, ldx, w, ldw, acc, n, cols);
 }
 
-void axpy_rows_8(const float* xk, int64_t ldx, const int8_t* wk, float* acc, int64_t n, int64_t cols, float* wide) {
-  if (stream_isa() == 2) return axpy_rows_8_avx512(xk, ldx, wk, acc, n, cols);
-  if (stream_isa() == 1) return axpy_rows_8_avx2(xk, ldx, wk, acc, n, cols);
-  widen_int8(wk, wide, cols);
-  axpy_rows(xk, ldx, wide, acc, n, cols);
-}
-
 // acc[:n, :J] += x[:n, k0:k1] w[k0:k1, :]: a run of whole weight rows, read in address order.
 void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc, int64_t n, int64_t K, int64_t J,
                  int64_t k0, int64_t k1, float* wide) {
@@ -318,14 +270,11 @@ void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc,
     if (type == at::kFloat)
       axpy_rows(x + k, K, static_cast<const float*>(w) + k * J, acc, n, J);
     else if (k + 4 <= k1 && stream_isa() > 0) {  // four rows at a time, widened in registers
-      const auto* row = static_cast<const char*>(w) + k * J * (type == at::kChar ? 1 : 2);
-      if (type == at::kChar) axpy_rows4<Narrow::kInt8>(x + k, K, row, J, acc, n, J);
-      else if (type == at::kBFloat16) axpy_rows4<Narrow::kBF16>(x + k, K, row, J, acc, n, J);
+      const auto* row = static_cast<const uint16_t*>(w) + k * J;
+      if (type == at::kBFloat16) axpy_rows4<Narrow::kBF16>(x + k, K, row, J, acc, n, J);
       else axpy_rows4<Narrow::kHalf>(x + k, K, row, J, acc, n, J);
       k += 3;  // four rows done
-    } else if (type == at::kChar)
-      axpy_rows_8(x + k, K, static_cast<const int8_t*>(w) + k * J, acc, n, J, wide);
-    else
+    } else
       axpy_rows_16(x + k, K, static_cast<const uint16_t*>(w) + k * J, type == at::kBFloat16, acc, n, J, wide);
   }
 }
@@ -333,19 +282,19 @@ void stream_rows(const float* x, const void* w, at::ScalarType type, float* acc,
 // Above this many weight bytes a matrix streams from memory rather than from the cache: each
 // thread then reads a run of whole rows in address order (column tiles would jump a row between
 // 256-byte reads) into accumulators of its own, summed in thread order at the end.
-// An int8 matrix counts as 16-bit here: its tiled path widens a tile into a buffer first, which
-// measured slower than streaming (width 2048's 1 MB attention output projection: a step 5.3 ->
-// 4.4 ms at batch 1 with it streamed).
 constexpr int64_t kStreamBytes = 1 << 20;
 
-// y[N, J] = x[N, K] w[K, J] + b (int8 w: x (w s) + b, `scale` s [J]): column tiles shared between
-// threads for a matrix in the cache, runs of rows for one streamed from memory.
-void linear(const float* x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& b, float* y, int64_t N) {
-  const int64_t K = w.size(0), J = w.size(1);
+// y[N, J] = x[N, K] w[K, J] + b: column tiles shared between threads for a matrix in the cache,
+// runs of rows for one streamed from memory. An int8 w (packed in row pairs) is x (w s) + b with
+// its column scales s [J], in int8_product.cpp.
+void linear(const float* x, int64_t K, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& b, float* y,
+            int64_t N) {
+  const int64_t J = w.size(1);
   const void* wp = w.const_data_ptr();
   const float* bp = b.const_data_ptr<float>();
-  const float* sp = scale.numel() ? scale.const_data_ptr<float>() : nullptr;
-  if (K * J * std::max<int64_t>(w.element_size(), 2) > kStreamBytes) {
+  if (w.scalar_type() == at::kChar)
+    return int8_linear(x, K, static_cast<const int8_t*>(wp), J, scale.const_data_ptr<float>(), bp, y, N);
+  if (K * J * w.element_size() > kStreamBytes) {
     const int64_t parts = std::min<int64_t>(at::get_num_threads(), K);
     std::vector<float> acc(parts * kRows * J), wide(parts * J);
     for (int64_t r0 = 0; r0 < N; r0 += kRows) {
@@ -360,7 +309,7 @@ void linear(const float* x, const at::Tensor& w, const at::Tensor& scale, const 
         for (int64_t j = 0; j < J; ++j) {
           float sum = 0.f;
           for (int64_t t = 0; t < parts; ++t) sum += acc[(t * kRows + r) * J + j];
-          y[(r0 + r) * J + j] = (sp ? sum * sp[j] : sum) + bp[j];
+          y[(r0 + r) * J + j] = sum + bp[j];
         }
     }
     return;
@@ -371,7 +320,7 @@ void linear(const float* x, const at::Tensor& w, const at::Tensor& scale, const 
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j0 = t * kCols, cols = std::min(kCols, J - j0);
       for (int64_t r0 = 0; r0 < N; r0 += kRows)  // later row groups find the tile in cache
-        rows_times(x + r0 * K, wp, w.scalar_type(), sp, bp, y + r0 * J, std::min(kRows, N - r0), K, J, j0, cols);
+        rows_times(x + r0 * K, wp, w.scalar_type(), bp, y + r0 * J, std::min(kRows, N - r0), K, J, j0, cols);
     }
   });
 }
@@ -465,6 +414,14 @@ void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* what, i
               ", got ", t.sizes());
 }
 
+// A projection [K, J] as the step takes it: as stored, or int8 packed in row pairs [ceil(K/2), J, 2].
+void check_matrix(const at::Tensor& w, int64_t K, int64_t J, const char* what, int64_t layer) {
+  if (w.scalar_type() != at::kChar) return check_shape(w, {K, J}, what, layer);
+  TORCH_CHECK(w.sizes() == at::IntArrayRef({(K + 1) / 2, J, 2}), "decode_layers (cpp): layer ", layer, "'s ", what,
+              " is int8 and must come packed in row pairs, [", (K + 1) / 2, ", ", J, ", 2] for [", K, ", ", J,
+              "], got ", w.sizes());
+}
+
 // Checks a whole layer before any memory is touched, so bad input is an error, never a crash.
 // Returns the attention width S (= heads * d) and whether the layer is cross-attention.
 std::pair<int64_t, bool> check_layer(const at::Tensor* wt, const at::Tensor* sc, const at::Tensor& kc,
@@ -475,24 +432,22 @@ std::pair<int64_t, bool> check_layer(const at::Tensor* wt, const at::Tensor* sc,
   for (int64_t i = 0; i < kWeightsPerLayer; ++i) check_float_cpu(wt[i], names[i], l, i == 2 || i == 4 || i == 8 || i == 10);
   check_float_cpu(kc, "key cache", l);
   check_float_cpu(vc, "value cache", l);
-  TORCH_CHECK(wt[4].dim() == 2 && wt[8].dim() == 2, "decode_layers (cpp): layer ", l,
-              "'s projections must be [in, out] matrices, got ", wt[4].sizes(), " and ", wt[8].sizes());
-  const int64_t S = wt[4].size(0), F = wt[8].size(1);
-  TORCH_CHECK(H >= 1 && S % H == 0, "decode_layers (cpp): layer ", l, " has ", H, " heads for width ", S);
-  for (int64_t i : {0, 1, 5, 6, 7, 11}) check_shape(wt[i], {W}, names[i], l);
-  check_shape(wt[4], {S, W}, names[4], l);
-  check_shape(wt[8], {W, F}, names[8], l);
-  check_shape(wt[9], {F}, names[9], l);
-  check_shape(wt[10], {F, W}, names[10], l);
-  TORCH_CHECK(wt[2].dim() == 2 && wt[2].size(0) == W && (wt[2].size(1) == 3 * S || wt[2].size(1) == S),
-              "decode_layers (cpp): layer ", l, "'s attn.c_attn.w must be [", W, ", ", 3 * S, "] (or [", W, ", ",
-              S, "] for cross-attention), got ", wt[2].sizes());
-  check_shape(wt[3], {wt[2].size(1)}, names[3], l);
-  for (int64_t m = 0; m < kMatrices; ++m) check_scale(sc[m], wt[kMatrix[m]], names[kMatrix[m]], l);
-  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == N && kc.size(1) == H && kc.size(3) == S / H && vc.sizes() == kc.sizes(),
-              "decode_layers (cpp): layer ", l, "'s caches must be [", N, ", ", H, ", slots, ", S / H, "], got ",
+  TORCH_CHECK(H >= 1 && kc.dim() == 4 && kc.size(0) == N && kc.size(1) == H && vc.sizes() == kc.sizes(),
+              "decode_layers (cpp): layer ", l, "'s caches must be [", N, ", ", H, ", slots, head width], got ",
               kc.sizes(), " and ", vc.sizes());
-  return {S, wt[2].size(1) == S};
+  TORCH_CHECK(wt[8].dim() >= 2, "decode_layers (cpp): layer ", l, "'s mlp.c_fc.w must be an [in, out] matrix, got ",
+              wt[8].sizes());
+  const int64_t S = H * kc.size(3), F = wt[8].size(1);  // (column counts sit at index 1 packed or not)
+  for (int64_t i : {0, 1, 5, 6, 7, 11}) check_shape(wt[i], {W}, names[i], l);
+  check_matrix(wt[4], S, W, names[4], l);
+  check_matrix(wt[8], W, F, names[8], l);
+  check_shape(wt[9], {F}, names[9], l);
+  check_matrix(wt[10], F, W, names[10], l);
+  const int64_t J = wt[2].dim() >= 2 && wt[2].size(1) == S ? S : 3 * S;  // cross-attention: k, v come from the cache
+  check_matrix(wt[2], W, J, names[2], l);
+  check_shape(wt[3], {J}, names[3], l);
+  for (int64_t m = 0; m < kMatrices; ++m) check_scale(sc[m], wt[kMatrix[m]], names[kMatrix[m]], l);
+  return {S, J == S};
 }
 
 void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::TensorList scales, at::TensorList k_cache,
@@ -562,7 +517,7 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
     const int64_t slots = k_cache[l].size(2);
 
     layer_norm(xs.data(), wt[0], wt[1], eps, hn.data(), N, W);
-    linear(hn.data(), wt[2], sc[0], wt[3], qkv.data(), N);  // [N, J]: q | k | v, heads contiguous in each
+    linear(hn.data(), W, wt[2], sc[0], wt[3], qkv.data(), N);  // [N, J]: q | k | v, heads contiguous in each
     if (!cross[l]) {
       for (int64_t n = 0; n < N; ++n)
         for (int64_t h = 0; h < H; ++h) {
@@ -573,12 +528,12 @@ void decode_layers_cpu(const at::Tensor& x_in, at::TensorList weights, at::Tenso
         }
     }
     attend(qkv.data(), J, kc, vc, att.data(), N, H, slots, d, visits[l], static_cast<float>(1.0 / std::sqrt(d)));
-    linear(att.data(), wt[4], sc[1], wt[5], proj.data(), N);  // a [N, W]
+    linear(att.data(), S, wt[4], sc[1], wt[5], proj.data(), N);  // a [N, W]
     for (int64_t i = 0; i < N * W; ++i) hn[i] = xs[i] + proj[i];
     layer_norm(hn.data(), wt[6], wt[7], eps, hn.data(), N, W);
-    linear(hn.data(), wt[8], sc[2], wt[9], mid.data(), N);  // [N, F]
+    linear(hn.data(), W, wt[8], sc[2], wt[9], mid.data(), N);  // [N, F]
     for (int64_t i = 0; i < N * F; ++i) mid[i] = mid[i] / (1.f + std::exp(-1.702f * mid[i]));
-    linear(mid.data(), wt[10], sc[3], wt[11], mlp.data(), N);  // m [N, W]
+    linear(mid.data(), F, wt[10], sc[3], wt[11], mlp.data(), N);  // m [N, W]
     const float rs = static_cast<float>(res_scale[l]);
     if (rs == 1.f) {
       for (int64_t i = 0; i < N * W; ++i) xs[i] = xs[i] + proj[i] + mlp[i];

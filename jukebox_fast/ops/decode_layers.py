@@ -19,9 +19,10 @@ learns which implementation runs.
 Implementations, in priority order:
 
 - ``cpp``: ``csrc/decode_layers.cpp``, the whole stack in one call on the CPU (fp32 rows; the
-  projection matrices fp32, fp16, bf16 or int8 with per-column scales, streamed as stored and
-  widened to fp32 in registers), products that stream each weight
-  once for all samples;
+  projection matrices fp32, fp16 or bf16, streamed as stored and widened to fp32 in registers, or
+  int8 with per-column scales, packed in row pairs and multiplied in integers against the rows
+  rounded to int16, ``csrc/int8_product.cpp``), products that stream each weight once for all
+  samples;
 - ``triton``: ``kernels/decode_step.py`` and ``kernels/decode.py``, three launches a layer
   (LayerNorm + q|k|v + cache write; attention over the cache, split where that fills the GPU;
   then one launch in three phases: output projection + residual, LayerNorm + the MLP's first
@@ -47,7 +48,7 @@ from .decode import CacheLayout, check_inputs as check_attention_inputs, decode_
 from .decode import triton_supports as attention_triton_supports
 
 __all__ = ["WEIGHT_NAMES", "DecodeLayer", "DecodeStack", "bind", "decode_layers", "decode_layers_reference",
-           "step_weights"]
+           "row_pairs", "step_weights"]
 
 # A layer's weights in the order every implementation takes them: names within the original's
 # ResAttnBlock; projections are Conv1D, weight [in, out].
@@ -126,17 +127,27 @@ def _in_step_dtype(stack: DecodeStack) -> list[tuple[torch.Tensor, ...]]:
 
 
 def _packed(stack: DecodeStack) -> tuple:
-    """The stack flattened for the C++ kernel: weights (16-bit and int8 matrices as stored), the
-    int8 matrices' scales (an empty tensor for any other matrix), key caches, value caches, the
-    schedule [layers, length, 3] (slot, lo, hi of every position: ``CacheLayout``'s answers
-    tabulated, slot −1 where nothing is written), heads, res_scales, eps."""
+    """The stack flattened for the C++ kernel: weights (16-bit matrices as stored, int8 ones in
+    :func:`row_pairs`), the int8 matrices' scales (an empty tensor for any other matrix), key
+    caches, value caches, the schedule [layers, length, 3] (slot, lo, hi of every position:
+    ``CacheLayout``'s answers tabulated, slot −1 where nothing is written), heads, res_scales, eps.
+    The packed int8 matrices are copies: while a stack lives, its int8 weights are held twice."""
     schedule = torch.stack([_schedule(layer.layout) for layer in stack.layers])
-    weights = [w for layer in stack.layers for w in step_weights(layer.weights, layer.k.dtype, stream_16_bit=True)]
+    weights = [row_pairs(w) if w.dtype == torch.int8 else w
+               for layer in stack.layers for w in step_weights(layer.weights, layer.k.dtype, stream_16_bit=True)]
     none = torch.empty(0)
     scales = [none if s is None else s.float().contiguous() for layer in stack.layers for s in layer.scales]
     return (weights, scales, [layer.k for layer in stack.layers], [layer.v for layer in stack.layers], schedule,
             [layer.n_head for layer in stack.layers], [float(layer.res_scale) for layer in stack.layers],
             stack.layers[0].eps)
+
+
+def row_pairs(w: torch.Tensor) -> torch.Tensor:
+    """An int8 matrix [K, J] packed as the C++ step multiplies it: rows 2i and 2i+1 interleaved,
+    [ceil(K/2), J, 2] (a zero row after an odd K), so that one instruction takes a column's two
+    weights (csrc/int8_product.cpp)."""
+    k, j = w.shape
+    return F.pad(w, (0, 0, 0, k % 2)).view(-1, 2, j).transpose(1, 2).contiguous()  # [ceil(K/2), J, 2]
 
 
 def _schedule(layout: CacheLayout) -> torch.Tensor:
