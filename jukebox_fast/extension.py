@@ -160,6 +160,10 @@ def _register_fake() -> None:
     def _(x, weights, scales, k_cache, v_cache, schedule, heads, res_scale, eps, position, out):
         return None
 
+    @torch.library.register_fake(f"{NAMESPACE}::step_logits")
+    def _(h, weight, out):
+        return None
+
 
 def cuda_unavailable_reason() -> str | None:
     """Why the extension's CUDA kernels cannot run here at all (None when they can)."""

@@ -58,6 +58,8 @@ class IncrementalDecoder:
         # then pays for no checks or choice in Python. x stands in for a step's rows.
         x = torch.zeros(self.n, self.ar.width, dtype=self.dtype, device=self.device)
         self._layers = ops.bind_decode_layers(x, self.stack, self.position)
+        self._x_out = ar.x_out.weight.detach()  # [bins, width]
+        self._head = ops.bind_step_logits(x.to(emb.dtype), self._x_out)
 
     def _cache(self, layer, encoder_kv: torch.Tensor | None) -> ops.DecodeLayer:
         """The layer's weights and its static caches [N, H, slots, d], preallocated at the size
@@ -88,11 +90,12 @@ class IncrementalDecoder:
             return self.x_cond
         return self.x_cond.index_select(1, positions)  # [N, len(positions), width]
 
-    def _logits(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def _out_rows(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The transformer's output as x_out takes it (plus the conditioning, where it is added last)."""
         h = h.to(self.ar.x_emb.weight.dtype)
         if self.ar.add_cond_after_transformer and cond is not None:
             h = h + cond
-        return self.ar.x_out(h)
+        return h
 
     @staticmethod
     def _residual(layer, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -121,7 +124,7 @@ class IncrementalDecoder:
         for layer, cache in zip(self.ar.transformer._attn_mods, self.caches):
             x = self._residual(layer, x, self._prefill_attn(layer.attn, layer.ln_0(x), cache, positions))
         self.position.fill_(c)
-        return self._logits(x, cond)
+        return self.ar.x_out(self._out_rows(x, cond))
 
     def _prefill_attn(self, attn: FactoredAttention, x: torch.Tensor, cache: ops.DecodeLayer, positions) -> torch.Tensor:
         h = attn.c_attn(x)
@@ -162,7 +165,7 @@ class IncrementalDecoder:
             h = h + cond
         x = self._layers(h[:, 0].to(self.dtype), self.stack, p)  # [N, width]
         self.position.add_(1)
-        return self._logits(x, None if cond is None else cond[:, 0])
+        return self._head(self._out_rows(x, None if cond is None else cond[:, 0]), self._x_out)  # [N, bins]
 
     # -- CUDA graphs --------------------------------------------------------------------------------
     def capture(self) -> None:

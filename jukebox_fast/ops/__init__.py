@@ -9,6 +9,8 @@ from .decode import decode_attention, decode_attention_reference
 from .decode_layers import WEIGHT_NAMES, DecodeLayer, DecodeStack, decode_layers, decode_layers_reference
 from .decode_layers import bind as bind_decode_layers
 from .resblock import dilated_resblock, dilated_resblock_reference
+from .step_logits import bind as bind_step_logits
+from .step_logits import step_logits, step_logits_reference
 from .patterns import AttentionPattern, CacheLayout, Kind, layer_kinds, prime_window
 from .vq import Quantised, vq_nearest, vq_nearest_reference, vq_quantise, vq_quantise_reference
 
@@ -22,6 +24,7 @@ __all__ = [
     "Quantised",
     "WEIGHT_NAMES",
     "bind_decode_layers",
+    "bind_step_logits",
     "decode_attention",
     "decode_attention_reference",
     "decode_layers",
@@ -32,6 +35,8 @@ __all__ = [
     "prime_window",
     "sparse_attention",
     "sparse_attention_reference",
+    "step_logits",
+    "step_logits_reference",
     "vq_nearest",
     "vq_nearest_reference",
     "vq_quantise",
