@@ -20,7 +20,7 @@ from jukebox_fast.demo import synth_set
 def test_info_lists_ops_and_implementations(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for op in ("vq_nearest", "sparse_attention", "decode_attention", "decode_layers", "dilated_resblock"):
+    for op in ("vq_nearest", "sparse_attention", "decode_attention", "decode_layers", "dilated_resblock", "step_logits"):
         assert op in out
     assert "available" in out
 
