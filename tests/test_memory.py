@@ -350,3 +350,24 @@ def test_a_prior_of_another_vqvae_is_refused_before_anything_loads(files, tmp_pa
     with pytest.raises(CheckpointError, match="records other hyper-parameters for the VQ-VAE"):
         generate(meta_vq, [None, None, PriorFile(root / "top.pt")], Song(0, [0], 10 * 44100), total_length=128 * 8,
                  levels=[2], sampling=Sampling(progress=False))
+
+
+def test_a_cpu_window_counts_the_row_pairs_the_cpp_step_packs():
+    # With int8 weights the C++ step multiplies copies packed in row pairs, held while a window
+    # samples (ops/decode_layers.py, row_pairs): a CPU plan traces that step, so its window holds
+    # at least those copies more than the same window traced with the reference step.
+    from jukebox_fast import dispatch, extension
+    from jukebox_fast.models.transformer import Conv1D
+
+    if extension.load() is not None:
+        pytest.skip(f"C++ extension: {extension.load()}")
+    hps = hparams.get("tiny_prior")
+    vq = hparams.get(hps.vqvae)
+    prior = memory.meta_prior(hps, vq, "int8")
+    pairs = sum((m.w.shape[0] + 1) // 2 * 2 * m.w.shape[1] for m in prior.prior.transformer.modules()
+                if isinstance(m, Conv1D) and m.w.dtype == torch.int8)
+    peak = {}
+    for step in ("cpp", "torch"):
+        with dispatch.use_backend(decode_layers=step):  # (the cached plan does not key on the backend)
+            peak[step] = memory._window_peak.__wrapped__(hps, vq, "int8", (0, hps.n_ctx), 1, None, "cpu")
+    assert pairs > 0 and peak["cpp"] - peak["torch"] >= pairs
