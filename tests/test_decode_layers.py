@@ -106,8 +106,9 @@ def test_int8_matrices_are_multiplied_against_int16_rows(shape, poisoned):
     # The first product of a step, read back from the key and value it writes: the rows LN0(x)
     # rounded to int16, multiplied in integers by the int8 matrix, scaled per row and column. Odd
     # width 67 leaves the last row pair half empty; 5 and 9 samples take two and three passes;
-    # 1024 streams from memory. Rows of as many 1s as −1s make the LayerNorm's statistics exact, so both sides
-    # round the same activations (a tie decided by its last bit would move one by a step).
+    # at 1024 the threads split the pairs and flush their int32 sums into fp32 twice each. Rows of
+    # as many 1s as -1s make the LayerNorm's statistics exact, so both sides round the same
+    # activations (a tie decided by the LayerNorm's last bit would move one by a step).
     n, width, heads, d, _ = shape
     stack = int8_stack(random_stack(*shape, layouts=LAYOUTS[:1], seed=12))
     g = torch.Generator().manual_seed(3)
