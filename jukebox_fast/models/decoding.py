@@ -7,8 +7,9 @@ encoder's states) are projected once, when the decoder is made.
 
 ``prefill(tokens)`` runs the known prefix through the ordinary forward (one pass of
 ``sparse_attention`` per layer) and keeps each layer's keys and values. ``step(token)`` then
-processes one position: embeddings and logits here, the layers in one call of the op
-:func:`~jukebox_fast.ops.decode_layers`. The position lives in a device tensor, every shape is
+processes one position: embeddings here, the layers in one call of the op
+:func:`~jukebox_fast.ops.decode_layers`, the logits in one of :func:`~jukebox_fast.ops.step_logits`
+(both bound once per decoder). The position lives in a device tensor, every shape is
 fixed, and nothing is read back to the host, so on a GPU the step can be captured in a CUDA graph
 (:meth:`IncrementalDecoder.capture`) and replayed.
 """
