@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from jukebox_fast import dispatch, extension
 from jukebox_fast.dispatch import BackendUnavailableError
 from jukebox_fast.ops import step_logits
+from jukebox_fast.ops.step_logits import CPP_MAX_ROWS
 
 pytestmark = pytest.mark.skipif(extension.load() is not None, reason=f"C++ extension: {extension.load()}")
 
@@ -31,6 +32,9 @@ def test_auto_takes_the_kernel_only_where_it_runs():
     assert dispatch.resolve("step_logits", h.bfloat16(), w.bfloat16()).name == "torch"
     with pytest.raises(BackendUnavailableError, match="float32"):
         step_logits(h.bfloat16(), w.bfloat16(), backend="cpp")
+    many = torch.randn(CPP_MAX_ROWS + 1, 40)  # a batch where MKL's matrix product is faster
+    assert dispatch.resolve("step_logits", many, w).name == "torch"
+    torch.testing.assert_close(step_logits(many, w, backend="cpp"), F.linear(many, w), rtol=1e-5, atol=1e-5)
     w.requires_grad_(True)
     assert dispatch.resolve("step_logits", h, w).name == "torch"
     with torch.no_grad():
