@@ -96,6 +96,9 @@ def main() -> None:
         f"{w:.0f}" + ("" if w <= 60 * MINUTES or args.smoke else " (over 6 min)") for _, w, _ in runs) + " |")
     lines += [f"| {stage} (s) | " + " | ".join(f"{r['seconds'][stage]:.1f}" for _, _, r in runs) + " |"
               for stage in stages]
+    # Each model's own training time (a stage's row is the wall time of the two side by side)
+    lines += [f"| {stage} training (s) | " + " | ".join(f"{r['training_seconds'][stage]:.1f}" for _, _, r in runs)
+              + " |" for stage in runs[0][2].get("training_seconds", {})]
     lines += [f"| {name} | " + " | ".join(v + ("" if ok else " (missed)") for v, ok in values) + " |"
               for name, values in rows.items()]
     missed = [name for name, values in rows.items() if not all(ok for _, ok in values)]

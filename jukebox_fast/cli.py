@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--small", action="store_true", help="the CI size: a few steps, one short sample")
     size.add_argument("--quality", action="store_true",
                       help="train every stage longer (VQ-VAE 600, top prior 6000, upsampler 8000 steps)")
-    p.add_argument("--vqvae-steps", type=int, help="override the VQ-VAE's training steps")
+    p.add_argument("--vqvae-steps", type=int, help="override the VQ-VAE's training steps (each level's)")
     p.add_argument("--top-prior-steps", type=int, help="override the top prior's training steps")
     p.add_argument("--upsampler-steps", type=int, help="override the upsampler's training steps")
     p.add_argument("--temperature", type=float, help="override the top level's sampling temperature")

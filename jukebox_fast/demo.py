@@ -5,10 +5,12 @@ Stages, each timed in the report:
 1. ``data``: a deterministic synthetic music set (melodies of a plucked voice, an organ and a bass
    over a pentatonic scale, synthesised in numpy), written as wav files;
 2. ``vqvae``: ``tiny_vqvae``'s levels 1 and 2 trained on it (``jukebox_fast.train``; the demo
-   never plays level 0), then a reconstruction from level 1;
-3. ``top_prior`` and ``upsampler``: ``tiny_top_prior`` (level 2, with a 256-code context) and
-   ``tiny_upsampler`` (level 1, twice as wide) trained on its codes, each file encoded once
-   (``train_prior(cache_codes=True)``);
+   never plays level 0), each level apart, side by side in two processes, then joined in one
+   model; a reconstruction from level 1;
+3. ``priors``: ``tiny_top_prior`` (level 2, with a 256-code context) and ``tiny_upsampler``
+   (level 1, twice as wide) trained on its codes, each file encoded once
+   (``train_prior(cache_codes=True)``), side by side in two processes (``training_seconds`` in
+   the report gives each training's own time);
 4. ``sample``: new music sampled by the top prior with the cached decoder (``jukebox_fast.sample``)
    and upsampled to level 1 by the upsampler (the samples), each level at its own temperature;
 5. ``cached_vs_recompute``: tokens/s of the cached decoder against recomputing the whole window
@@ -31,22 +33,28 @@ and ``report.md``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import hparams
 from .audio import musicality, save_spectrogram, write_wav
+from .checkpoint import load_prior, load_vqvae, save_vqvae
 from .files import atomic_text
 from .runs import claim_output, hold_output
 from .sample import Sampling, Song, draw, generate, sample_window
 from .train import AudioFolder, TrainConfig, train_prior, train_vqvae
 
-__all__ = ["DemoConfig", "synth_clip", "synth_set", "run"]
+__all__ = ["DemoConfig", "synth_clip", "synth_set", "run", "train_side_by_side"]
 
 _SCALE = np.array([0, 2, 4, 7, 9, 12, 14, 16])  # major pentatonic, semitones
 
@@ -87,18 +95,18 @@ def synth_set(folder: str | Path, clips: int, seconds: float, sr: int = 44100, s
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults take 6.7-7.3 minutes on a quiet 2-core AVX2 CPU, and each
-    choice is measured (``benchmarks/results/demo_cpu.md``); :meth:`small` is the CI size (well
-    under a minute)."""
+    """Sizes of the demo. The defaults take 4.3-5.4 minutes on a 2-core AVX2 CPU, and each choice
+    is measured (``benchmarks/results/demo_cpu.md``); :meth:`small` is the CI size (well under a
+    minute)."""
 
     clips: int = 128  # the priors overfit 8 clips; writing and reading 128 takes seconds
     clip_seconds: float = 6.0
-    vqvae_steps: int = 300
+    vqvae_steps: int = 500  # per level; at 300 the level-2 reconstruction kept 9 of 12 notes in 2 seeds of 3
     vqvae_window: int = 16_384  # samples per training window: twice the steps of 32768 in the same time
     # Levels 1 and 2 only: the demo never plays level 0, whose stack (twice as wide and deep, the
     # original's multipliers) is 54 % of the VQ-VAE's step on a 2-core CPU.
     vqvae_start_level: int = 1
-    top_prior_steps: int = 4500  # 3000 left level-2 samples of 2 seeds in 3 under 8 notes; its loss still fell
+    top_prior_steps: int = 5000  # 3000 left level-2 samples of 2 seeds in 3 under 8 notes; its loss still fell
     top_prior_context: int = 256  # codes (0.74 s): longer than a note, so the samples change notes
     # Wider learns more per step and samples cleaner level-2 audio that changes note more often,
     # but on fewer notes, and costs more per step: 48 and 64 missed more note targets than 32.
@@ -107,6 +115,8 @@ class DemoConfig:
     upsampler_width: int = 64  # the tiny preset's 32 (and conditioner 16) stays near noise
     upsampler_cond_width: int = 32
     upsampler_cond_depth: int = 4
+    # The VQ-VAE's levels, then the two priors, train two at once in two processes (given 2+ threads)
+    side_by_side: bool = True
     vqvae_batch_size: int = 2
     batch_size: int = 8  # the priors'
     vqvae_lr: float = 1e-3  # 2e-3 once left level 2 a one-note buzz (seed 2)
@@ -114,7 +124,7 @@ class DemoConfig:
     upsampler_lr: float = 3e-3  # 1e-3 left it a whole bit per code behind at 4000 steps
     sample_seconds: float = 6.0  # as long as the training songs: 4 s held too few notes to count
     n_samples: int = 2
-    temperature: float = 0.95  # the top level's
+    temperature: float = 0.9  # the top level's: 0.95 left more samples noisy or on too few notes (demo_cpu.md)
     upsampler_temperature: float = 0.4  # level 1's: hotter, errors pile up into noise
     compare_tokens: int = 48
     seed: int = 0
@@ -195,31 +205,51 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     data = AudioFolder(out / "data", sr)
     clock["data"] = time.perf_counter() - t0
 
+    threads = torch.get_num_threads()
+    apart = threads // 2 if cfg.side_by_side and threads >= 2 else None  # threads per process
+    report["losses"], report["training_seconds"] = {}, {}
+
+    def train(fn, jobs: dict[str, dict]) -> None:  # jobs by name: fn's keyword arguments
+        rows = [{**job, "progress_row": row} for row, job in enumerate(jobs.values())]
+        for name, summary in zip(jobs, train_side_by_side(fn, rows, apart)):
+            report["losses"][name] = [summary["losses"][0], summary["losses"][-1]]
+            report["training_seconds"][name] = summary["seconds"]
+
     t0 = time.perf_counter()
-    vqvae, summary = train_vqvae(data, out / "vqvae", cfg.vqvae(),
-                                 train_cfg(cfg.vqvae_steps, cfg.vqvae_batch_size, cfg.vqvae_lr, 20), resume, "cpu",
-                                 progress, overwrite=overwrite, start_level=cfg.vqvae_start_level)
-    report["vqvae_loss"] = [summary["losses"][0], summary["losses"][-1]]
+    # Each level is its own encoder, codebook and decoder, so the levels train apart (each one's
+    # gradients clipped on their own) and are joined after.
+    first = cfg.vqvae_start_level
+    levels = {f"vqvae level {level}": level for level in range(first, cfg.vqvae().levels)}
+    train(train_vqvae, {name: dict(data=str(out / "data"), out_dir=str(out / "vqvae" / f"level_{level}"),
+                                   preset=cfg.vqvae(), start_level=level, end_level=level + 1,
+                                   cfg=train_cfg(cfg.vqvae_steps, cfg.vqvae_batch_size, cfg.vqvae_lr, 20),
+                                   resume=resume, device="cpu", progress=progress, overwrite=overwrite)
+                        for name, level in levels.items()})
+    vqvae = None
+    for level in levels.values():
+        part = load_vqvae(out / "vqvae" / f"level_{level}" / "vqvae.pth.tar")
+        vqvae = part if vqvae is None else vqvae.take_levels(part, [level])
+    save_vqvae(vqvae, out / "vqvae" / "vqvae.pth.tar")
     clip = data.clips[0]
     n = clip.shape[0] // 128 * 128
-    first = cfg.vqvae_start_level
     with torch.no_grad():  # every trained level's codes (None below), for the stage measures too
         clip_codes = [None] * first + vqvae.encode(clip[:n].view(1, n, 1), start_level=first)
         recon = vqvae.decode(clip_codes[first:], start_level=first)[0, :, 0].clamp(-1, 1)
     write_wav(out / "reconstruction.wav", recon, sr)
     clock["vqvae"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    stages = {"top_prior": (cfg.top_prior(), cfg.top_prior_steps, cfg.top_prior_lr, 20),
+              "upsampler": (cfg.upsampler(), cfg.upsampler_steps, cfg.upsampler_lr, 100)}
+    train(train_prior, {stage: dict(data=str(out / "data"), out_dir=str(out / stage),
+                                    vqvae=str(out / "vqvae" / "vqvae.pth.tar"), preset=hps,
+                                    cfg=train_cfg(steps, cfg.batch_size, lr, warmup), resume=resume, device="cpu",
+                                    progress=progress, overwrite=overwrite, cache_codes=True)
+                        for stage, (hps, steps, lr, warmup) in stages.items()})
     priors: list = [None, None, None]
-    for level, hps, stage, steps, lr, warmup in (
-            (2, cfg.top_prior(), "top_prior", cfg.top_prior_steps, cfg.top_prior_lr, 20),
-            (1, cfg.upsampler(), "upsampler", cfg.upsampler_steps, cfg.upsampler_lr, 100)):
-        t0 = time.perf_counter()
-        priors[level], summary = train_prior(data, out / stage, out / "vqvae" / "vqvae.pth.tar", hps,
-                                             train_cfg(steps, cfg.batch_size, lr, warmup),
-                                             resume, "cpu",
-                                             progress=progress, overwrite=overwrite, cache_codes=True)
-        report[f"{stage}_loss"] = [summary["losses"][0], summary["losses"][-1]]
-        clock[stage] = time.perf_counter() - t0
+    for stage, (hps, *_) in stages.items():
+        priors[hps.level] = load_prior(out / stage / f"prior_level_{hps.level}.pth.tar", vqvae=vqvae)
+    clock["priors"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -257,6 +287,35 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     atomic_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_text(out / "report.md", _markdown(report))
     return report
+
+
+def train_side_by_side(train: Callable, jobs: list[dict], threads: int | None) -> list[dict]:
+    """Run ``train(**job)`` for each job (``train_vqvae`` or ``train_prior``, or any module-level
+    function that returns (model, summary)); their summaries, each with the whole run's seconds
+    (setup included) as ``seconds``.
+
+    With ``threads``, the jobs run at once, each in a process of its own with that many torch
+    threads; with None, one after the other in this process. At the demo's widths a training
+    step is many small ops that gain little from a second thread, so two one-thread trainings side
+    by side finish well before two two-thread ones in turn (``benchmarks/results/demo_cpu.md``).
+    """
+    if threads is None:
+        return [_timed(train, job) for job in jobs]
+    spawn = multiprocessing.get_context("spawn")  # not fork: this process has run OpenMP threads
+    with ProcessPoolExecutor(len(jobs), mp_context=spawn, initializer=_train_process,
+                             initargs=(threads, spawn.RLock())) as pool:
+        return list(pool.map(functools.partial(_timed, train), jobs))
+
+
+def _train_process(threads: int, bar_lock) -> None:
+    torch.set_num_threads(threads)
+    tqdm.set_lock(bar_lock)  # the progress bars share the terminal
+
+
+def _timed(train: Callable, job: dict) -> dict:
+    t0 = time.perf_counter()
+    _, summary = train(**job)
+    return {**summary, "seconds": time.perf_counter() - t0}
 
 
 def _stage_clips(vqvae, priors, clip, zs, recon, audio, upsampled, song, total, cfg) -> dict[str, torch.Tensor]:
@@ -299,9 +358,7 @@ def _markdown(r: dict) -> str:
     lines = ["# jukebox-fast demo", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()]
     lines += ["", "| model | first loss | last loss |", "|---|---|---|"]
-    for k in ("vqvae", "top_prior", "upsampler"):
-        a, b = r[f"{k}_loss"]
-        lines.append(f"| {k} | {a:.3f} | {b:.3f} |")
+    lines += [f"| {k} | {a:.3f} | {b:.3f} |" for k, (a, b) in r["losses"].items()]
     lines += ["", f"Sampled {r['sampled_tokens']} tokens at {r['sampling_tokens_per_s']:.0f} tokens/s.",
               f"Top prior, one window: cached decoder {r['cached_tokens_per_s']:.0f} tokens/s, recomputing "
               f"the window per token {r['recompute_tokens_per_s']:.0f} tokens/s "

@@ -35,8 +35,9 @@ def demo(tmp_path_factory):
 
 def test_demo_writes_listenable_audio_pictures_and_a_report(demo):
     report = json.loads((demo / "report.json").read_text())
-    assert set(report["seconds"]) == {"data", "vqvae", "top_prior", "upsampler", "sample", "cached_vs_recompute",
-                                      "measures"}
+    assert set(report["seconds"]) == {"data", "vqvae", "priors", "sample", "cached_vs_recompute", "measures"}
+    trained = {"vqvae level 1", "vqvae level 2", "top_prior", "upsampler"}
+    assert set(report["training_seconds"]) == set(report["losses"]) == trained
     measured = report["musicality"]
     assert {"training clip", "training clips (all)", "reconstruction (level 1)", "reconstruction (level 2)",
             "sample 0 (level 1)", "sample 0 (level 2)", "upsampler on the true level-2 codes",
@@ -78,6 +79,44 @@ def test_demo_quality_preset_takes_overrides_and_excludes_small(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_:  # argparse's usage error
         main(["demo", "--quality", "--small", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_trainings_side_by_side_are_those_in_turn(demo, tmp_path):
+    # The demo trains two models at once in two spawned processes when it has two threads or more
+    # (CI's workers have one, so the fixture's run took them in turn): the same models, bit for
+    # bit, as one-thread training in this process. The VQ-VAE's levels here, trained apart.
+    from jukebox_fast.demo import DemoConfig, train_side_by_side
+    from jukebox_fast.train import TrainConfig, train_vqvae
+
+    def jobs(root: Path) -> list[dict]:
+        return [dict(data=str(demo / "data"), out_dir=str(root / f"level_{level}"), preset=DemoConfig.small().vqvae(),
+                     cfg=TrainConfig(steps=2, batch_size=1, checkpoint_every=2), device="cpu", progress=False,
+                     start_level=level, end_level=level + 1)
+                for level in (1, 2)]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        in_turn = train_side_by_side(train_vqvae, jobs(tmp_path / "turn"), None)
+    finally:
+        torch.set_num_threads(threads)
+    side = train_side_by_side(train_vqvae, jobs(tmp_path / "side"), 1)
+    assert [s["losses"] for s in side] == [s["losses"] for s in in_turn]
+    for level in (1, 2):
+        a, b = (torch.load(tmp_path / run / f"level_{level}" / "vqvae.pth.tar", weights_only=False)
+                for run in ("turn", "side"))
+        assert [e["init"] for e in a["ema"]] == [i == level for i in range(3)]
+        assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k])
+                                                              for k in a["model"]), level
+        assert all(torch.equal(x["k_sum"], y["k_sum"]) for x, y in zip(a["ema"], b["ema"]) if x["init"])
+    # The demo's joined VQ-VAE: levels 1 and 2, each as its own training left it
+    from jukebox_fast.checkpoint import load_vqvae
+
+    joined = load_vqvae(demo / "vqvae" / "vqvae.pth.tar")
+    for level in (1, 2):
+        part = load_vqvae(demo / "vqvae" / f"level_{level}" / "vqvae.pth.tar")
+        assert torch.equal(joined.bottleneck.level_blocks[level].k, part.bottleneck.level_blocks[level].k)
+        assert all(torch.equal(a, b) for a, b in zip(joined.encoders[level].parameters(), part.encoders[level].parameters()))
 
 
 def test_bench_demo_tabulates_the_demo(demo, tmp_path):

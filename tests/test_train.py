@@ -106,6 +106,11 @@ def test_a_vqvae_trained_from_level_1_saves_loads_and_refuses_level_0(folder, tm
         train_vqvae(folder, tmp_path, SHORT_VQVAE, cfg=TrainConfig(steps=3, **CFG), progress=False, resume=True)
     with pytest.raises(ValueError, match="start_level must be one of this VQ-VAE's levels, 0..2, got 3"):
         train_vqvae(folder, tmp_path / "other", SHORT_VQVAE, cfg=cfg, progress=False, start_level=3)
+    for end in (1, 4, "2"):
+        with pytest.raises(ValueError, match=f"end_level must be above start_level \\(1\\) and at most 3, got {end!r}"):
+            train_vqvae(folder, tmp_path / "other", SHORT_VQVAE, cfg=cfg, progress=False, start_level=1, end_level=end)
+    with pytest.raises(ValueError, match="other settings \\(end_level: None -> 2\\)"):  # resume only the same levels
+        train_vqvae(folder, tmp_path, SHORT_VQVAE, cfg=cfg, progress=False, resume=True, start_level=1, end_level=2)
 
 
 def test_bad_data_paths_fail_clearly(tmp_path):

@@ -173,13 +173,45 @@ def test_training_from_a_level_up_gives_those_levels_the_gradients_of_the_whole_
     # A model trained from level 1 refuses level 0, and says which levels it has.
     part.train()(x, start_level=1)
     assert part.first_trained_level == 1 and not part.bottleneck.level_blocks[0].init
-    with pytest.raises(ValueError, match=r"level\(s\) \[0\] of this VQ-VAE were never trained .* levels 1\.\.2"):
+    with pytest.raises(ValueError, match=r"level\(s\) \[0\] of this VQ-VAE were never trained.* level\(s\) \[1, 2\]"):
         part.encode(x)
     with pytest.raises(ValueError, match="never trained"):
         part.decode([torch.zeros(1, 8, dtype=torch.long)] * 3, start_level=0)
     assert [z.shape[1] for z in part.encode(x, start_level=1)] == [4096 // 32, 4096 // 128]
     with pytest.raises(ValueError, match="start_level < end_level"):
         part(x, start_level=3)
+
+
+def test_levels_trained_apart_and_joined_are_the_levels_of_each_part():
+    """end_level: a pass of level 1 alone gives level 1 the whole pass's terms; take_levels joins
+    level 1 of one model and level 2 of another (weights, codebook and EMA state) into one."""
+    torch.manual_seed(0)
+    x = 0.3 * torch.randn(2, 4096, 1)
+    hps = hparams.get("tiny_vqvae", sample_length=4096)
+    whole = make_vqvae(hps).eval()
+    whole.init_codebooks(x)
+    _, _, m_whole = whole(x)
+    _, _, m_one = whole(x, start_level=1, end_level=2)
+    assert "recons_loss_l3" not in m_one and "recons_loss_l1" not in m_one
+    torch.testing.assert_close(m_one["recons_loss_l2"], m_whole["recons_loss_l2"], rtol=0, atol=0)
+
+    low, high = make_vqvae(hps).train(), make_vqvae(hps).train()  # different random weights
+    low(x, start_level=1, end_level=2), high(x, start_level=2)  # a training pass each: EMA state set
+    assert [b.init for b in low.bottleneck.level_blocks] == [False, True, False]
+    joined = make_vqvae(hps).take_levels(low, [1]).take_levels(high, [2]).eval()
+    assert [b.init for b in joined.bottleneck.level_blocks] == [False, True, True]
+    for level, part in ((1, low), (2, high)):
+        block, source = joined.bottleneck.level_blocks[level], part.bottleneck.level_blocks[level]
+        assert torch.equal(block.k, source.k) and torch.equal(block.k_sum, source.k_sum)
+        assert torch.equal(block.k_elem, source.k_elem) and block.k_sum is not source.k_sum
+        part.eval()
+        assert torch.equal(joined.encode(x, start_level=level)[0], part.encode(x, start_level=level, end_level=level + 1)[0])
+        z = part.encode(x, start_level=level, end_level=level + 1)
+        assert torch.equal(joined.decode(z, start_level=level, end_level=level + 1), part.decode(z, start_level=level, end_level=level + 1))
+    with pytest.raises(ValueError, match="never trained"):
+        low.eval().encode(x, start_level=2)
+    with pytest.raises(ValueError, match="same hyper-parameters"):
+        joined.take_levels(make_vqvae(hparams.get("tiny_vqvae", sample_length=8192)), [1])
 
 
 def test_eval_pass_leaves_codebooks_alone(tiny):

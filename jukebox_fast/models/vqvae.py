@@ -148,10 +148,10 @@ class VQVAE(nn.Module):
         with no level trained (a fresh one, e.g. for a benchmark) is let through."""
         blocks = self.bottleneck.level_blocks
         missing = [level for level in levels if not blocks[level].init]
-        if missing and any(block.init for block in blocks):
-            first = self.first_trained_level
-            raise ValueError(f"level(s) {missing} of this VQ-VAE were never trained (it was trained from level "
-                             f"{first} up); encode or decode levels {first}..{self.levels - 1}")
+        trained = [level for level, block in enumerate(blocks) if block.init]
+        if missing and trained:
+            raise ValueError(f"level(s) {missing} of this VQ-VAE were never trained; encode or decode its trained "
+                             f"level(s) {trained}")
 
     @staticmethod
     def _check_chunks(bs_chunks: int) -> None:
@@ -212,19 +212,36 @@ class VQVAE(nn.Module):
         for level, block in enumerate(self.bottleneck.level_blocks):
             block.init_k(block.preprocess(self.encoders[level](x_in)[-1]))
 
+    def take_levels(self, other: "VQVAE", levels: Sequence[int]) -> "VQVAE":
+        """Adopt ``other``'s encoder, codebook (with its EMA state) and decoder at each of
+        ``levels``, in place: levels trained apart (``train_vqvae(start_level=..., end_level=...)``)
+        joined in one model. Both must have the same hyper-parameters."""
+        if other.hps != self.hps:
+            raise ValueError("take_levels joins VQ-VAEs of the same hyper-parameters; these differ")
+        for level in levels:
+            self._levels(level, level + 1)  # a ValueError for a level the model has not
+            for mine, theirs in ((self.encoders, other.encoders), (self.decoders, other.decoders)):
+                mine[level].load_state_dict(theirs[level].state_dict())
+            block, source = self.bottleneck.level_blocks[level], other.bottleneck.level_blocks[level]
+            block.load_state_dict(source.state_dict())
+            block.k_sum, block.k_elem = (None if t is None else t.clone() for t in (source.k_sum, source.k_elem))
+            block.threshold, block.init = source.threshold, source.init
+        return self
+
     # -- training -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, start_level: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, start_level: int = 0,
+                end_level: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Training pass: audio [N, T, 1] -> (reconstruction [N, T, 1] from ``start_level``, loss, metrics).
 
         The loss is the original's: Σ_levels recons + spectral·Σ spec + multispectral·Σ multispec
         + commit·Σ commit, plus Σ codebook losses in ``"vqvae1"`` mode. In training mode the
         codebooks are initialised from the first batch and updated by EMA with random restarts.
-        ``start_level`` > 0 gives the loss of levels ``start_level`` and up (each term as the
-        whole pass computes it: every level is its own stack) and never runs, or initialises, the
-        levels below.
+        ``start_level`` > 0 gives the loss of levels ``start_level`` and up, ``end_level`` that of
+        the levels below it (each term as the whole pass computes it: every level is its own stack);
+        the other levels are never run, or initialised.
         """
         hps = self.hps
-        levels = self._levels(start_level, None)
+        levels = self._levels(start_level, end_level)
         self._check_audio(x, levels)
         x_in = self.preprocess(x)
         latents = [self.encoders[level](x_in)[-1] for level in levels]

@@ -128,7 +128,7 @@ def _load_states(model, opt, model_sd, opt_sd) -> None:
 
 def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict]],
         next_batch: Callable[[torch.Generator], Any], cfg: TrainConfig, out_dir: str | os.PathLike | None = None,
-        resume: bool = False, progress: bool = True, name: str = "training") -> dict:
+        resume: bool = False, progress: bool = True, name: str = "training", progress_row: int = 0) -> dict:
     """Train ``model`` in place for ``cfg.steps`` optimiser steps.
 
     Args:
@@ -138,6 +138,7 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
         next_batch: draws this process's batch from the data generator it is given.
         out_dir: where ``checkpoint.pt`` goes (none written without it).
         resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        progress_row: the terminal row of the progress bar (trainings that run side by side).
 
     Returns a summary: steps, losses (one per step), seconds, steps_per_s, resumed_from.
     """
@@ -210,7 +211,8 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], tuple[
     wrapped.train()
     t0 = time.perf_counter()
     start = step
-    bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=not progress or rank != 0)
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", position=progress_row,
+               disable=not progress or rank != 0)
     while step < cfg.steps:
         batch = next_batch(data_gen)
         with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -41,12 +41,15 @@ def _claim(out_dir, final: str, resume: bool, overwrite: bool, **settings) -> No
 
 def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, preset: str = "tiny_vqvae",
                 cfg: TrainConfig | None = None, resume: bool = False, device: str | None = None,
-                progress: bool = True, bad_files: str = "skip", overwrite: bool = False, start_level: int = 0):
+                progress: bool = True, bad_files: str = "skip", overwrite: bool = False, start_level: int = 0,
+                end_level: int | None = None, progress_row: int = 0):
     """Train a VQ-VAE on random windows (``sample_length`` samples) of the audio under ``data``.
     ``preset``: a preset's name or :class:`~jukebox_fast.hparams.VQVAEHparams`.
-    ``start_level`` > 0 trains only that level and those above. Each level is its own encoder,
-    codebook and decoder; only the gradient clipping (on the norm of all gradients) couples them.
-    The levels below stay untrained, and the model refuses to encode or decode them.
+    ``start_level`` > 0 trains only that level and those above, ``end_level`` only those below it.
+    Each level is its own encoder, codebook and decoder; only the gradient clipping (on the norm
+    of all gradients) couples them. The other levels stay untrained, and the model refuses to
+    encode or decode them; :meth:`~jukebox_fast.models.VQVAE.take_levels` joins levels trained
+    apart. ``progress_row``: the terminal row of the progress bar (trainings side by side).
 
     Writes ``out_dir/checkpoint.pt`` (resumable) and, at the end, ``out_dir/vqvae.pth.tar``.
     A folder holding a run is only trained over with ``resume`` (go on) or ``overwrite``.
@@ -62,6 +65,9 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
                          f"(VQ-VAE presets: {', '.join(hparams.names(hparams.VQVAEHparams))})")
     if not (isinstance(start_level, int) and 0 <= start_level < hps.levels):
         raise ValueError(f"start_level must be one of this VQ-VAE's levels, 0..{hps.levels - 1}, got {start_level!r}")
+    if end_level is not None and not (isinstance(end_level, int) and start_level < end_level <= hps.levels):
+        raise ValueError(f"end_level must be above start_level ({start_level}) and at most {hps.levels}, "
+                         f"got {end_level!r}")
     folder = data if isinstance(data, AudioFolder) else AudioFolder(data, hps.sr, bad_files)  # before the claim
     dev = process_device(device)
     hop = hps.hop_lengths[-1]
@@ -73,7 +79,8 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
                    dev, f"a batch of {cfg.batch_size} windows of {window} samples", "lower --batch-size")
     with hold_output(out_dir, _rank()):  # one writer per folder (per rank)
         _claim(out_dir, "vqvae.pth.tar", resume, overwrite, preset=str(preset), cfg=cfg,
-               **({"start_level": start_level} if start_level else {}))
+               **({"start_level": start_level} if start_level else {}),
+               **({"end_level": end_level} if end_level not in (None, hps.levels) else {}))
         folder.drop_shorter(window)
         torch.manual_seed(cfg.seed)  # the initial weights too
         model = make_vqvae(hps).to(dev)
@@ -83,11 +90,14 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
             return folder.windows(window, cfg.batch_size, gen)[0].to(dev)
 
         def loss_fn(m, x):
-            _, loss, metrics = m(x, start_level)
+            _, loss, metrics = m(x, start_level, end_level)
             return loss, metrics
 
+        span = range(start_level, end_level or hps.levels)
+        part = ("" if len(span) == hps.levels else f" level {span[0]}" if len(span) == 1
+                else f" levels {span[0]}-{span[-1]}")
         summary = fit(model, loss_fn, next_batch, cfg, out_dir, resume, progress,
-                      f"train {preset if isinstance(preset, str) else 'VQ-VAE'}")
+                      f"train {preset if isinstance(preset, str) else 'VQ-VAE'}{part}", progress_row)
         summary["skipped"] = list(folder.skipped)
         if distributed_setup(dev.type)[0] == 0:
             save_vqvae(model, Path(out_dir) / "vqvae.pth.tar")
@@ -97,14 +107,15 @@ def train_vqvae(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
 def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLike, vqvae: str | os.PathLike,
                 preset: str = "tiny_top_prior", cfg: TrainConfig | None = None, resume: bool = False,
                 device: str | None = None, artist: int = 0, genres: tuple[int, ...] = (0,), progress: bool = True,
-                bad_files: str = "skip", overwrite: bool = False, cache_codes: bool = False):
+                bad_files: str = "skip", overwrite: bool = False, cache_codes: bool = False, progress_row: int = 0):
     """Train a prior (top level or upsampler) on the codes the VQ-VAE at ``vqvae`` gives for random
     windows of the audio under ``data``, conditioned on ``artist``/``genres`` and each window's
     timing. Writes ``out_dir/checkpoint.pt`` and, at the end, ``out_dir/prior_level_<L>.pth.tar``.
     ``resume``, ``overwrite`` and ``bad_files`` as in :func:`train_vqvae` (the window is the
     prior's ``sample_length``). ``cache_codes`` encodes every file once before training and draws
     windows of its codes (:class:`ClipCodes`) instead of encoding each batch's audio as the
-    original does: about twice as fast for the tiny priors on a CPU. Returns (model, summary).
+    original does: about twice as fast for the tiny priors on a CPU. ``progress_row``: the
+    terminal row of the progress bar (priors trained side by side). Returns (model, summary).
     """
     cfg = cfg or TrainConfig()
     hps = hparams.get(preset) if isinstance(preset, str) else preset
@@ -161,7 +172,7 @@ def train_prior(data: str | os.PathLike | AudioFolder, out_dir: str | os.PathLik
             return m(zs, y)
 
         summary = fit(prior, loss_fn, next_batch, cfg, out_dir, resume, progress,
-                      f"train {preset if isinstance(preset, str) else f'level-{level} prior'}")
+                      f"train {preset if isinstance(preset, str) else f'level-{level} prior'}", progress_row)
         summary["skipped"] = list(folder.skipped)
         if distributed_setup(dev.type)[0] == 0:
             save_prior(prior, Path(out_dir) / f"prior_level_{level}.pth.tar")
