@@ -38,6 +38,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -177,6 +178,10 @@ def run(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True, r
         overwrite: bool = False) -> dict:
     """Run every stage into ``out``; returns the report (also in ``report.json`` / ``report.md``).
 
+    With two threads or more, trainings run two at a time in spawned processes
+    (:func:`train_side_by_side`), which import the calling script again: in a script, call this
+    under ``if __name__ == "__main__":``.
+
     A folder that holds an earlier run is refused (its models took minutes to train) unless
     ``resume`` (finish it: each stage goes on from its checkpoint, samples from their codes) or
     ``overwrite`` (start over) is given.
@@ -304,7 +309,13 @@ def train_side_by_side(train: Callable, jobs: list[dict], threads: int | None) -
     spawn = multiprocessing.get_context("spawn")  # not fork: this process has run OpenMP threads
     with ProcessPoolExecutor(len(jobs), mp_context=spawn, initializer=_train_process,
                              initargs=(threads, spawn.RLock())) as pool:
-        return list(pool.map(functools.partial(_timed, train), jobs))
+        try:
+            return list(pool.map(functools.partial(_timed, train), jobs))
+        except BrokenProcessPool as e:
+            raise RuntimeError(
+                "a training process stopped before it finished. A spawned process imports the script that "
+                "started it again: in a script, call this under `if __name__ == \"__main__\":`, or train in "
+                "turn (DemoConfig(side_by_side=False))") from e
 
 
 def _train_process(threads: int, bar_lock) -> None:

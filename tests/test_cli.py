@@ -119,6 +119,21 @@ def test_trainings_side_by_side_are_those_in_turn(demo, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(joined.encoders[level].parameters(), part.encoders[level].parameters()))
 
 
+def test_side_by_side_from_a_script_without_a_main_guard_says_how_to_fix_it(tmp_path):
+    # Spawned processes import the script that started them again; unguarded, each child would
+    # start trainings of its own while it bootstraps, which multiprocessing refuses.
+    script = tmp_path / "unguarded.py"
+    script.write_text("from jukebox_fast.demo import train_side_by_side\n\n"
+                      "def train(**job):\n    return None, {'losses': [0.0]}\n\n"
+                      "print(train_side_by_side(train, [{}, {}], 1))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert done.returncode != 0 and 'if __name__ == "__main__":' in done.stderr, done.stderr[-2000:]
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(script.read_text().replace("print(", "if __name__ == '__main__':\n    print("))
+    done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert done.returncode == 0 and "'losses': [0.0]" in done.stdout, done.stderr[-2000:]
+
+
 def test_bench_demo_tabulates_the_demo(demo, tmp_path):
     # benchmarks/bench_demo.py runs the demo per seed, then this table (test_benchmarks.py leaves
     # the script to this test, which has a demo run already).
