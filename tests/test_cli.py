@@ -116,7 +116,8 @@ def test_trainings_side_by_side_are_those_in_turn(demo, tmp_path):
     for level in (1, 2):
         part = load_vqvae(demo / "vqvae" / f"level_{level}" / "vqvae.pth.tar")
         assert torch.equal(joined.bottleneck.level_blocks[level].k, part.bottleneck.level_blocks[level].k)
-        assert all(torch.equal(a, b) for a, b in zip(joined.encoders[level].parameters(), part.encoders[level].parameters()))
+        pairs = zip(joined.encoders[level].parameters(), part.encoders[level].parameters())
+        assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_side_by_side_from_a_script_without_a_main_guard_says_how_to_fix_it(tmp_path):
