@@ -90,7 +90,8 @@ def main() -> None:
     stages = list(runs[0][2]["seconds"])
     c = runs[0][2]["config"]
     lines = [f"# The demo, {len(runs)} seed(s): VQ-VAE {c['vqvae_steps']}, top prior {c['top_prior_steps']}, "
-             f"upsampler {c['upsampler_steps']} steps", "", metadata_line(), "",
+             f"upsampler {c['upsampler_steps']} steps; temperature {c['temperature']} (level 1: "
+             f"{c['upsampler_temperature']}), top-p {c.get('top_p', 0.0)}", "", metadata_line(), "",
              "| | " + " | ".join(f"seed {s}" for s, _, _ in runs) + " |", "|---|" + "---|" * len(runs)]
     lines.append("| wall time (s) | " + " | ".join(
         f"{w:.0f}" + ("" if w <= 60 * MINUTES or args.smoke else " (over 6 min)") for _, w, _ in runs) + " |")

@@ -39,7 +39,7 @@ def _demo(args) -> int:
 
     cfg = DemoConfig.small() if args.small else DemoConfig.quality() if args.quality else DemoConfig()
     for name in ("vqvae_steps", "top_prior_steps", "upsampler_steps", "sample_seconds", "temperature",
-                 "upsampler_temperature", "seed"):
+                 "upsampler_temperature", "top_p", "seed"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     report = run(args.out, cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
@@ -454,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsampler-steps", type=int, help="override the upsampler's training steps")
     p.add_argument("--temperature", type=float, help="override the top level's sampling temperature")
     p.add_argument("--upsampler-temperature", type=float, help="override level 1's sampling temperature")
+    p.add_argument("--top-p", type=_checked(float, validate.unit_interval, "--top-p", " (0: off)"),
+                   help="override the nucleus every level samples from (0: off; the demo's default 0.8)")
     p.add_argument("--sample-seconds", type=float, help="override the length sampled")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -71,14 +71,26 @@ def test_demo_quality_preset_takes_overrides_and_excludes_small(tmp_path, monkey
         return {"seconds": {"all": 1.0}}
 
     monkeypatch.setattr(demo_module, "run", run)
-    assert main(["demo", "--quality", "--top-prior-steps", "7000", "--out", str(tmp_path), "--quiet"]) == 0
-    assert seen == [dataclasses.replace(DemoConfig.quality(), top_prior_steps=7000)]
+    assert main(["demo", "--quality", "--top-prior-steps", "7000", "--top-p", "0.5", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    assert seen == [dataclasses.replace(DemoConfig.quality(), top_prior_steps=7000, top_p=0.5)]
     default, quality = DemoConfig(), DemoConfig.quality()
     assert all(getattr(quality, f"{stage}_steps") > getattr(default, f"{stage}_steps")
                for stage in ("vqvae", "top_prior", "upsampler"))
     with pytest.raises(SystemExit) as exit_:  # argparse's usage error
         main(["demo", "--quality", "--small", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_demo_samples_every_level_at_its_temperature_from_its_nucleus():
+    from jukebox_fast.demo import DemoConfig
+
+    cfg = DemoConfig(temperature=0.7, upsampler_temperature=0.3, top_p=0.6, seed=4)
+    s = cfg.sampling()
+    assert s.temp == (0.3, 0.3, 0.7) and s.top_p == 0.6 and not s.progress
+    draws = [torch.randint(0, 1 << 30, (4,), generator=cfg.sampling().generator) for _ in range(2)]
+    assert torch.equal(*draws)  # each call starts the seed's stream over: the samples and the
+    # upsampler on true codes draw alike in every run
 
 
 def test_trainings_side_by_side_are_those_in_turn(demo, tmp_path):
