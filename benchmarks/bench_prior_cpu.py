@@ -5,7 +5,11 @@ Same random weights (copied through checkpoint.openai_to_hf), same codes and lab
 process. ``--rounds`` rounds; in each, every implementation runs ``--steps`` steps in turn (the
 order rotating from round to round, so that machine noise hits all alike) and its round time is
 the median of those steps. A table cell is the median round (the range over rounds); a ratio is
-HF's time over ours within a round: its median and its worst round. "compiled" is
+HF's time over ours within a round: its median and its worst round. GFLOP: the matrix products
+of one step (torch's ``FlopCounterMode``: matmuls, convolutions, attention), ours and HF's; HF's
+rate is those FLOPs over its median step, against the fp32 rate of one large matmul on this
+machine, measured in the same run: a step that already runs near that rate can be beaten only by
+doing fewer products. "compiled" is
 ``TrainConfig(compile=True)``: each transformer block compiled with torch.compile
 (``jukebox_fast/train/compiled.py``); the compiler's own time (first steps) is reported beside it,
 not in the step time. Also checks that all give the same loss.
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from jukebox_fast.models.resnet import set_recompute
 from jukebox_fast.train.compiled import compile_blocks
@@ -55,6 +60,26 @@ def _rounds(fns: dict, rounds: int, steps: int) -> dict[str, list[float]]:
     return out
 
 
+def _flops(fn) -> int:
+    """The FLOPs of one call of ``fn``'s matrix products."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(m: int = 1024, k: int = 2048, n: int = 2048, runs: int = 10) -> float:
+    """FLOP/s of an [m, k] x [k, n] fp32 matmul (the median of ``runs``): a width-2048 layer's
+    product over 1024 positions."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * m * k * n / statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny_prior", "tiny_prior_5b_lyrics", "tiny_upsampler"])
@@ -85,9 +110,10 @@ def main() -> None:
         "compiled step took (the compiler, with a cold cache unless said), not counted in the step times.",
         "",
         "| preset | parameters | eager (ms) | compiled (ms) | HF (ms) | HF / eager | HF / compiled | compile (s) | "
-        "loss difference |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "loss difference | GFLOP, ours / HF | HF's rate (of the matmul's) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rate = matmul_rate(*((64, 64, 64) if args.smoke else ()))
     for name, overrides in [(p, {}) for p in args.presets] + [(p, RELEASED[p]) for p in args.released]:
         ours, hf = build_pair(name, **overrides)
         set_recompute(ours.train(), False)
@@ -112,6 +138,7 @@ def main() -> None:
             return loss
 
         fns = {"eager": step(ours), "hf": step_hf}
+        flops = {"eager": _flops(fns["eager"]), "hf": _flops(step_hf)}  # also warm-ups
         reference = step_hf()
         diffs = [float((fns["eager"]() - reference).abs())]  # also the warm-up
         compile_s = None
@@ -140,8 +167,13 @@ def main() -> None:
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")" if overrides else "")
         params = sum(p.numel() for p in ours.parameters())
         lines.append(f"| {label} | {params:,} | {cell('eager')} | {cell('compiled')} | {cell('hf')} | {ratio('eager')} | "
-                     f"{ratio('compiled')} | {'–' if compile_s is None else f'{compile_s:.0f}'} | {max(diffs):.1e} |")
+                     f"{ratio('compiled')} | {'–' if compile_s is None else f'{compile_s:.0f}'} | {max(diffs):.1e} | "
+                     f"{flops['eager'] / 1e9:.2f} / {flops['hf'] / 1e9:.2f} | "
+                     f"{flops['hf'] / statistics.median(times['hf']) / 1e9:.0f} GFLOP/s "
+                     f"({flops['hf'] / statistics.median(times['hf']) / rate:.0%}) |")
         print(lines[-1], file=sys.stderr, flush=True)
+    lines += ["", f"The machine's fp32 matmul rate: {rate / 1e9:.0f} GFLOP/s ([1024, 2048] x [2048, 2048], median of "
+              "10, at the start of the run)."]
     report("\n".join(lines) + "\n", args.out)
 
 

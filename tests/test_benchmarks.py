@@ -20,8 +20,9 @@ import gpu_evidence  # noqa: E402
 # The GPU-evidence dry run (tests/test_gpu_evidence.py) runs these at the smoke size on the CPU and
 # checks their output there.
 IN_THE_DRY_RUN = set(bench_runs(gpu_evidence.steps(Path("work"), dry=True, jobs=1)))
-# tests/test_cli.py tabulates the demo run it has already (``bench_demo.py --reports``).
-ELSEWHERE = IN_THE_DRY_RUN | {"bench_demo"}
+# tests/test_cli.py tabulates the demo run it has already (``bench_demo.py --reports``) and
+# samples its models again (``bench_demo_sampling.py``).
+ELSEWHERE = IN_THE_DRY_RUN | {"bench_demo", "bench_demo_sampling"}
 
 
 def test_every_benchmark_script_is_checked_here_or_elsewhere():

@@ -161,6 +161,27 @@ def test_bench_demo_tabulates_the_demo(demo, tmp_path):
     assert "| level 1: fewest notes |" in out.read_text()
 
 
+def test_bench_demo_sampling_draws_the_demo_models_again_as_the_demo_does(demo, tmp_path):
+    from bench_output import check_bench_output
+
+    report = json.loads((demo / "report.json").read_text())
+    cfg = report["config"]
+    out = tmp_path / "bench_demo_sampling.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo_sampling.py"
+    setting = f"{cfg['temperature']},{cfg['upsampler_temperature']},{cfg['top_p']}"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--runs", str(demo), "--settings", setting,
+                           "--first-seed", str(cfg["seed"]), "--out", str(out)], capture_output=True, text=True,
+                          timeout=100)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    check_bench_output(out, "bench_demo_sampling")
+    (samples,) = json.loads(out.with_suffix(".json").read_text())["samples"].values()
+    # The demo's own setting and seed draw the demo's own samples again
+    assert [s["level 1"] for s in samples] == [report["musicality"][f"sample {i} (level 1)"]
+                                               for i in range(cfg["n_samples"])]
+    assert [s["level 2"] for s in samples] == [report["musicality"][f"sample {i} (level 2)"]
+                                               for i in range(cfg["n_samples"])]
+
+
 def test_encode_then_decode(demo, tmp_path, capsys):
     vqvae = str(demo / "vqvae" / "vqvae.pth.tar")
     song = demo / "data" / "song_00.wav"
