@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="override the top level's sampling temperature")
     p.add_argument("--upsampler-temperature", type=float, help="override level 1's sampling temperature")
     p.add_argument("--top-p", type=_checked(float, validate.unit_interval, "--top-p", " (0: off)"),
-                   help="override the nucleus every level samples from (0: off; the demo's default 0.8)")
+                   help="override the nucleus every level samples from (0: off; the demo's default 0.9)")
     p.add_argument("--sample-seconds", type=float, help="override the length sampled")
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
