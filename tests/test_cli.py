@@ -3,6 +3,7 @@ one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -169,17 +170,20 @@ def test_bench_demo_sampling_draws_the_demo_models_again_as_the_demo_does(demo, 
     out = tmp_path / "bench_demo_sampling.md"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo_sampling.py"
     setting = f"{cfg['temperature']},{cfg['upsampler_temperature']},{cfg['top_p']}"
+    threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the fixture's (1 under xdist)
     done = subprocess.run([sys.executable, str(script), "--smoke", "--runs", str(demo), "--settings", setting,
                            "--first-seed", str(cfg["seed"]), "--out", str(out)], capture_output=True, text=True,
-                          timeout=100)
+                          timeout=100, env=threads)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     check_bench_output(out, "bench_demo_sampling")
     (samples,) = json.loads(out.with_suffix(".json").read_text())["samples"].values()
-    # The demo's own setting and seed draw the demo's own samples again
-    assert [s["level 1"] for s in samples] == [report["musicality"][f"sample {i} (level 1)"]
-                                               for i in range(cfg["n_samples"])]
-    assert [s["level 2"] for s in samples] == [report["musicality"][f"sample {i} (level 2)"]
-                                               for i in range(cfg["n_samples"])]
+    # The demo's own setting and seed draw the demo's own samples again. The same codes; their
+    # decoding may differ in the last bits when another process loads the cores (a CI run once
+    # read a flatness 1e-4 apart, every other measure equal).
+    for level in (1, 2):
+        assert [s[f"level {level}"] for s in samples] == [
+            pytest.approx(report["musicality"][f"sample {i} (level {level})"], rel=1e-3)
+            for i in range(cfg["n_samples"])]
 
 
 def test_encode_then_decode(demo, tmp_path, capsys):
