@@ -28,7 +28,7 @@ from common import add_smoke, metadata, report
 from jukebox_fast.audio import musicality
 from jukebox_fast.checkpoint import load_prior, load_vqvae
 from jukebox_fast.demo import DemoConfig
-from jukebox_fast.sample import Song, generate
+from jukebox_fast.sample import generate
 
 NOTES = 8
 
@@ -46,13 +46,12 @@ def draw(run: Path, setting: tuple[float, float, float], seeds: list[int]) -> li
     r = json.loads((run / "report.json").read_text())
     known = {f.name for f in dataclasses.fields(DemoConfig)}
     cfg = DemoConfig(**{k: v for k, v in r["config"].items() if k in known})
-    sr = 44100
     train = r["musicality"]["training clips (all)"]["pitched"]
     vqvae = load_vqvae(run / "vqvae" / "vqvae.pth.tar")
     priors = [None, load_prior(run / "upsampler" / "prior_level_1.pth.tar", vqvae=vqvae),
               load_prior(run / "top_prior" / "prior_level_2.pth.tar", vqvae=vqvae)]
-    total = int(cfg.sample_seconds * sr) // 128 * 128
-    song = Song(artist=0, genres=(0,), total_length=max(total, int(cfg.clip_seconds * sr)))  # as the demo
+    sr = vqvae.hps.sr
+    total, song = cfg.song(vqvae)  # the demo's labels: one sample off changes what a prior draws
     top_t, level1_t, top_p = setting
     samples = []
     for seed in seeds:

@@ -54,7 +54,7 @@ from .audio import musicality, save_spectrogram, write_wav
 from .checkpoint import load_prior, load_vqvae, save_vqvae
 from .files import atomic_text
 from .runs import claim_output, hold_output
-from .sample import Sampling, Song, draw, generate, sample_window
+from .sample import Sampling, Song, draw, generate, sample_window, total_length_of
 from .train import AudioFolder, TrainConfig, train_prior, train_vqvae
 
 __all__ = ["DemoConfig", "synth_clip", "synth_set", "run", "train_side_by_side"]
@@ -157,6 +157,13 @@ class DemoConfig:
     def upsampler(self) -> hparams.PriorHparams:
         return hparams.get("tiny_upsampler", prior_width=self.upsampler_width, cond_width=self.upsampler_cond_width,
                            cond_depth=self.upsampler_cond_depth)
+
+    def song(self, vqvae) -> tuple[int, Song]:
+        """The samples' length (whole top-level codes of ``vqvae``) and the labels they are drawn
+        with: the timing says "a song as long as the training songs", as in training."""
+        sr = vqvae.hps.sr
+        total = total_length_of(self.sample_seconds, vqvae, sr)
+        return total, Song(artist=0, genres=(0,), total_length=max(total, int(self.clip_seconds * sr)))
 
     def sampling(self, progress: bool = False) -> Sampling:
         """How the demo draws every level: a temperature per level (0, 1, 2) and the nucleus, from
@@ -267,9 +274,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
 
     t0 = time.perf_counter()
     sampling = cfg.sampling(progress)
-    total = int(cfg.sample_seconds * sr) // 128 * 128
-    # The timing conditioning says "a song as long as the training songs", as in training.
-    song = Song(artist=0, genres=(0,), total_length=max(total, int(cfg.clip_seconds * sr)))
+    total, song = cfg.song(vqvae)
     upsampled = generate(vqvae, priors, song, total_length=total, n_samples=cfg.n_samples, levels=(2, 1),
                          sampling=sampling, out_dir=out / "samples", sr=sr, overwrite=overwrite)
     with torch.no_grad():  # the top prior's codes alone, decoded from level 2
