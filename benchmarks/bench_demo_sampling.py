@@ -27,7 +27,7 @@ from common import add_smoke, metadata, report
 
 from jukebox_fast.audio import musicality
 from jukebox_fast.checkpoint import load_prior, load_vqvae
-from jukebox_fast.demo import DemoConfig
+from jukebox_fast.demo import DemoConfig, top_level_audio
 from jukebox_fast.sample import generate
 
 NOTES = 8
@@ -60,7 +60,7 @@ def draw(run: Path, setting: tuple[float, float, float], seeds: list[int]) -> li
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
             level1 = generate(vqvae, priors, song, total_length=total, n_samples=cfg.n_samples, levels=(2, 1),
                               sampling=sampling, out_dir=tmp, sr=sr, alignment=False)
-            level2 = vqvae.decode([torch.load(Path(tmp) / "codes.pt")["zs"][2]], start_level=2).clamp(-1, 1)
+            level2 = top_level_audio(vqvae, tmp)
         for a1, a2 in zip(level1, level2):
             m1, m2 = musicality(a1[:, 0].numpy(), sr), musicality(a2[:, 0].numpy(), sr)
             ok = {"pitched": m1["pitched"] / train >= TARGETS["pitched at level 1"],

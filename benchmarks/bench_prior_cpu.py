@@ -114,7 +114,8 @@ def main() -> None:
         "loss difference | GFLOP, ours / HF | HF's rate (of the matmul's) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rate = matmul_rate(*((64, 64, 64) if args.smoke else ()))
+    rate_shape = (64, 64, 64) if args.smoke else ()  # the default: a width-2048 layer
+    rate = matmul_rate(*rate_shape)
     hf_rates = {}  # line -> HF's FLOP/s
     for name, overrides in [(p, {}) for p in args.presets] + [(p, RELEASED[p]) for p in args.released]:
         ours, hf = build_pair(name, **overrides)
@@ -173,7 +174,7 @@ def main() -> None:
                      f"{flops['eager'] / 1e9:.2f} / {flops['hf'] / 1e9:.2f} | ")
         hf_rates[len(lines) - 1] = flops["hf"] / statistics.median(times["hf"])
         print(lines[-1], file=sys.stderr, flush=True)
-    rate = max(rate, matmul_rate(*((64, 64, 64) if args.smoke else ())))
+    rate = max(rate, matmul_rate(*rate_shape))
     for i, hf_rate in hf_rates.items():  # against the faster of the two measures of the rate
         lines[i] += f"{hf_rate / 1e9:.0f} GFLOP/s ({hf_rate / rate:.0%}) |"
     lines += ["", f"The machine's fp32 matmul rate: {rate / 1e9:.0f} GFLOP/s ([1024, 2048] x [2048, 2048], the best "

@@ -57,7 +57,7 @@ from .runs import claim_output, hold_output
 from .sample import Sampling, Song, draw, generate, sample_window, total_length_of
 from .train import AudioFolder, TrainConfig, train_prior, train_vqvae
 
-__all__ = ["DemoConfig", "synth_clip", "synth_set", "run", "train_side_by_side"]
+__all__ = ["DemoConfig", "synth_clip", "synth_set", "run", "top_level_audio", "train_side_by_side"]
 
 _SCALE = np.array([0, 2, 4, 7, 9, 12, 14, 16])  # major pentatonic, semitones
 
@@ -277,8 +277,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     total, song = cfg.song(vqvae)
     upsampled = generate(vqvae, priors, song, total_length=total, n_samples=cfg.n_samples, levels=(2, 1),
                          sampling=sampling, out_dir=out / "samples", sr=sr, overwrite=overwrite)
-    with torch.no_grad():  # the top prior's codes alone, decoded from level 2
-        audio = vqvae.decode([torch.load(out / "samples" / "codes.pt")["zs"][2]], start_level=2).clamp(-1, 1)
+    audio = top_level_audio(vqvae, out / "samples")
     for i, a in enumerate(audio):
         write_wav(out / "samples" / f"level_2_item_{i}.wav", a[:, 0], sr)
     clock["sample"] = time.perf_counter() - t0
@@ -305,6 +304,13 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, resume: bool, overwrite: bo
     atomic_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_text(out / "report.md", _markdown(report))
     return report
+
+
+def top_level_audio(vqvae, samples: str | Path) -> torch.Tensor:
+    """The top prior's codes alone (``samples/codes.pt``, as ``generate`` saved them), decoded
+    from level 2: [N, T, 1] in [-1, 1]."""
+    with torch.no_grad():
+        return vqvae.decode([torch.load(Path(samples) / "codes.pt")["zs"][2]], start_level=2).clamp(-1, 1)
 
 
 def train_side_by_side(train: Callable, jobs: list[dict], threads: int | None) -> list[dict]:
